@@ -1,0 +1,82 @@
+// Reading and writing data: NumPy .npy, CSV, IDX (+gzip), the Fashion-MNIST
+// set, and outputs written atomically (temp file + rename) so a failed run
+// never leaves a partial file. Every error is an InputError/RuntimeError with
+// one sentence naming the file and what was expected.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gradnoise/data.hpp"
+
+namespace gradnoise {
+
+/// A dense array in float64 with its shape, as read from a file.
+struct Array {
+  std::vector<std::int64_t> shape;
+  std::vector<double> values;  // C order
+  bool integral_dtype = false; // the file stored integers (labels)
+  std::int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
+  std::int64_t cols() const;   // product of the trailing dims (1 for 1-D)
+};
+
+/// .npy: dtypes <f4, <f8, <i4, <i8, |u1 (also |i1, <i2, <u2); C order only.
+Array read_npy(const std::filesystem::path& path);
+/// Writes float64 .npy (C order) atomically.
+void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,
+               const std::vector<double>& values);
+
+/// Numeric CSV; a first line that does not parse as numbers is a header.
+Array read_csv(const std::filesystem::path& path);
+
+/// IDX (LeCun's format), gzip-compressed or plain: unsigned-byte arrays.
+Array read_idx(const std::filesystem::path& path);
+
+/// Reads X and Y from .npy or .csv (by extension). For `loss` cross-entropy
+/// Y holds N integer labels (N or N×1); for squared loss Y is N or N×K reals.
+Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
+                Loss loss);
+
+/// Where Debian's dataset-fashion-mnist package puts the files, unless the
+/// environment variable GRADNOISE_FASHION_MNIST_DIR says otherwise.
+std::filesystem::path fashion_mnist_dir();
+
+/// Fashion-MNIST: pixels scaled to [0, 1] (D = 784), labels in [0, 10) for
+/// cross-entropy or one-hot targets for squared loss. `split` is "train" or
+/// "test"; `limit` > 0 keeps the first `limit` samples.
+Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& split, Loss loss,
+                           std::int64_t limit = 0);
+
+/// Writes `contents` to `path` atomically: a temp file beside it, then rename.
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
+
+/// Throws RuntimeError unless a file can be created in `path`'s directory;
+/// run before a long computation so a bad output path fails fast.
+void check_writable(const std::filesystem::path& path);
+
+// ---- Synthetic regression data ------------------------------------------
+
+struct SynthOptions {
+  std::int64_t n = 1000;
+  std::int64_t d = 10;
+  std::int64_t k = 1;
+  /// Input covariance eigenvalues: "identity", "powerlaw:ALPHA" (λ_j = j^−α),
+  /// or a comma-separated list of d values.
+  std::string spectrum = "identity";
+  double mean = 0;           // every input coordinate is shifted by this
+  double label_noise = 0;    // σ of the Gaussian label noise
+  std::uint64_t seed = 0;
+};
+
+struct SynthData {
+  Dataset data;                  // x (n×d), y (n×k)
+  std::vector<double> teacher;   // k×d, row-major: y = W* x + σ ε
+};
+
+/// Gaussian inputs x = μ + diag(√λ) z with a teacher W* ~ N(0, 1/d), from
+/// Philox (Random123), so a seed gives the same data on every platform.
+SynthData make_synthetic(const SynthOptions& options);
+
+}  // namespace gradnoise
