@@ -1,1 +1,452 @@
-// placeholder: being written
+// The float64 CPU backend: one streaming pass over the data in chunks.
+//
+// Per chunk, every layer's per-sample gradient is rank one, g_i = δ_i ã_iᵀ
+// with ã_i = [a_i; 1] when the layer has a bias. We never form g_i. Instead
+// each chunk's statistics are computed exactly *centred on the chunk's own
+// means*, and chunks are merged with Chan et al.'s pairwise update, so tr Σ
+// never comes from the cancelling difference mean‖g_i‖² − ‖G‖² (MATH.md
+// "Numerics"). With δ_i = δ̄ + u_i and a_i = ā + v_i (chunk means, so Σu = Σv = 0)
+//
+//   g_i − G_c = δ̄ v_iᵀ + u_i āᵀ + (u_i v_iᵀ − C),   C = (1/m) Σ u_i v_iᵀ,
+//   G_c       = δ̄ āᵀ + C,
+//
+// and ‖g_i − G_c‖² summed over the chunk expands into sums of centred
+// per-sample scalars (see chunk_layer_stats), none of which carries ‖G‖².
+// The per-parameter variance follows the same expansion with three more
+// products per layer: (U∘U)ᵀ(V∘V), Uᵀ(V∘V) and (U∘U)ᵀV.
+//
+// Row loops run over fixed blocks of rows whose partial sums are added in block
+// order, so results do not depend on the number of threads.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gradnoise/error.hpp"
+#include "gradnoise/profile.hpp"
+
+namespace gradnoise {
+namespace {
+
+constexpr std::int64_t kRowBlock = 128;
+// Below this many values a loop is not worth waking the thread team for.
+constexpr std::int64_t kParallelMin = 1 << 15;
+
+std::int64_t num_blocks(std::int64_t rows) { return (rows + kRowBlock - 1) / kRowBlock; }
+
+/// Running moments of a vector-valued per-sample quantity, merged chunk by chunk.
+struct Moments {
+  std::int64_t count = 0;
+  std::vector<double> mean;    // per slot
+  std::vector<double> m2;      // per slot Σ (g_ij − G_j)², only when tracked
+  double m2_total = 0;         // Σ_i ‖g_i − G‖²
+  double sum_norm_sq = 0;      // Σ_i ‖g_i‖²
+
+  /// Chan et al.: merges a chunk of `m` samples with mean `chunk_mean`,
+  /// centred sum `chunk_m2_total` and per-slot centred sums `chunk_m2`.
+  void merge(std::int64_t m, const std::vector<double>& chunk_mean, double chunk_m2_total,
+             const std::vector<double>& chunk_m2, double chunk_sum_norm_sq) {
+    const double n_old = static_cast<double>(count);
+    const double n_new = n_old + static_cast<double>(m);
+    const double weight = static_cast<double>(m) / n_new;  // share of the chunk in the merged mean
+    const double cross = n_old * weight;                    // n_old·m / n_new
+    const bool per_slot = !chunk_m2.empty();
+    if (mean.empty()) {
+      mean.assign(chunk_mean.size(), 0.0);
+      if (per_slot) m2.assign(chunk_m2.size(), 0.0);
+    }
+    double diff_sq = 0;
+    for (std::size_t j = 0; j < mean.size(); ++j) {
+      const double diff = chunk_mean[j] - mean[j];
+      diff_sq += diff * diff;
+      mean[j] += diff * weight;
+      if (per_slot) m2[j] += chunk_m2[j] + diff * diff * cross;
+    }
+    m2_total += chunk_m2_total + diff_sq * cross;
+    sum_norm_sq += chunk_sum_norm_sq;
+    count += m;
+  }
+};
+
+/// Scratch buffers for one chunk; sized once for the largest chunk.
+struct ChunkBuffers {
+  std::vector<std::vector<double>> activations;  // a_0 = x, ..., a_{L-1}: m×in_l
+  std::vector<std::vector<double>> errors;       // δ_1, ..., δ_L: m×out_l
+  std::vector<double> output;                    // a_L: m×K
+  std::vector<double> y;                         // m×K real targets
+  std::vector<std::int32_t> labels;              // m labels
+  std::vector<double> sample_loss;               // m
+  // Per-parameter products (only with param_stats).
+  std::vector<double> u_sq, v_sq;                // U∘U, V∘V
+};
+
+/// Column means of a row-major m×cols matrix, summed in fixed row blocks.
+void column_means(const double* mat, std::int64_t m, std::int64_t cols, double* means) {
+  const std::int64_t blocks = num_blocks(m);
+  std::vector<double> partial(static_cast<std::size_t>(blocks * cols), 0.0);
+#pragma omp parallel for schedule(static) if (m * cols >= kParallelMin)
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    double* acc = partial.data() + blk * cols;
+    const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
+    for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
+      const double* row = mat + i * cols;
+      for (std::int64_t j = 0; j < cols; ++j) acc[j] += row[j];
+    }
+  }
+  std::fill_n(means, cols, 0.0);
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    for (std::int64_t j = 0; j < cols; ++j) means[j] += partial[blk * cols + j];
+  }
+  const double inv_m = 1.0 / static_cast<double>(m);
+  for (std::int64_t j = 0; j < cols; ++j) means[j] *= inv_m;
+}
+
+/// Per-sample sums that the centred expansion needs (see chunk_layer_stats).
+struct RowSums {
+  double sum_norm_sq = 0;  // Σ ‖δ_i‖² (‖a_i‖² + [bias])   (uncentred, for mean‖g_i‖²)
+  double su = 0;           // Σ ‖u_i‖²
+  double sv = 0;           // Σ ‖v_i‖²
+  double du_av = 0;        // Σ (δ̄·u_i)(ā·v_i)
+  double du_sv = 0;        // Σ (δ̄·u_i) ‖v_i‖²
+  double su_av = 0;        // Σ ‖u_i‖² (ā·v_i)
+  double su_sv = 0;        // Σ ‖u_i‖² ‖v_i‖²
+
+  RowSums& operator+=(const RowSums& o) {
+    sum_norm_sq += o.sum_norm_sq;
+    su += o.su;
+    sv += o.sv;
+    du_av += o.du_av;
+    du_sv += o.du_sv;
+    su_av += o.su_av;
+    su_sv += o.su_sv;
+    return *this;
+  }
+};
+
+/// Centres δ (m×out) and a (m×in) in place on their chunk means and returns the
+/// per-sample sums; the rows are not needed uncentred afterwards.
+RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t out,
+                       std::int64_t in, const double* delta_mean, const double* act_mean,
+                       bool bias) {
+  const std::int64_t blocks = num_blocks(m);
+  std::vector<RowSums> partial(static_cast<std::size_t>(blocks));
+#pragma omp parallel for schedule(static) if (m * (in + out) >= kParallelMin)
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    RowSums acc;
+    const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
+    for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
+      double* u = delta + i * out;
+      double* v = act + i * in;
+      double delta_sq = 0, act_sq = 0, su = 0, du = 0, sv = 0, av = 0;
+      for (std::int64_t r = 0; r < out; ++r) {
+        delta_sq += u[r] * u[r];
+        u[r] -= delta_mean[r];
+        su += u[r] * u[r];
+        du += delta_mean[r] * u[r];
+      }
+      for (std::int64_t s = 0; s < in; ++s) {
+        act_sq += v[s] * v[s];
+        v[s] -= act_mean[s];
+        sv += v[s] * v[s];
+        av += act_mean[s] * v[s];
+      }
+      acc.sum_norm_sq += delta_sq * (act_sq + (bias ? 1.0 : 0.0));
+      acc.su += su;
+      acc.sv += sv;
+      acc.du_av += du * av;
+      acc.du_sv += du * sv;
+      acc.su_av += su * av;
+      acc.su_sv += su * sv;
+    }
+    partial[blk] = acc;
+  }
+  RowSums total;
+  for (const RowSums& p : partial) total += p;
+  return total;
+}
+
+void elementwise_square(const double* src, std::int64_t count, double* dst) {
+#pragma omp parallel for schedule(static) if (count >= kParallelMin)
+  for (std::int64_t j = 0; j < count; ++j) dst[j] = src[j] * src[j];
+}
+
+/// One layer's statistics over one chunk, merged into `moments`.
+/// `delta` (m×out) and `act` (m×in) are overwritten with their centred values.
+void chunk_layer_stats(const Layer& layer, double* delta, double* act, std::int64_t m,
+                       bool param_stats, ChunkBuffers& buf, Moments& moments) {
+  const std::int64_t out = layer.out, in = layer.in;
+  const bool bias = layer.has_bias();
+  const double dm = static_cast<double>(m);
+
+  std::vector<double> delta_mean(static_cast<std::size_t>(out)), act_mean(static_cast<std::size_t>(in));
+  column_means(delta, m, out, delta_mean.data());
+  column_means(act, m, in, act_mean.data());
+  const RowSums rows = centre_and_sum(delta, act, m, out, in, delta_mean.data(), act_mean.data(), bias);
+
+  // C = Uᵀ V / m; the chunk mean gradient is δ̄āᵀ + C (and δ̄ for the bias).
+  const std::int64_t slots = layer.num_params();
+  std::vector<double> chunk_mean(static_cast<std::size_t>(slots));
+  double* c = chunk_mean.data();
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(out), static_cast<int>(in),
+              static_cast<int>(m), 1.0 / dm, delta, static_cast<int>(out), act, static_cast<int>(in),
+              0.0, c, static_cast<int>(in));
+  double c_norm_sq = 0;
+  for (std::int64_t j = 0; j < out * in; ++j) c_norm_sq += c[j] * c[j];
+
+  double delta_mean_sq = 0, act_mean_sq = 0;
+  for (double v : delta_mean) delta_mean_sq += v * v;
+  for (double v : act_mean) act_mean_sq += v * v;
+  // Σ_i ‖g_i − G_c‖² = ‖δ̄‖² Σ‖v‖² + ‖ã‖² Σ‖u‖² + 2Σ(δ̄·u)(ā·v) + 2Σ(δ̄·u)‖v‖²
+  //                   + 2Σ‖u‖²(ā·v) + Σ‖u‖²‖v‖² − m‖C‖², with ‖ã‖² = ‖ā‖² + [bias].
+  const double chunk_m2_total = delta_mean_sq * rows.sv +
+                                (act_mean_sq + (bias ? 1.0 : 0.0)) * rows.su +
+                                2.0 * (rows.du_av + rows.du_sv + rows.su_av) + rows.su_sv -
+                                dm * c_norm_sq;
+
+  std::vector<double> chunk_m2;
+  if (param_stats) {
+    // Per slot (r, s): Σ_i (δ̄_r v_is + u_ir ā_s + u_ir v_is − C_rs)²
+    //   = δ̄_r² Σv_s² + ā_s² Σu_r² + [(U∘U)ᵀ(V∘V)]_rs − m C_rs² + 2m δ̄_r ā_s C_rs
+    //     + 2 δ̄_r [Uᵀ(V∘V)]_rs + 2 ā_s [(U∘U)ᵀV]_rs;   bias slot r: Σ u_ir².
+    chunk_m2.assign(static_cast<std::size_t>(slots), 0.0);
+    elementwise_square(delta, m * out, buf.u_sq.data());
+    elementwise_square(act, m * in, buf.v_sq.data());
+    std::vector<double> u_sq_sum(static_cast<std::size_t>(out)), v_sq_sum(static_cast<std::size_t>(in));
+    column_means(buf.u_sq.data(), m, out, u_sq_sum.data());
+    column_means(buf.v_sq.data(), m, in, v_sq_sum.data());
+    for (double& v : u_sq_sum) v *= dm;
+    for (double& v : v_sq_sum) v *= dm;
+    std::vector<double> uu_vv(static_cast<std::size_t>(out * in)), u_vv(uu_vv.size()), uu_v(uu_vv.size());
+    const auto gemm_tn = [&](const double* left, const double* right, double* result) {
+      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(out),
+                  static_cast<int>(in), static_cast<int>(m), 1.0, left, static_cast<int>(out), right,
+                  static_cast<int>(in), 0.0, result, static_cast<int>(in));
+    };
+    gemm_tn(buf.u_sq.data(), buf.v_sq.data(), uu_vv.data());
+    gemm_tn(delta, buf.v_sq.data(), u_vv.data());
+    gemm_tn(buf.u_sq.data(), act, uu_v.data());
+    for (std::int64_t r = 0; r < out; ++r) {
+      for (std::int64_t s = 0; s < in; ++s) {
+        const std::int64_t j = r * in + s;
+        const double dr = delta_mean[r], as = act_mean[s], crs = c[j];
+        chunk_m2[j] = dr * dr * v_sq_sum[s] + as * as * u_sq_sum[r] + uu_vv[j] - dm * crs * crs +
+                      2.0 * dm * dr * as * crs + 2.0 * dr * u_vv[j] + 2.0 * as * uu_v[j];
+      }
+      if (bias) chunk_m2[out * in + r] = u_sq_sum[r];
+    }
+  }
+
+  // Only now turn C into the chunk mean: δ̄āᵀ + C, then the bias part δ̄.
+  for (std::int64_t r = 0; r < out; ++r) {
+    for (std::int64_t s = 0; s < in; ++s) c[r * in + s] += delta_mean[r] * act_mean[s];
+  }
+  if (bias) std::copy(delta_mean.begin(), delta_mean.end(), chunk_mean.begin() + out * in);
+
+  moments.merge(m, chunk_mean, chunk_m2_total, chunk_m2, rows.sum_norm_sq);
+}
+
+/// Output errors δ_L and per-sample losses for one chunk.
+void output_errors(Loss loss, const double* out, const double* y, const std::int32_t* labels,
+                   std::int64_t m, std::int64_t k, std::int64_t first, double* delta,
+                   double* sample_loss) {
+  if (loss == Loss::squared) {
+#pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
+    for (std::int64_t i = 0; i < m; ++i) {
+      double sq = 0;
+      for (std::int64_t c = 0; c < k; ++c) {
+        const double e = out[i * k + c] - y[i * k + c];
+        delta[i * k + c] = e;
+        sq += e * e;
+      }
+      sample_loss[i] = 0.5 * sq;
+    }
+    return;
+  }
+  for (std::int64_t i = 0; i < m; ++i) {
+    if (labels[i] < 0 || labels[i] >= k) {
+      throw InputError("sample " + std::to_string(first + i) + " has label " +
+                       std::to_string(labels[i]) + " but the model has " + std::to_string(k) +
+                       " outputs; expected labels in [0, " + std::to_string(k) + ")");
+    }
+  }
+#pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
+  for (std::int64_t i = 0; i < m; ++i) {
+    const double* z = out + i * k;
+    double* p = delta + i * k;
+    const double z_max = *std::max_element(z, z + k);
+    double total = 0;
+    for (std::int64_t c = 0; c < k; ++c) {
+      p[c] = std::exp(z[c] - z_max);
+      total += p[c];
+    }
+    const double inv = 1.0 / total;
+    for (std::int64_t c = 0; c < k; ++c) p[c] *= inv;
+    p[labels[i]] -= 1.0;
+    sample_loss[i] = std::log(total) + z_max - z[labels[i]];
+  }
+}
+
+void check_compatible(const Model& model, const DataSource& data, Loss loss) {
+  model.validate();
+  const std::int64_t n = data.num_samples();
+  if (n < 2) {
+    throw InputError("the data has " + std::to_string(n) +
+                     " sample(s); the gradient covariance needs at least 2");
+  }
+  if (data.num_features() != model.input_dim()) {
+    throw InputError("the data has " + std::to_string(data.num_features()) +
+                     " features but the first layer takes " + std::to_string(model.input_dim()) +
+                     " inputs");
+  }
+  const std::int64_t k = model.output_dim();
+  if (loss == Loss::squared) {
+    if (data.target_kind() != TargetKind::real) {
+      throw InputError("squared loss needs real targets; the data carries class labels");
+    }
+    if (data.num_targets() != k) {
+      throw InputError("the targets have " + std::to_string(data.num_targets()) +
+                       " columns but the last layer has " + std::to_string(k) + " outputs");
+    }
+  } else {
+    if (data.target_kind() != TargetKind::labels) {
+      throw InputError("cross-entropy needs integer class labels; the data carries real targets");
+    }
+    if (data.num_targets() > k) {
+      throw InputError("the labels name " + std::to_string(data.num_targets()) +
+                       " classes but the last layer has " + std::to_string(k) + " outputs");
+    }
+  }
+}
+
+double noise_scale(double trace_cov, double grad_norm_sq) {
+  return grad_norm_sq > 0 ? trace_cov / grad_norm_sq : std::numeric_limits<double>::infinity();
+}
+
+}  // namespace
+
+Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  check_compatible(model, data, options.loss);
+  if (options.chunk_rows < 1) {
+    throw InputError("--chunk-rows must be at least 1; got " + std::to_string(options.chunk_rows));
+  }
+
+  const std::int64_t n = data.num_samples();
+  const std::int64_t d = data.num_features();
+  const std::int64_t k = model.output_dim();
+  const std::int64_t num_layers = model.num_layers();
+  const std::int64_t chunk = std::min(options.chunk_rows, n);
+
+  ChunkBuffers buf;
+  std::int64_t widest = d;
+  for (const Layer& layer : model.layers) {
+    buf.activations.emplace_back(static_cast<std::size_t>(chunk * layer.in));
+    buf.errors.emplace_back(static_cast<std::size_t>(chunk * layer.out));
+    widest = std::max(widest, layer.out);
+  }
+  buf.output.resize(static_cast<std::size_t>(chunk * k));
+  if (options.loss == Loss::squared) {
+    buf.y.resize(static_cast<std::size_t>(chunk * k));
+  } else {
+    buf.labels.resize(static_cast<std::size_t>(chunk));
+  }
+  buf.sample_loss.resize(static_cast<std::size_t>(chunk));
+  if (options.param_stats) {
+    buf.u_sq.resize(static_cast<std::size_t>(chunk * widest));
+    buf.v_sq.resize(static_cast<std::size_t>(chunk * widest));
+  }
+
+  std::vector<Moments> layer_moments(static_cast<std::size_t>(num_layers));
+  Moments loss_moments;
+
+  for (std::int64_t first = 0; first < n; first += chunk) {
+    const std::int64_t m = std::min(chunk, n - first);
+    data.read(first, m, buf.activations[0].data(), buf.y.empty() ? nullptr : buf.y.data(),
+              buf.labels.empty() ? nullptr : buf.labels.data());
+
+    // Forward: a_l = a_{l-1} W_lᵀ + b_l.
+    for (std::int64_t l = 0; l < num_layers; ++l) {
+      const Layer& layer = model.layers[l];
+      double* next = (l + 1 < num_layers) ? buf.activations[l + 1].data() : buf.output.data();
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                  static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0,
+                  buf.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
+                  static_cast<int>(layer.in), 0.0, next, static_cast<int>(layer.out));
+      if (layer.has_bias()) {
+        for (std::int64_t i = 0; i < m; ++i) {
+          for (std::int64_t r = 0; r < layer.out; ++r) next[i * layer.out + r] += layer.bias[r];
+        }
+      }
+    }
+    // A non-finite output means a non-finite input or weight reached it.
+    for (std::int64_t j = 0; j < m * k; ++j) {
+      if (!std::isfinite(buf.output[j])) {
+        throw InputError("sample " + std::to_string(first + j / k) +
+                         " gives a non-finite model output; expected finite inputs and weights");
+      }
+    }
+
+    output_errors(options.loss, buf.output.data(), buf.y.data(), buf.labels.data(), m, k, first,
+                  buf.errors[num_layers - 1].data(), buf.sample_loss.data());
+    // Backward: δ_{l-1} = δ_l W_l.
+    for (std::int64_t l = num_layers - 1; l > 0; --l) {
+      const Layer& layer = model.layers[l];
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                  static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0,
+                  buf.errors[l].data(), static_cast<int>(layer.out), layer.weight.data(),
+                  static_cast<int>(layer.in), 0.0, buf.errors[l - 1].data(),
+                  static_cast<int>(layer.in));
+    }
+
+    for (std::int64_t l = 0; l < num_layers; ++l) {
+      chunk_layer_stats(model.layers[l], buf.errors[l].data(), buf.activations[l].data(), m,
+                        options.param_stats, buf, layer_moments[l]);
+    }
+
+    // Loss: centred within the chunk, then merged like the gradients.
+    double loss_sum = 0;
+    for (std::int64_t i = 0; i < m; ++i) loss_sum += buf.sample_loss[i];
+    const double loss_mean = loss_sum / static_cast<double>(m);
+    double loss_m2 = 0;
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double e = buf.sample_loss[i] - loss_mean;
+      loss_m2 += e * e;
+    }
+    loss_moments.merge(m, {loss_mean}, loss_m2, {}, 0.0);
+  }
+
+  Profile result;
+  result.n = n;
+  result.num_params = model.num_params();
+  result.loss = loss_moments.mean[0];
+  const double inv_n = 1.0 / static_cast<double>(n);
+  result.loss_var = loss_moments.m2_total * inv_n;
+  result.param_mean.reserve(static_cast<std::size_t>(result.num_params));
+  if (options.param_stats) result.param_var.reserve(static_cast<std::size_t>(result.num_params));
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    const Moments& mom = layer_moments[l];
+    LayerProfile lp;
+    lp.name = Model::layer_name(l);
+    lp.num_params = model.layers[l].num_params();
+    for (double g : mom.mean) lp.grad_norm_sq += g * g;
+    lp.trace_cov = mom.m2_total * inv_n;
+    lp.mean_sample_grad_norm_sq = mom.sum_norm_sq * inv_n;
+    lp.noise_scale_simple = noise_scale(lp.trace_cov, lp.grad_norm_sq);
+    result.grad_norm_sq += lp.grad_norm_sq;
+    result.trace_cov += lp.trace_cov;
+    result.mean_sample_grad_norm_sq += lp.mean_sample_grad_norm_sq;
+    result.param_mean.insert(result.param_mean.end(), mom.mean.begin(), mom.mean.end());
+    for (double v : mom.m2) result.param_var.push_back(v * inv_n);
+    result.layers.push_back(std::move(lp));
+  }
+  result.noise_scale_simple = noise_scale(result.trace_cov, result.grad_norm_sq);
+  result.device = "cpu";
+  result.elapsed_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace gradnoise

@@ -1,0 +1,82 @@
+// Shared helpers for the tests: random problems and relative comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gradnoise/data.hpp"
+#include "gradnoise/model.hpp"
+
+namespace gradnoise::testing {
+
+/// A model of the given widths with N(0, scale²/in) weights and N(0, scale²) biases.
+inline Model random_model(const std::vector<std::int64_t>& widths, bool bias, unsigned seed,
+                          double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Model model;
+  for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+    Layer layer;
+    layer.in = widths[l];
+    layer.out = widths[l + 1];
+    for (std::int64_t j = 0; j < layer.in * layer.out; ++j) {
+      layer.weight.push_back(scale * normal(rng) / std::sqrt(static_cast<double>(layer.in)));
+    }
+    if (bias) {
+      for (std::int64_t r = 0; r < layer.out; ++r) layer.bias.push_back(scale * normal(rng));
+    }
+    model.layers.push_back(std::move(layer));
+  }
+  return model;
+}
+
+/// N samples with x ~ offset + N(0, I); real targets N(0, 1) or labels uniform in [0, k).
+inline Dataset random_dataset(std::int64_t n, std::int64_t d, std::int64_t k, Loss loss,
+                              unsigned seed, double offset = 0.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Dataset data;
+  data.n = n;
+  data.d = d;
+  data.k = k;
+  for (std::int64_t j = 0; j < n * d; ++j) data.x.push_back(offset + normal(rng));
+  if (loss == Loss::squared) {
+    for (std::int64_t j = 0; j < n * k; ++j) data.y.push_back(normal(rng));
+  } else {
+    std::uniform_int_distribution<std::int32_t> label(0, static_cast<std::int32_t>(k - 1));
+    for (std::int64_t i = 0; i < n; ++i) data.labels.push_back(label(rng));
+  }
+  return data;
+}
+
+inline double relative_error(double got, double want) {
+  if (got == want) return 0.0;
+  return std::abs(got - want) / std::max(std::abs(want), std::abs(got));
+}
+
+/// |got − want| ≤ rtol·|want| + atol, elementwise, with the first failure reported.
+inline ::testing::AssertionResult all_near(const std::vector<double>& got,
+                                           const std::vector<double>& want, double rtol,
+                                           double atol) {
+  if (got.size() != want.size()) {
+    return ::testing::AssertionFailure() << "sizes differ: " << got.size() << " vs " << want.size();
+  }
+  for (std::size_t j = 0; j < got.size(); ++j) {
+    if (!(std::abs(got[j] - want[j]) <= rtol * std::abs(want[j]) + atol)) {
+      return ::testing::AssertionFailure() << "slot " << j << ": got " << got[j] << ", want "
+                                           << want[j];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+inline double max_abs(const std::vector<double>& values) {
+  double m = 0;
+  for (double v : values) m = std::max(m, std::abs(v));
+  return m;
+}
+
+}  // namespace gradnoise::testing
