@@ -27,15 +27,18 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "moments.hpp"
 
 namespace gradnoise {
 namespace {
+
+using detail::RowSums;
 
 constexpr std::int64_t kRowBlock = 128;
 // Below this many values a loop is not worth waking the thread team for.
 constexpr std::int64_t kParallelMin = 1 << 15;
 
-std::int64_t num_blocks(std::int64_t rows) { return (rows + kRowBlock - 1) / kRowBlock; }
+std::int64_t num_blocks(std::int64_t rows) { return detail::ceil_div(rows, kRowBlock); }
 
 /// Running moments of a vector-valued per-sample quantity, merged chunk by chunk.
 struct Moments {
@@ -49,10 +52,7 @@ struct Moments {
   /// centred sum `chunk_m2_total` and per-slot centred sums `chunk_m2`.
   void merge(std::int64_t m, const std::vector<double>& chunk_mean, double chunk_m2_total,
              const std::vector<double>& chunk_m2, double chunk_sum_norm_sq) {
-    const double n_old = static_cast<double>(count);
-    const double n_new = n_old + static_cast<double>(m);
-    const double weight = static_cast<double>(m) / n_new;  // share of the chunk in the merged mean
-    const double cross = n_old * weight;                    // n_old·m / n_new
+    const detail::MergeWeights w = detail::merge_weights(count, m);
     const bool per_slot = !chunk_m2.empty();
     if (mean.empty()) {
       mean.assign(chunk_mean.size(), 0.0);
@@ -60,12 +60,10 @@ struct Moments {
     }
     double diff_sq = 0;
     for (std::size_t j = 0; j < mean.size(); ++j) {
-      const double diff = chunk_mean[j] - mean[j];
-      diff_sq += diff * diff;
-      mean[j] += diff * weight;
-      if (per_slot) m2[j] += chunk_m2[j] + diff * diff * cross;
+      diff_sq += detail::merge_slot(mean[j], per_slot ? &m2[j] : nullptr, chunk_mean[j],
+                                    per_slot ? chunk_m2[j] : 0.0, w);
     }
-    m2_total += chunk_m2_total + diff_sq * cross;
+    m2_total += chunk_m2_total + diff_sq * w.cross;
     sum_norm_sq += chunk_sum_norm_sq;
     count += m;
   }
@@ -104,28 +102,6 @@ void column_means(const double* mat, std::int64_t m, std::int64_t cols, double* 
   for (std::int64_t j = 0; j < cols; ++j) means[j] *= inv_m;
 }
 
-/// Per-sample sums that the centred expansion needs (see chunk_layer_stats).
-struct RowSums {
-  double sum_norm_sq = 0;  // Σ ‖δ_i‖² (‖a_i‖² + [bias])   (uncentred, for mean‖g_i‖²)
-  double su = 0;           // Σ ‖u_i‖²
-  double sv = 0;           // Σ ‖v_i‖²
-  double du_av = 0;        // Σ (δ̄·u_i)(ā·v_i)
-  double du_sv = 0;        // Σ (δ̄·u_i) ‖v_i‖²
-  double su_av = 0;        // Σ ‖u_i‖² (ā·v_i)
-  double su_sv = 0;        // Σ ‖u_i‖² ‖v_i‖²
-
-  RowSums& operator+=(const RowSums& o) {
-    sum_norm_sq += o.sum_norm_sq;
-    su += o.su;
-    sv += o.sv;
-    du_av += o.du_av;
-    du_sv += o.du_sv;
-    su_av += o.su_av;
-    su_sv += o.su_sv;
-    return *this;
-  }
-};
-
 /// Centres δ (m×out) and a (m×in) in place on their chunk means and returns the
 /// per-sample sums; the rows are not needed uncentred afterwards.
 RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t out,
@@ -153,13 +129,7 @@ RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t 
         sv += v[s] * v[s];
         av += act_mean[s] * v[s];
       }
-      acc.sum_norm_sq += delta_sq * (act_sq + (bias ? 1.0 : 0.0));
-      acc.su += su;
-      acc.sv += sv;
-      acc.du_av += du * av;
-      acc.du_sv += du * sv;
-      acc.su_av += su * av;
-      acc.su_sv += su * sv;
+      acc.add_row(delta_sq, act_sq, su, du, sv, av, bias);
     }
     partial[blk] = acc;
   }
@@ -199,18 +169,13 @@ void chunk_layer_stats(const Layer& layer, double* delta, double* act, std::int6
   double delta_mean_sq = 0, act_mean_sq = 0;
   for (double v : delta_mean) delta_mean_sq += v * v;
   for (double v : act_mean) act_mean_sq += v * v;
-  // Σ_i ‖g_i − G_c‖² = ‖δ̄‖² Σ‖v‖² + ‖ã‖² Σ‖u‖² + 2Σ(δ̄·u)(ā·v) + 2Σ(δ̄·u)‖v‖²
-  //                   + 2Σ‖u‖²(ā·v) + Σ‖u‖²‖v‖² − m‖C‖², with ‖ã‖² = ‖ā‖² + [bias].
-  const double chunk_m2_total = delta_mean_sq * rows.sv +
-                                (act_mean_sq + (bias ? 1.0 : 0.0)) * rows.su +
-                                2.0 * (rows.du_av + rows.du_sv + rows.su_av) + rows.su_sv -
-                                dm * c_norm_sq;
+  const double chunk_m2_total = detail::chunk_centred_sum(rows, delta_mean_sq, act_mean_sq, bias, dm,
+                                                         c_norm_sq);
 
   std::vector<double> chunk_m2;
   if (param_stats) {
-    // Per slot (r, s): Σ_i (δ̄_r v_is + u_ir ā_s + u_ir v_is − C_rs)²
-    //   = δ̄_r² Σv_s² + ā_s² Σu_r² + [(U∘U)ᵀ(V∘V)]_rs − m C_rs² + 2m δ̄_r ā_s C_rs
-    //     + 2 δ̄_r [Uᵀ(V∘V)]_rs + 2 ā_s [(U∘U)ᵀV]_rs;   bias slot r: Σ u_ir².
+    // Per slot: Σ_i (δ̄_r v_is + u_ir ā_s + u_ir v_is − C_rs)², expanded in
+    // chunk_slot_centred_sum; a bias slot r is Σ_i u_ir².
     chunk_m2.assign(static_cast<std::size_t>(slots), 0.0);
     elementwise_square(delta, m * out, buf.u_sq.data());
     elementwise_square(act, m * in, buf.v_sq.data());
@@ -231,9 +196,8 @@ void chunk_layer_stats(const Layer& layer, double* delta, double* act, std::int6
     for (std::int64_t r = 0; r < out; ++r) {
       for (std::int64_t s = 0; s < in; ++s) {
         const std::int64_t j = r * in + s;
-        const double dr = delta_mean[r], as = act_mean[s], crs = c[j];
-        chunk_m2[j] = dr * dr * v_sq_sum[s] + as * as * u_sq_sum[r] + uu_vv[j] - dm * crs * crs +
-                      2.0 * dm * dr * as * crs + 2.0 * dr * u_vv[j] + 2.0 * as * uu_v[j];
+        chunk_m2[j] = detail::chunk_slot_centred_sum(delta_mean[r], act_mean[s], c[j], u_sq_sum[r],
+                                                     v_sq_sum[s], uu_vv[j], u_vv[j], uu_v[j], dm);
       }
       if (bias) chunk_m2[out * in + r] = u_sq_sum[r];
     }
@@ -255,13 +219,7 @@ void output_errors(Loss loss, const double* out, const double* y, const std::int
   if (loss == Loss::squared) {
 #pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
     for (std::int64_t i = 0; i < m; ++i) {
-      double sq = 0;
-      for (std::int64_t c = 0; c < k; ++c) {
-        const double e = out[i * k + c] - y[i * k + c];
-        delta[i * k + c] = e;
-        sq += e * e;
-      }
-      sample_loss[i] = 0.5 * sq;
+      sample_loss[i] = detail::squared_error_row(out + i * k, y + i * k, k, delta + i * k);
     }
     return;
   }
@@ -274,18 +232,7 @@ void output_errors(Loss loss, const double* out, const double* y, const std::int
   }
 #pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
   for (std::int64_t i = 0; i < m; ++i) {
-    const double* z = out + i * k;
-    double* p = delta + i * k;
-    const double z_max = *std::max_element(z, z + k);
-    double total = 0;
-    for (std::int64_t c = 0; c < k; ++c) {
-      p[c] = std::exp(z[c] - z_max);
-      total += p[c];
-    }
-    const double inv = 1.0 / total;
-    for (std::int64_t c = 0; c < k; ++c) p[c] *= inv;
-    p[labels[i]] -= 1.0;
-    sample_loss[i] = std::log(total) + z_max - z[labels[i]];
+    sample_loss[i] = detail::softmax_error_row(out + i * k, labels[i], k, delta + i * k);
   }
 }
 
