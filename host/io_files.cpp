@@ -1,1 +1,234 @@
-// placeholder: being written
+// Outputs written atomically, the writability probe, and load_xy, which turns
+// a pair of .npy/.csv files into a validated Dataset.
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "gradnoise/error.hpp"
+#include "gradnoise/io.hpp"
+
+namespace gradnoise {
+
+std::int64_t Array::cols() const {
+  std::int64_t product = 1;
+  for (std::size_t dim = 1; dim < shape.size(); ++dim) product *= shape[dim];
+  return product;
+}
+
+namespace {
+
+/// Shortest round-trip form ("0.5", "nan"), unlike std::to_string's "0.500000".
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", value);
+  // Prefer the shortest of %.15g/%.17g that reads back exactly.
+  char shorter[32];
+  std::snprintf(shorter, sizeof shorter, "%.15g", value);
+  return std::strtod(shorter, nullptr) == value ? shorter : text;
+}
+
+std::string quoted(const std::filesystem::path& path) {
+  std::string text(1, '"');
+  text += path.string();
+  text += '"';
+  return text;
+}
+
+std::filesystem::path directory_of(const std::filesystem::path& path) {
+  const std::filesystem::path parent = path.parent_path();
+  return parent.empty() ? std::filesystem::path(".") : parent;
+}
+
+/// A file descriptor that is closed on scope exit unless released first.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  /// Closes now so the caller can check the result (close can report a
+  /// delayed write error, e.g. on NFS or a full disk).
+  int close() {
+    const int result = ::close(fd_);
+    fd_ = -1;
+    return result;
+  }
+
+ private:
+  int fd_;
+};
+
+/// Creates a new, uniquely named file beside `target` (same directory, so the
+/// final rename stays on one file system and is atomic). O_EXCL makes the name
+/// ours even if another process picked the same one.
+std::pair<std::filesystem::path, int> create_temp_beside(const std::filesystem::path& target,
+                                                         const char* purpose) {
+  static std::atomic<unsigned> counter{0};
+  const std::filesystem::path directory = directory_of(target);
+  // Hidden (leading dot) so a crash mid-write does not leave a file that
+  // looks like a result.
+  std::string stem(1, '.');
+  stem += target.filename().string();
+  stem += std::string(".") + purpose + "-" + std::to_string(::getpid()) + "-";
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
+    const std::filesystem::path candidate =
+        directory / (stem + std::to_string(counter.fetch_add(1)) + "-" +
+                     std::to_string(static_cast<unsigned long long>(ticks) % 1000000007ULL));
+    const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) return {candidate, fd};
+    if (errno != EEXIST) {
+      throw RuntimeError("cannot write " + quoted(target) + ": creating a file in directory " +
+                         quoted(directory) + " failed (" + std::strerror(errno) + ")");
+    }
+  }
+  throw RuntimeError("cannot write " + quoted(target) +
+                     ": no unused temporary file name found in " + quoted(directory));
+}
+
+bool has_extension(const std::filesystem::path& path, const std::string& lowercase_extension) {
+  std::string extension = path.extension().string();
+  std::transform(extension.begin(), extension.end(), extension.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return extension == lowercase_extension;
+}
+
+Array read_array(const std::filesystem::path& path, const char* role) {
+  if (has_extension(path, ".npy")) return read_npy(path);
+  if (has_extension(path, ".csv")) return read_csv(path);
+  throw InputError(std::string(role) + " file " + quoted(path) +
+                   " has an unsupported extension; expected .npy or .csv");
+}
+
+std::string shape_string(const Array& array) {
+  std::string text;
+  for (std::size_t dim = 0; dim < array.shape.size(); ++dim) {
+    if (dim > 0) text += "×";
+    text += std::to_string(array.shape[dim]);
+  }
+  return text;
+}
+
+/// NaN/Inf checked here as well as in Dataset::validate so the message can
+/// name the file and the element.
+void require_finite(const Array& array, const std::filesystem::path& path, const char* role) {
+  const auto bad = std::find_if(array.values.begin(), array.values.end(),
+                                [](double value) { return !std::isfinite(value); });
+  if (bad == array.values.end()) return;
+  const auto index = static_cast<std::int64_t>(bad - array.values.begin());
+  const std::int64_t cols = array.cols();
+  throw InputError(std::string(role) + " file " + quoted(path) + " holds a non-finite value (" +
+                   format_number(*bad) + ") at row " + std::to_string(index / cols) +
+                   ", column " + std::to_string(index % cols) +
+                   " (0-based); every value must be finite");
+}
+
+}  // namespace
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
+  auto [temp_path, raw_fd] = create_temp_beside(path, "tmp");
+  FileDescriptor fd(raw_fd);
+  auto fail = [&, temp = temp_path](const std::string& what, int error) {
+    if (fd.get() >= 0) fd.close();
+    ::unlink(temp.c_str());
+    throw RuntimeError("cannot write " + quoted(path) + ": " + what + " failed (" +
+                       std::strerror(error) + ")");
+  };
+
+  const char* next = contents.data();
+  std::size_t remaining = contents.size();
+  while (remaining > 0) {
+    const ssize_t written = ::write(fd.get(), next, remaining);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      fail("writing the temporary file " + quoted(temp_path), errno);
+    }
+    next += written;
+    remaining -= static_cast<std::size_t>(written);
+  }
+  if (fd.close() != 0) fail("closing the temporary file " + quoted(temp_path), errno);
+  if (std::rename(temp_path.c_str(), path.c_str()) != 0) {
+    fail("renaming the temporary file " + quoted(temp_path) + " over it", errno);
+  }
+}
+
+void check_writable(const std::filesystem::path& path) {
+  const std::filesystem::path directory = directory_of(path);
+  std::error_code error;
+  if (!std::filesystem::is_directory(directory, error)) {
+    throw RuntimeError("cannot write " + quoted(path) + ": directory " + quoted(directory) +
+                       " does not exist");
+  }
+  auto [probe_path, raw_fd] = create_temp_beside(path, "probe");
+  FileDescriptor fd(raw_fd);
+  fd.close();
+  ::unlink(probe_path.c_str());
+}
+
+Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
+                Loss loss) {
+  Array x = read_array(x_path, "X");
+  Array y = read_array(y_path, "Y");
+  require_finite(x, x_path, "X");
+  require_finite(y, y_path, "Y");
+
+  Dataset data;
+  data.n = x.rows();
+  data.d = x.cols();  // 1-D X is N×1
+  if (data.n == 0) throw InputError("X file " + quoted(x_path) + " holds no samples");
+  if (data.d == 0) throw InputError("X file " + quoted(x_path) + " has no feature columns");
+  if (y.rows() != data.n) {
+    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(data.n) +
+                     " rows but Y file " + quoted(y_path) + " has " + std::to_string(y.rows()) +
+                     "; they must have one row per sample");
+  }
+  data.x = std::move(x.values);
+
+  if (loss == Loss::cross_entropy) {
+    if (y.cols() != 1) {
+      throw InputError("Y file " + quoted(y_path) + " has shape " + shape_string(y) +
+                       " but cross-entropy needs one integer label per sample (shape " +
+                       std::to_string(data.n) + " or " + std::to_string(data.n) + "×1)");
+    }
+    data.labels.resize(y.values.size());
+    std::int32_t max_label = -1;
+    for (std::size_t i = 0; i < y.values.size(); ++i) {
+      const double value = y.values[i];
+      if (value != std::floor(value) || value < 0 ||
+          value > std::numeric_limits<std::int32_t>::max() - 1) {
+        throw InputError("Y file " + quoted(y_path) + " holds " + format_number(value) +
+                         " at row " + std::to_string(i) +
+                         " (0-based) but cross-entropy labels must be non-negative integers "
+                         "below 2^31 - 1");
+      }
+      data.labels[i] = static_cast<std::int32_t>(value);
+      max_label = std::max(max_label, data.labels[i]);
+    }
+    data.k = static_cast<std::int64_t>(max_label) + 1;
+  } else {
+    data.k = y.cols();  // 1-D Y is N×1
+    if (data.k == 0) throw InputError("Y file " + quoted(y_path) + " has no target columns");
+    data.y = std::move(y.values);
+  }
+
+  const std::string what = "the data from " + quoted(x_path) + " and " + quoted(y_path);
+  data.validate(what.c_str());
+  return data;
+}
+
+}  // namespace gradnoise

@@ -112,7 +112,10 @@ Model make_model(std::span<const std::int64_t> widths, bool bias, Init init, std
     if (init == Init::gaussian) {
       // Variance 1/fan-in keeps activations O(1) through the chain; one
       // counter stream per layer so adding a layer leaves the others unchanged.
-      detail::fill_normal(seed, l, layer.weight);
+      for (std::int64_t r = 0; r < layer.out; ++r) {
+        detail::fill_normals(seed, static_cast<std::uint32_t>(l), static_cast<std::uint64_t>(r),
+                             layer.weight.data() + r * layer.in, layer.in);
+      }
       const double scale = 1.0 / std::sqrt(static_cast<double>(layer.in));
       for (double& w : layer.weight) w *= scale;
     }

@@ -22,16 +22,22 @@ struct Array {
   std::int64_t cols() const;   // product of the trailing dims (1 for 1-D)
 };
 
-/// .npy: dtypes <f4, <f8, <i4, <i8, |u1 (also |i1, <i2, <u2); C order only.
+/// .npy (format 1.0, 2.0, 3.0): dtypes <f4, <f8, <i4, <i8, |u1 (also |i1, <i2,
+/// <u2); little-endian, C order, 1-D or 2-D only. Integer dtypes set
+/// integral_dtype. Anything else is an InputError naming the file.
 Array read_npy(const std::filesystem::path& path);
-/// Writes float64 .npy (C order) atomically.
+/// Writes float64 '<f8' .npy (version 1.0, C order) atomically. A shape whose
+/// product differs from values.size() is a caller bug: std::invalid_argument.
 void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,
                const std::vector<double>& values);
 
-/// Numeric CSV; a first line that does not parse as numbers is a header.
+/// Numeric CSV; a first line with any non-numeric field is a header. Shape is
+/// always {rows, cols} (one column gives rows×1); NaN/Inf and ragged rows are
+/// InputErrors naming the file, line and column.
 Array read_csv(const std::filesystem::path& path);
 
-/// IDX (LeCun's format), gzip-compressed or plain: unsigned-byte arrays.
+/// IDX (LeCun's format), gzip-compressed or plain: unsigned-byte arrays of 1
+/// to 3 dims; N×R×C images come back as {N, R*C}.
 Array read_idx(const std::filesystem::path& path);
 
 /// Reads X and Y from .npy or .csv (by extension). For `loss` cross-entropy
@@ -45,7 +51,8 @@ std::filesystem::path fashion_mnist_dir();
 
 /// Fashion-MNIST: pixels scaled to [0, 1] (D = 784), labels in [0, 10) for
 /// cross-entropy or one-hot targets for squared loss. `split` is "train" or
-/// "test"; `limit` > 0 keeps the first `limit` samples.
+/// "test"; `limit` > 0 keeps the first `limit` samples (a limit above the
+/// split's size is an InputError, not clamped).
 Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& split, Loss loss,
                            std::int64_t limit = 0);
 
