@@ -1,1 +1,587 @@
-// placeholder: being written
+// The command-line tool, run as a user runs it: the built binary
+// (GRADNOISE_CLI_PATH) with stdout/stderr captured to files in a per-test
+// temp dir. Checks that the outputs have the promised shape, that their
+// numbers are what the library computes (the CLI is a thin layer), and that
+// every kind of bad input fails with one line naming the culprit and leaves
+// no output behind.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gradnoise/data.hpp"
+#include "gradnoise/io.hpp"
+#include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
+
+#ifndef GRADNOISE_CLI_PATH
+#error "GRADNOISE_CLI_PATH must name the built gradnoise binary"
+#endif
+
+namespace gradnoise {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string shell_quote(const std::string& text) {
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream stream(text);
+  for (std::string line; std::getline(stream, line);) lines.push_back(line);
+  return lines;
+}
+
+std::string lower(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return text;
+}
+
+/// |a − b| ≤ rtol·max(|a|, |b|).
+::testing::AssertionResult close_relative(double a, double b, double rtol = 1e-12) {
+  if (a == b) return ::testing::AssertionSuccess();
+  const double scale = std::max(std::abs(a), std::abs(b));
+  if (std::abs(a - b) <= rtol * scale) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << a << " vs " << b << " (relative difference "
+                                       << std::abs(a - b) / scale << ")";
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("gradnoise_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    if (!HasFailure()) fs::remove_all(dir_, ignored);
+  }
+
+  fs::path path(const std::string& name) const { return dir_ / name; }
+  std::string p(const std::string& name) const { return path(name).string(); }
+
+  /// Runs the binary with `args` (each shell-quoted), from the temp dir,
+  /// after the shell commands in `setup` (e.g. a ulimit).
+  RunResult run(const std::vector<std::string>& args, const std::string& setup = "") const {
+    std::string command = "cd " + shell_quote(dir_.string()) + " && " + setup +
+                          shell_quote(GRADNOISE_CLI_PATH);
+    for (const std::string& arg : args) command += " " + shell_quote(arg);
+    const fs::path out = dir_ / ".stdout";
+    const fs::path err = dir_ / ".stderr";
+    command += " >" + shell_quote(out.string()) + " 2>" + shell_quote(err.string());
+    const int raw = std::system(command.c_str());
+    RunResult result;
+    result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    result.out = read_text(out);
+    result.err = read_text(err);
+    fs::remove(out);
+    fs::remove(err);
+    return result;
+  }
+
+  /// Files in the temp dir, for "nothing new was written" checks.
+  std::vector<std::string> listing() const {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir_)) names.push_back(entry.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  /// Runs `args`, which must fail with `status`, print exactly one line
+  /// "gradnoise: error: ..." containing `needle` (case-insensitive) and
+  /// leave the directory as it was (no output, no temp file).
+  void expect_failure(const std::vector<std::string>& args, int status, const std::string& needle) {
+    const std::vector<std::string> before = listing();
+    const RunResult result = run(args);
+    EXPECT_EQ(result.status, status) << result.err;
+    const std::vector<std::string> lines = lines_of(result.err);
+    ASSERT_EQ(lines.size(), 1u) << result.err;
+    EXPECT_EQ(lines[0].rfind("gradnoise: error: ", 0), 0u) << lines[0];
+    EXPECT_NE(lower(lines[0]).find(lower(needle)), std::string::npos)
+        << "message does not mention '" << needle << "': " << lines[0];
+    EXPECT_EQ(listing(), before) << "the failed run left files behind";
+  }
+
+  /// The standard output flags of a profile run, all in the temp dir.
+  std::vector<std::string> output_flags() const {
+    return {"--out", p("report.json"), "--curve", p("curve.csv"), "--param-stats", p("stats.npy")};
+  }
+
+  /// X (n×d) and real Y (n×k) from `gradnoise synth`, with label noise so no
+  /// model fits exactly.
+  void synth(std::int64_t n, std::int64_t d, std::int64_t k) const {
+    const RunResult result = run({"synth", "--n", std::to_string(n), "--d", std::to_string(d),
+                                  "--k", std::to_string(k), "--seed", "3", "--label-noise", "0.3",
+                                  "--x-out", p("X.npy"), "--y-out", p("Y.npy")});
+    ASSERT_EQ(result.status, 0) << result.err;
+  }
+
+  /// Small fixtures: X (n×d) deterministic, labels in [0, classes).
+  void write_classification(std::int64_t n, std::int64_t d, std::int64_t classes) const {
+    std::vector<double> x(n * d);
+    for (std::int64_t i = 0; i < n * d; ++i) x[i] = std::sin(0.37 * i + 0.1) + 0.05 * (i % 7);
+    std::vector<double> labels(n);
+    for (std::int64_t i = 0; i < n; ++i) labels[i] = static_cast<double>((i * 5 + 1) % classes);
+    write_npy(path("X.npy"), {n, d}, x);
+    write_npy(path("labels.npy"), {n}, labels);
+  }
+
+  fs::path dir_;
+};
+
+// ---- Outputs and their shape -------------------------------------------------
+
+TEST_F(Cli, SynthWritesWhatTheLibraryGenerates) {
+  const RunResult result =
+      run({"synth", "--n", "50", "--d", "3", "--k", "2", "--spectrum", "powerlaw:1", "--mean",
+           "0.5", "--label-noise", "0.1", "--seed", "9", "--x-out", p("X.npy"), "--y-out",
+           p("Y.npy"), "--teacher-out", p("W.npy")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(result.err.empty()) << result.err;
+  SynthOptions options;
+  options.n = 50;
+  options.d = 3;
+  options.k = 2;
+  options.spectrum = "powerlaw:1";
+  options.mean = 0.5;
+  options.label_noise = 0.1;
+  options.seed = 9;
+  const SynthData expected = make_synthetic(options);
+  const Array x = read_npy(path("X.npy"));
+  const Array y = read_npy(path("Y.npy"));
+  const Array w = read_npy(path("W.npy"));
+  EXPECT_EQ(x.shape, (std::vector<std::int64_t>{50, 3}));
+  EXPECT_EQ(y.shape, (std::vector<std::int64_t>{50, 2}));
+  EXPECT_EQ(w.shape, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(x.values, expected.data.x);
+  EXPECT_EQ(y.values, expected.data.y);
+  EXPECT_EQ(w.values, expected.teacher);
+}
+
+TEST_F(Cli, ProfileWritesReportCurveAndParamStats) {
+  synth(200, 5, 2);
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--hidden",
+                                   "4", "--batch-sizes", "pow2"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  const RunResult result = run(args);
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(result.err.empty()) << result.err;
+  EXPECT_NE(result.out.find("trace_cov"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("B_simple"), std::string::npos) << result.out;
+
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  for (const char* key : {"n", "num_params", "loss", "loss_var", "grad_norm_sq", "trace_cov",
+                          "mean_sample_grad_norm_sq", "noise_scale_simple", "layers", "device",
+                          "elapsed_s", "gradnoise_version", "loss_kind", "model", "data",
+                          "curve_preview"}) {
+    EXPECT_TRUE(report.contains(key)) << key;
+  }
+  const std::int64_t num_params = 5 * 4 + 4 + 4 * 2 + 2;
+  EXPECT_EQ(report["n"], 200);
+  EXPECT_EQ(report["num_params"], num_params);
+  EXPECT_EQ(report["loss_kind"], "mse");
+  EXPECT_EQ(report["model"]["widths"], nlohmann::json({5, 4, 2}));
+  EXPECT_EQ(report["model"]["bias"], nlohmann::json({true, true}));
+  ASSERT_EQ(report["layers"].size(), 2u);
+  for (const auto& layer : report["layers"]) {
+    for (const char* key : {"name", "num_params", "grad_norm_sq", "trace_cov",
+                            "mean_sample_grad_norm_sq", "noise_scale_simple"}) {
+      EXPECT_TRUE(layer.contains(key)) << key;
+    }
+  }
+  EXPECT_EQ(report["layers"][0]["name"], "layer1");
+  EXPECT_EQ(report["curve_preview"].size(), 9u);  // 1, 2, 4, ..., 128, 200
+
+  const std::vector<std::string> curve = lines_of(read_text(path("curve.csv")));
+  ASSERT_EQ(curve.size(), 1u + 9u);
+  EXPECT_EQ(curve[0], "batch_size,var_without_replacement,var_with_replacement");
+  EXPECT_EQ(curve[1].rfind("1,", 0), 0u);
+  EXPECT_EQ(curve[9].rfind("200,0,", 0), 0u) << curve[9];  // c(N) = 0 exactly
+
+  const Array stats = read_npy(path("stats.npy"));
+  EXPECT_EQ(stats.shape, (std::vector<std::int64_t>{num_params, 2}));
+}
+
+TEST_F(Cli, CurveRowsFollowBatchSizes) {
+  synth(20, 3, 1);
+  const std::vector<std::string> base = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                         "--curve", p("curve.csv")};
+
+  ASSERT_EQ(run(base).status, 0);  // default: all
+  std::vector<std::string> all = lines_of(read_text(path("curve.csv")));
+  ASSERT_EQ(all.size(), 1u + 20u);
+  for (int b = 1; b <= 20; ++b) EXPECT_EQ(all[b].substr(0, all[b].find(',')), std::to_string(b));
+
+  std::vector<std::string> list = base;
+  list.insert(list.end(), {"--batch-sizes", "1,7,20", "--curve-loss"});
+  const RunResult result = run(list);
+  ASSERT_EQ(result.status, 0) << result.err;
+  std::vector<std::string> rows = lines_of(read_text(path("curve.csv")));
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(rows[0],
+            "batch_size,var_without_replacement,var_with_replacement,"
+            "loss_var_without_replacement,loss_var_with_replacement");
+  EXPECT_EQ(rows[2].rfind("7,", 0), 0u);
+  EXPECT_EQ(std::count(rows[2].begin(), rows[2].end(), ','), 4);
+
+  std::vector<std::string> pow2 = base;
+  pow2.insert(pow2.end(), {"--batch-sizes", "pow2"});
+  ASSERT_EQ(run(pow2).status, 0);
+  rows = lines_of(read_text(path("curve.csv")));
+  ASSERT_EQ(rows.size(), 1u + 6u);  // 1, 2, 4, 8, 16, 20
+  EXPECT_EQ(rows.back().rfind("20,", 0), 0u);
+}
+
+// ---- The CLI computes what the library computes ------------------------------
+
+void expect_report_matches(const nlohmann::json& report, const Profile& expected) {
+  EXPECT_EQ(report["n"], expected.n);
+  EXPECT_EQ(report["num_params"], expected.num_params);
+  EXPECT_TRUE(close_relative(report["loss"], expected.loss));
+  EXPECT_TRUE(close_relative(report["loss_var"], expected.loss_var));
+  EXPECT_TRUE(close_relative(report["grad_norm_sq"], expected.grad_norm_sq));
+  EXPECT_TRUE(close_relative(report["trace_cov"], expected.trace_cov));
+  EXPECT_TRUE(close_relative(report["mean_sample_grad_norm_sq"], expected.mean_sample_grad_norm_sq));
+  EXPECT_TRUE(close_relative(report["noise_scale_simple"], expected.noise_scale_simple));
+  ASSERT_EQ(report["layers"].size(), expected.layers.size());
+  for (std::size_t l = 0; l < expected.layers.size(); ++l) {
+    const auto& layer = report["layers"][l];
+    EXPECT_EQ(layer["name"], expected.layers[l].name);
+    EXPECT_EQ(layer["num_params"], expected.layers[l].num_params);
+    EXPECT_TRUE(close_relative(layer["grad_norm_sq"], expected.layers[l].grad_norm_sq));
+    EXPECT_TRUE(close_relative(layer["trace_cov"], expected.layers[l].trace_cov));
+    EXPECT_TRUE(close_relative(layer["mean_sample_grad_norm_sq"],
+                               expected.layers[l].mean_sample_grad_norm_sq));
+    EXPECT_TRUE(close_relative(layer["noise_scale_simple"], expected.layers[l].noise_scale_simple));
+  }
+}
+
+TEST_F(Cli, ReportMatchesLibraryForBuiltModel) {
+  synth(150, 6, 2);
+  std::vector<std::string> args = {"profile", "--x",    p("X.npy"), "--y",   p("Y.npy"),
+                                   "--hidden", "5,3",   "--seed",   "11",    "--chunk-rows",
+                                   "16",       "--curve-loss", "--device", "cpu"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  const RunResult result = run(args);
+  ASSERT_EQ(result.status, 0) << result.err;
+
+  const Dataset data = load_xy(path("X.npy"), path("Y.npy"), Loss::squared);
+  const std::vector<std::int64_t> widths = {6, 5, 3, 2};
+  const Model model = make_model(widths, true, Init::gaussian, 11);
+  ProfileOptions options;
+  options.device = Device::cpu;  // the float64 reference, whatever GPU the machine has
+  options.param_stats = true;
+  const Profile expected = profile(model, data, options);
+
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  expect_report_matches(report, expected);
+  EXPECT_EQ(report["model"]["seed"], 11);
+
+  const Array stats = read_npy(path("stats.npy"));
+  ASSERT_EQ(stats.shape, (std::vector<std::int64_t>{expected.num_params, 2}));
+  for (std::int64_t j = 0; j < expected.num_params; ++j) {
+    EXPECT_TRUE(close_relative(stats.values[2 * j], expected.param_mean[j])) << j;
+    EXPECT_TRUE(close_relative(stats.values[2 * j + 1], expected.param_var[j])) << j;
+  }
+
+  // Every CSV row, at 17 significant digits, is the library's curve.
+  const std::vector<std::int64_t> sizes = parse_batch_sizes("all", expected.n);
+  const std::vector<CurvePoint> curve = batch_size_curve(expected, sizes);
+  const std::vector<std::string> rows = lines_of(read_text(path("curve.csv")));
+  ASSERT_EQ(rows.size(), curve.size() + 1);
+  for (std::size_t r = 0; r < curve.size(); ++r) {
+    std::istringstream row(rows[r + 1]);
+    std::string cell;
+    std::vector<double> cells;
+    while (std::getline(row, cell, ',')) cells.push_back(std::stod(cell));
+    ASSERT_EQ(cells.size(), 5u);
+    EXPECT_EQ(cells[0], static_cast<double>(curve[r].batch_size));
+    EXPECT_TRUE(close_relative(cells[1], curve[r].var_without_replacement, 1e-15));
+    EXPECT_TRUE(close_relative(cells[2], curve[r].var_with_replacement, 1e-15));
+    EXPECT_TRUE(close_relative(cells[3], curve[r].loss_var_without_replacement, 1e-15));
+    EXPECT_TRUE(close_relative(cells[4], curve[r].loss_var_with_replacement, 1e-15));
+  }
+}
+
+TEST_F(Cli, ReportMatchesLibraryForLayerFilesWithCrossEntropy) {
+  write_classification(40, 5, 4);
+  Model model;
+  model.layers.resize(2);
+  model.layers[0].out = 3;
+  model.layers[0].in = 5;
+  model.layers[1].out = 4;
+  model.layers[1].in = 3;
+  for (int i = 0; i < 15; ++i) model.layers[0].weight.push_back(0.3 * std::cos(1.7 * i));
+  model.layers[0].bias = {0.1, -0.2, 0.05};
+  for (int i = 0; i < 12; ++i) model.layers[1].weight.push_back(0.4 * std::sin(0.9 * i + 0.3));
+  write_npy(path("W1.npy"), {3, 5}, model.layers[0].weight);
+  write_npy(path("b1.npy"), {3}, model.layers[0].bias);
+  write_npy(path("W2.npy"), {4, 3}, model.layers[1].weight);
+
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("labels.npy"),
+                                   "--loss", "ce", "--layer", p("W1.npy") + ":" + p("b1.npy"),
+                                   "--layer", p("W2.npy"), "--device", "cpu"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  const RunResult result = run(args);
+  ASSERT_EQ(result.status, 0) << result.err;
+
+  const Dataset data = load_xy(path("X.npy"), path("labels.npy"), Loss::cross_entropy);
+  ProfileOptions options;
+  options.loss = Loss::cross_entropy;
+  options.device = Device::cpu;
+  options.param_stats = true;
+  const Profile expected = profile(model, data, options);
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  expect_report_matches(report, expected);
+  EXPECT_EQ(report["loss_kind"], "ce");
+  EXPECT_EQ(report["model"]["widths"], nlohmann::json({5, 3, 4}));
+  EXPECT_EQ(report["model"]["bias"], nlohmann::json({true, false}));
+  EXPECT_EQ(report["device"], "cpu");
+}
+
+TEST_F(Cli, LeastSquaresInitMatchesLibrary) {
+  synth(80, 4, 1);
+  const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--init",
+                                "lstsq", "--device", "cpu", "--out", p("report.json")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  const Dataset data = load_xy(path("X.npy"), path("Y.npy"), Loss::squared);
+  ProfileOptions options;
+  options.device = Device::cpu;
+  const Profile expected = profile(fit_least_squares(data, true), data, options);
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  EXPECT_EQ(report["model"]["init"], "lstsq");
+  // At the minimum G ≈ 0, so compare G against the gradient's scale, not itself.
+  EXPECT_LE(static_cast<double>(report["grad_norm_sq"]), 1e-20 * expected.mean_sample_grad_norm_sq);
+  EXPECT_TRUE(close_relative(report["trace_cov"], expected.trace_cov, 1e-10));
+  EXPECT_TRUE(close_relative(report["loss"], expected.loss, 1e-10));
+}
+
+TEST_F(Cli, ZeroMeanGradientWarnsAndWritesNull) {
+  // Zero weights and zero targets: every per-sample gradient is zero.
+  write_npy(path("X.npy"), {10, 2}, std::vector<double>(20, 1.5));
+  write_npy(path("Y.npy"), {10, 1}, std::vector<double>(10, 0.0));
+  const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--init",
+                                "zeros", "--out", p("report.json")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.err.find("gradnoise: warning:"), std::string::npos) << result.err;
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  EXPECT_TRUE(report["noise_scale_simple"].is_null());
+  EXPECT_EQ(report["grad_norm_sq"], 0.0);
+}
+
+TEST_F(Cli, VersionAndHelp) {
+  RunResult result = run({"--version"});
+  EXPECT_EQ(result.status, 0);
+  EXPECT_EQ(result.out.rfind("gradnoise ", 0), 0u) << result.out;
+  for (const char* command : {"profile", "synth"}) {
+    result = run({command, "--help"});
+    EXPECT_EQ(result.status, 0);
+    EXPECT_NE(result.out.find("Examples:"), std::string::npos) << result.out;
+  }
+}
+
+// ---- Bad input: non-zero exit, one line naming the culprit, no output ---------
+
+TEST_F(Cli, MissingXFile) {
+  synth(10, 2, 1);
+  std::vector<std::string> args = {"profile", "--x", p("missing.npy"), "--y", p("Y.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "missing.npy");
+}
+
+TEST_F(Cli, TruncatedNpy) {
+  synth(10, 2, 1);
+  const std::string bytes = read_text(path("X.npy"));
+  write_bytes(path("X.npy"), bytes.substr(0, bytes.size() - 12));
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "X.npy");
+}
+
+TEST_F(Cli, WrongMagic) {
+  synth(10, 2, 1);
+  write_bytes(path("bad.npy"), std::string("\x89PNG\r\n\x1a\n") + std::string(120, '\0'));
+  std::vector<std::string> args = {"profile", "--x", p("bad.npy"), "--y", p("Y.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "bad.npy");
+}
+
+TEST_F(Cli, ShapeMismatchBetweenXAndY) {
+  write_npy(path("X.npy"), {20, 3}, std::vector<double>(60, 1.0));
+  write_npy(path("Y19.npy"), {19, 1}, std::vector<double>(19, 1.0));
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y19.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "Y19.npy");
+}
+
+TEST_F(Cli, ShapeMismatchBetweenXAndLayer) {
+  synth(20, 3, 1);
+  write_npy(path("W4.npy"), {1, 4}, std::vector<double>(4, 0.1));
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--layer",
+                                   p("W4.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "W4.npy");
+}
+
+TEST_F(Cli, LabelOutOfRangeForCrossEntropy) {
+  write_classification(30, 4, 10);
+  std::vector<double> labels(30, 3.0);
+  labels[17] = 10.0;  // one past the 10 outputs
+  write_npy(path("labels10.npy"), {30}, labels);
+  write_npy(path("W.npy"), {10, 4}, std::vector<double>(40, 0.01));
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("labels10.npy"),
+                                   "--loss", "ce", "--layer", p("W.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "labels10.npy");
+}
+
+TEST_F(Cli, NaNInData) {
+  synth(10, 2, 1);
+  std::vector<double> x(20, 0.5);
+  x[7] = std::numeric_limits<double>::quiet_NaN();
+  write_npy(path("Xnan.npy"), {10, 2}, x);
+  std::vector<std::string> args = {"profile", "--x", p("Xnan.npy"), "--y", p("Y.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "Xnan.npy");
+}
+
+TEST_F(Cli, NaNInWeights) {
+  synth(10, 2, 1);
+  std::vector<double> w = {0.1, std::numeric_limits<double>::quiet_NaN()};
+  write_npy(path("Wnan.npy"), {1, 2}, w);
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--layer",
+                                   p("Wnan.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "Wnan.npy");
+}
+
+TEST_F(Cli, FewerThanTwoSamples) {
+  write_npy(path("X1.npy"), {1, 3}, {1.0, 2.0, 3.0});
+  write_npy(path("Y1.npy"), {1, 1}, {1.0});
+  std::vector<std::string> args = {"profile", "--x", p("X1.npy"), "--y", p("Y1.npy")};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "X1.npy");
+}
+
+TEST_F(Cli, BatchSizeZeroOrAboveN) {
+  synth(20, 2, 1);
+  for (const char* sizes : {"0,2", "1,21"}) {
+    std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                     "--batch-sizes", sizes};
+    for (const std::string& flag : output_flags()) args.push_back(flag);
+    expect_failure(args, 2, "--batch-sizes");
+  }
+}
+
+TEST_F(Cli, UnwritableOutPath) {
+  synth(10, 2, 1);
+  const std::string out = p("no_such_dir/report.json");
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--out", out, "--curve",
+                  p("curve.csv")},
+                 1, "report.json");
+}
+
+TEST_F(Cli, DeviceCudaWithoutBackendOrGpu) {
+  synth(10, 2, 1);
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--device",
+                                   "cuda"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  const std::vector<std::string> before = listing();
+  const RunResult result = run(args);
+  if (result.status == 0) GTEST_SKIP() << "this build has a CUDA backend and a GPU to run it";
+  EXPECT_NE(result.status, 0);
+  const std::vector<std::string> lines = lines_of(result.err);
+  ASSERT_EQ(lines.size(), 1u) << result.err;
+  EXPECT_EQ(lines[0].rfind("gradnoise: error: ", 0), 0u);
+  EXPECT_NE(lower(lines[0]).find("cuda"), std::string::npos) << lines[0];
+  EXPECT_EQ(listing(), before);
+}
+
+TEST_F(Cli, OutOfMemoryIsOneLine) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizers reserve more address space than the limit allows";
+#endif
+  // 500M × 10 doubles (40 GB) under a 4 GB address-space limit, which leaves
+  // room to map the shared libraries (cuBLAS alone is hundreds of MB).
+  const std::vector<std::string> before = listing();
+  const RunResult result = run({"synth", "--n", "500000000", "--d", "10", "--x-out", p("X.npy"),
+                                "--y-out", p("Y.npy")},
+                               "ulimit -v 4000000 && ");
+  if (result.status == 127) GTEST_SKIP() << "the binary cannot start under the limit: " << result.err;
+  EXPECT_EQ(result.status, 1) << result.err;
+  const std::vector<std::string> lines = lines_of(result.err);
+  ASSERT_EQ(lines.size(), 1u) << result.err;
+  EXPECT_EQ(lines[0].rfind("gradnoise: error: out of memory while ", 0), 0u) << lines[0];
+  EXPECT_EQ(listing(), before);
+}
+
+TEST_F(Cli, LeastSquaresWithHiddenIsAUsageError) {
+  synth(10, 2, 1);
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--init",
+                                   "lstsq", "--hidden", "3"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "--init lstsq");
+}
+
+TEST_F(Cli, UsageErrors) {
+  synth(10, 2, 1);
+  write_npy(path("W.npy"), {1, 2}, {0.1, 0.2});
+  // --layer and a built model's options together.
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--layer", p("W.npy"),
+                  "--hidden", "3", "--out", p("report.json")},
+                 2, "--hidden");
+  // An unknown option (CLI11 parse error).
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--frobnicate"}, 2,
+                 "--frobnicate");
+  // An unknown loss.
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--loss", "hinge"}, 2,
+                 "--loss");
+  // Two outputs on one file.
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--out", p("same"),
+                  "--curve", p("same")},
+                 2, "same");
+  // No command.
+  expect_failure({}, 2, "command");
+}
+
+}  // namespace
+}  // namespace gradnoise

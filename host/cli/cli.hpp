@@ -1,0 +1,136 @@
+// The command-line tool: a thin layer over the library (include/gradnoise).
+// Each subcommand registers its options on a CLI11 App and runs on the
+// parsed values; errors travel as gradnoise::InputError (exit 2) or
+// gradnoise::RuntimeError (exit 1) and main() prints them as one line.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "gradnoise/error.hpp"
+
+namespace gradnoise::cli {
+
+/// What the tool is doing now, for "out of memory while <stage>".
+extern const char* current_stage;
+
+/// `message` unchanged when it names `flag` or `value`, else prefixed with
+/// "flag value: ", so every message points at the option or file at fault.
+std::string mention(const std::string& flag, const std::string& value, const std::string& message);
+
+/// Runs `fn`, passing its InputError/RuntimeError on through mention().
+template <class Fn>
+auto mentioning(const std::string& flag, const std::string& value, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const InputError& error) {
+    throw InputError(mention(flag, value, error.what()));
+  } catch (const RuntimeError& error) {
+    throw RuntimeError(mention(flag, value, error.what()));
+  }
+}
+
+/// Accepts only digits, so "--seed -1" is an error rather than a huge seed
+/// (CLI11 2.1's unsigned conversion wraps negative numbers).
+inline CLI::Validator non_negative_integer() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        if (!input.empty() && input.find_first_not_of("0123456789") == std::string::npos) return {};
+        return "expected a non-negative integer, not '" + input + "'";
+      },
+      "", "non-negative integer");
+}
+
+/// Every output of one run, held in memory until all of it is ready; then
+/// written to temp files beside the targets and renamed into place, so a
+/// failed run leaves none of its outputs behind.
+class OutputSet {
+ public:
+  /// `flag` names the option in messages (e.g. "--out").
+  void add_text(std::string flag, std::filesystem::path path);
+  void add_npy(std::string flag, std::filesystem::path path);
+
+  /// Throws unless every path is distinct and can be created; call before
+  /// any long computation.
+  void check_writable_all() const;
+
+  void set_text(const std::filesystem::path& path, std::string contents);
+  void set_npy(const std::filesystem::path& path, std::vector<std::int64_t> shape,
+               std::vector<double> values);
+
+  /// Writes everything, or nothing: on any failure every file this call
+  /// created is removed and RuntimeError names the output that failed.
+  void commit();
+
+ private:
+  struct Output {
+    std::string flag;
+    std::filesystem::path path;
+    bool is_npy = false;
+    bool ready = false;
+    std::string text;
+    std::vector<std::int64_t> shape;
+    std::vector<double> values;
+  };
+  Output& find(const std::filesystem::path& path);
+  std::vector<Output> outputs_;
+};
+
+/// Options of `gradnoise profile`, as parsed.
+struct ProfileArgs {
+  std::string dataset;
+  std::string split = "train";
+  std::int64_t limit = 0;
+  std::string x_path;
+  std::string y_path;
+  std::string loss = "mse";
+  std::vector<std::string> layers;
+  std::string hidden;
+  std::string init = "gaussian";
+  std::uint64_t seed = 0;
+  bool no_bias = false;
+  std::string device = "auto";
+  std::string out_path;
+  std::string curve_path;
+  bool curve_loss = false;
+  std::string batch_sizes = "all";
+  std::string param_stats_path;
+  std::int64_t chunk_rows = 4096;
+
+  // Which options were given explicitly (CLI11 fills these in).
+  CLI::Option* split_option = nullptr;
+  CLI::Option* limit_option = nullptr;
+  CLI::Option* hidden_option = nullptr;
+  CLI::Option* init_option = nullptr;
+  CLI::Option* seed_option = nullptr;
+  CLI::Option* no_bias_option = nullptr;
+  CLI::Option* batch_sizes_option = nullptr;
+};
+
+/// Options of `gradnoise synth`, as parsed.
+struct SynthArgs {
+  std::int64_t n = 0;
+  std::int64_t d = 0;
+  std::int64_t k = 1;
+  std::string spectrum = "identity";
+  double mean = 0;
+  double label_noise = 0;
+  std::uint64_t seed = 0;
+  std::string x_out;
+  std::string y_out;
+  std::string teacher_out;
+};
+
+CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args);
+CLI::App* add_synth_command(CLI::App& app, SynthArgs& args);
+
+/// Run a subcommand; the return value is the exit status.
+int run_profile(const ProfileArgs& args);
+int run_synth(const SynthArgs& args);
+
+}  // namespace gradnoise::cli
