@@ -236,7 +236,16 @@ void output_errors(Loss loss, const double* out, const double* y, const std::int
   }
 }
 
-void check_compatible(const Model& model, const DataSource& data, Loss loss) {
+double noise_scale(double trace_cov, double grad_norm_sq) {
+  return grad_norm_sq > 0 ? trace_cov / grad_norm_sq : std::numeric_limits<double>::infinity();
+}
+
+}  // namespace
+
+void check_profile_inputs(const Model& model, const DataSource& data, const ProfileOptions& options) {
+  if (options.chunk_rows < 1) {
+    throw InputError("--chunk-rows must be at least 1; got " + std::to_string(options.chunk_rows));
+  }
   model.validate();
   const std::int64_t n = data.num_samples();
   if (n < 2) {
@@ -249,7 +258,7 @@ void check_compatible(const Model& model, const DataSource& data, Loss loss) {
                      " inputs");
   }
   const std::int64_t k = model.output_dim();
-  if (loss == Loss::squared) {
+  if (options.loss == Loss::squared) {
     if (data.target_kind() != TargetKind::real) {
       throw InputError("squared loss needs real targets; the data carries class labels");
     }
@@ -268,18 +277,9 @@ void check_compatible(const Model& model, const DataSource& data, Loss loss) {
   }
 }
 
-double noise_scale(double trace_cov, double grad_norm_sq) {
-  return grad_norm_sq > 0 ? trace_cov / grad_norm_sq : std::numeric_limits<double>::infinity();
-}
-
-}  // namespace
-
 Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  check_compatible(model, data, options.loss);
-  if (options.chunk_rows < 1) {
-    throw InputError("--chunk-rows must be at least 1; got " + std::to_string(options.chunk_rows));
-  }
+  check_profile_inputs(model, data, options);
 
   const std::int64_t n = data.num_samples();
   const std::int64_t d = data.num_features();

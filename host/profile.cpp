@@ -1,4 +1,5 @@
 // Backend dispatch: `profile` picks the device, the backends do the work.
+#include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 
@@ -12,12 +13,16 @@ Device parse_device(const std::string& name) {
 }
 
 Profile profile(const Model& model, const DataSource& data, const ProfileOptions& options) {
-  if (options.device == Device::cuda) {
-    throw RuntimeError(
-        "--device cuda was asked for, but this gradnoise has no CUDA backend yet; "
-        "use --device cpu or --device auto");
+  switch (options.device) {
+    case Device::cpu:
+      return profile_cpu(model, data, options);
+    case Device::cuda:
+      return profile_cuda(model, data, options);  // says clearly when there is no GPU
+    case Device::automatic:
+      break;
   }
-  return profile_cpu(model, data, options);
+  return cuda_device_count() > 0 ? profile_cuda(model, data, options)
+                                 : profile_cpu(model, data, options);
 }
 
 }  // namespace gradnoise

@@ -221,15 +221,5 @@ TEST(EngineInputChecks, MismatchesAreInputErrors) {
   EXPECT_THROW(profile_cpu(model, nan_data, {}), InputError);
 }
 
-TEST(EngineDevice, CudaWithoutBackendIsARuntimeError) {
-  const Model model = random_model({3, 2}, true, 1);
-  const Dataset data = random_dataset(10, 3, 2, Loss::squared, 1);
-  ProfileOptions options;
-  options.device = Device::cuda;
-  EXPECT_THROW(profile(model, data, options), RuntimeError);
-  options.device = Device::automatic;
-  EXPECT_EQ(profile(model, data, options).device, "cpu");
-}
-
 }  // namespace
 }  // namespace gradnoise

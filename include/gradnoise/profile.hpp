@@ -24,6 +24,9 @@ struct ProfileOptions {
   std::int64_t chunk_rows = 4096;
   /// Also compute param_var (costs three more products per layer and chunk).
   bool param_stats = false;
+  /// GPU only: profile linear models with K ≤ 16 by the fused one-read kernel
+  /// (false forces the general GEMM pipeline, for comparisons).
+  bool fused_linear = true;
 };
 
 /// The same statistics restricted to one layer's parameter slots.
@@ -56,6 +59,11 @@ struct Profile {
 /// data and the model do not fit together (D, K, labels, N < 2, non-finite
 /// values), RuntimeError when the device cannot be used.
 Profile profile(const Model& model, const DataSource& data, const ProfileOptions& options);
+
+/// Throws InputError unless the model, the data and the options fit together:
+/// N ≥ 2, D and K match the layers, real targets for squared loss and labels
+/// for cross-entropy, finite weights, chunk_rows ≥ 1. Every backend calls it.
+void check_profile_inputs(const Model& model, const DataSource& data, const ProfileOptions& options);
 
 /// The float64 CPU backend itself (what `profile` runs for Device::cpu).
 Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options);

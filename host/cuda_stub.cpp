@@ -1,0 +1,30 @@
+// The CUDA backend's entry points in a build without it (no nvcc found, or
+// -DGRADNOISE_CUDA=OFF): they say so clearly instead of failing to link.
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/error.hpp"
+
+namespace gradnoise {
+
+bool cuda_built() { return false; }
+
+int cuda_device_count() { return 0; }
+
+std::string cuda_device_name() { return {}; }
+
+namespace {
+[[noreturn]] void refuse() {
+  throw RuntimeError(
+      "--device cuda was asked for, but this gradnoise was built without the CUDA backend "
+      "(no nvcc at configure time); use --device cpu or --device auto");
+}
+}  // namespace
+
+Profile profile_cuda(const Model&, const DataSource&, const ProfileOptions&, CUstream_st*) {
+  refuse();
+}
+
+Profile profile_cuda_device(const Model&, const DeviceData&, const ProfileOptions&, CUstream_st*) {
+  refuse();
+}
+
+}  // namespace gradnoise

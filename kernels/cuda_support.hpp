@@ -1,0 +1,192 @@
+// One error-check family and RAII owners for CUDA resources. Every CUDA or
+// cuBLAS call in the backend goes through GN_CUDA_CHECK / GN_CUBLAS_CHECK,
+// which throw gradnoise::RuntimeError carrying file, line and the error text;
+// kernel launches are followed by GN_CUDA_CHECK(cudaGetLastError()).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "gradnoise/error.hpp"
+
+namespace gradnoise::cuda {
+
+/// Thrown for cudaErrorMemoryAllocation so callers can retry with less.
+class OutOfMemory : public RuntimeError {
+ public:
+  using RuntimeError::RuntimeError;
+};
+
+[[noreturn]] inline void throw_cuda_error(cudaError_t status, const char* expr, const char* file,
+                                          int line) {
+  const std::string where = std::string(file) + ":" + std::to_string(line);
+  const std::string text = std::string(cudaGetErrorName(status)) + " (" +
+                           cudaGetErrorString(status) + ") in " + expr + " at " + where;
+  if (status == cudaErrorMemoryAllocation) throw OutOfMemory("CUDA out of memory: " + text);
+  throw RuntimeError("CUDA error " + text);
+}
+
+[[noreturn]] inline void throw_cublas_error(cublasStatus_t status, const char* expr,
+                                            const char* file, int line) {
+  const std::string text = std::string(cublasGetStatusName(status)) + " (" +
+                           cublasGetStatusString(status) + ") in " + expr + " at " + file + ":" +
+                           std::to_string(line);
+  if (status == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemory("cuBLAS out of memory: " + text);
+  throw RuntimeError("cuBLAS error " + text);
+}
+
+#define GN_CUDA_CHECK(expr)                                                              \
+  do {                                                                                   \
+    const cudaError_t gn_status_ = (expr);                                               \
+    if (gn_status_ != cudaSuccess) {                                                     \
+      ::gradnoise::cuda::throw_cuda_error(gn_status_, #expr, __FILE__, __LINE__);        \
+    }                                                                                    \
+  } while (0)
+
+#define GN_CUBLAS_CHECK(expr)                                                            \
+  do {                                                                                   \
+    const cublasStatus_t gn_status_ = (expr);                                            \
+    if (gn_status_ != CUBLAS_STATUS_SUCCESS) {                                           \
+      ::gradnoise::cuda::throw_cublas_error(gn_status_, #expr, __FILE__, __LINE__);      \
+    }                                                                                    \
+  } while (0)
+
+/// Kernels flag the first bad row with atomicMin; kNoRow means none.
+constexpr unsigned long long kNoRow = ~0ull;
+
+/// Throws an InputError for the earliest flagged row: a label outside [0, k)
+/// or a non-finite output or loss (a non-finite input, target or weight).
+inline void throw_if_flagged(unsigned long long bad_label_row, unsigned long long non_finite_row,
+                             std::int64_t k) {
+  if (non_finite_row != kNoRow && non_finite_row <= bad_label_row) {
+    throw InputError("sample " + std::to_string(non_finite_row) +
+                     " gives a non-finite model output or loss; expected finite inputs, targets "
+                     "and weights");
+  }
+  if (bad_label_row != kNoRow) {
+    throw InputError("sample " + std::to_string(bad_label_row) +
+                     " has a label outside [0, " + std::to_string(k) +
+                     "); expected labels below the model's number of outputs");
+  }
+}
+
+/// Move-only device array of T.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    if (count > 0) GN_CUDA_CHECK(cudaMalloc(&data_, count * sizeof(T)));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { release(); }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return count_; }
+
+ private:
+  void release() noexcept {
+    if (data_ != nullptr) cudaFree(data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+/// Move-only page-locked host array of T (what asynchronous copies need).
+template <typename T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t count) : count_(count) {
+    if (count > 0) GN_CUDA_CHECK(cudaMallocHost(&data_, count * sizeof(T)));
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  PinnedBuffer(PinnedBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+    }
+    return *this;
+  }
+  ~PinnedBuffer() { release(); }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return count_; }
+
+ private:
+  void release() noexcept {
+    if (data_ != nullptr) cudaFreeHost(data_);
+    data_ = nullptr;
+    count_ = 0;
+  }
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+/// Owning stream, event and cuBLAS handle.
+class Stream {
+ public:
+  Stream() { GN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() { cudaStreamDestroy(stream_); }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class Event {
+ public:
+  Event() { GN_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() { cudaEventDestroy(event_); }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+class CublasHandle {
+ public:
+  explicit CublasHandle(cudaStream_t stream) {
+    GN_CUBLAS_CHECK(cublasCreate(&handle_));
+    GN_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    // Bit-reproducible results: no atomics-based algorithms.
+    GN_CUBLAS_CHECK(cublasSetAtomicsMode(handle_, CUBLAS_ATOMICS_NOT_ALLOWED));
+  }
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  ~CublasHandle() { cublasDestroy(handle_); }
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
+
+}  // namespace gradnoise::cuda

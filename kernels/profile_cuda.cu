@@ -1,0 +1,847 @@
+// The CUDA profile: the CPU engine's algorithm (docs/DEFINITIONS.md
+// "Numerics") on the GPU, chunk by chunk, with the same arithmetic from
+// moments.hpp. Per chunk and layer: cuBLAS DGEMMs for the forward and backward
+// products and for C = UᵀV/m (and the three per-slot products), small kernels
+// for the output errors, the column means, the centring with its per-row
+// scalars, and Chan's merge into running per-slot moments that stay on the
+// device. Reductions are two-stage cub::BlockReduce with a grid fixed by the
+// item count alone, so a report is bit-identical from run to run.
+//
+// Chunks stream from pinned host memory: while the GPU works on chunk c the
+// host fills the other pinned buffer with chunk c + 1 and its copy runs on a
+// second stream.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda_support.hpp"
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/error.hpp"
+#include "linear_fused.cuh"
+#include "moments.hpp"
+#include "plan.hpp"
+#include "reduce.cuh"
+
+namespace gradnoise {
+namespace cuda {
+namespace {
+
+using detail::ceil_div;
+using detail::RowSums;
+
+constexpr std::int64_t kColumnRowsPerBlock = 64;
+constexpr int kRowScalars = 6;  // ‖δ‖², ‖a‖², ‖u‖², δ̄·u, ‖v‖², ā·v
+
+double noise_scale(double trace_cov, double grad_norm_sq) {
+  return grad_norm_sq > 0 ? trace_cov / grad_norm_sq : std::numeric_limits<double>::infinity();
+}
+
+struct LoadCentredSquare {
+  const double* values;
+  const double* mean;
+  __device__ double operator()(std::int64_t i) const {
+    const double e = values[i] - *mean;
+    return e * e;
+  }
+};
+
+struct LoadRowSums {
+  const double* scalars;  // m × kRowScalars
+  bool bias;
+  __device__ RowSums operator()(std::int64_t i) const {
+    const double* s = scalars + i * kRowScalars;
+    RowSums r;
+    r.add_row(s[0], s[1], s[2], s[3], s[4], s[5], bias);
+    return r;
+  }
+};
+
+// ---- Element-wise and row kernels ------------------------------------------
+
+__global__ void add_bias_kernel(double* rows, const double* bias, std::int64_t m, std::int64_t out) {
+  const std::int64_t count = m * out;
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    rows[j] += bias[j % out];
+  }
+}
+
+/// Per-sample output error and loss; flags the first row with a bad label or a
+/// non-finite output (atomicMin keeps the smallest index, so the message is
+/// deterministic).
+__global__ void output_error_kernel(bool cross_entropy, const double* z, const double* y,
+                                    const std::int32_t* labels, std::int64_t m, std::int64_t k,
+                                    std::int64_t first_row, double* delta, double* sample_loss,
+                                    unsigned long long* first_bad_label,
+                                    unsigned long long* first_non_finite) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < m;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double* zi = z + i * k;
+    bool finite = true;
+    for (std::int64_t c = 0; c < k; ++c) finite = finite && isfinite(zi[c]);
+    if (!finite) {
+      atomicMin(first_non_finite, static_cast<unsigned long long>(first_row + i));
+      sample_loss[i] = 0;
+      for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
+      continue;
+    }
+    if (cross_entropy) {
+      const std::int32_t label = labels[i];
+      if (label < 0 || label >= k) {
+        atomicMin(first_bad_label, static_cast<unsigned long long>(first_row + i));
+        sample_loss[i] = 0;
+        for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
+        continue;
+      }
+      sample_loss[i] = detail::softmax_error_row(zi, label, k, delta + i * k);
+    } else {
+      sample_loss[i] = detail::squared_error_row(zi, y + i * k, k, delta + i * k);
+    }
+    if (!isfinite(sample_loss[i])) {  // a non-finite target (device data is not pre-validated)
+      atomicMin(first_non_finite, static_cast<unsigned long long>(first_row + i));
+      sample_loss[i] = 0;
+      for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
+    }
+  }
+}
+
+/// partial[b][col] = Σ of column col over row block b (rows in order).
+__global__ void column_partial_sums_kernel(const double* mat, std::int64_t m, std::int64_t cols,
+                                           double* partial) {
+  const std::int64_t blocks = detail::ceil_div(m, kColumnRowsPerBlock);
+  for (std::int64_t rb = blockIdx.y; rb < blocks; rb += gridDim.y) {
+    const std::int64_t first = rb * kColumnRowsPerBlock;
+    const std::int64_t last = min(m, first + kColumnRowsPerBlock);
+    for (std::int64_t col = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+         col < cols; col += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+      double acc = 0;
+      for (std::int64_t i = first; i < last; ++i) acc += mat[i * cols + col];
+      partial[rb * cols + col] = acc;
+    }
+  }
+}
+
+/// out[col] = scale · Σ_b partial[b][col], blocks in order.
+__global__ void column_finish_kernel(const double* partial, std::int64_t blocks, std::int64_t cols,
+                                     double scale, double* out) {
+  for (std::int64_t col = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       col < cols; col += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    double acc = 0;
+    for (std::int64_t b = 0; b < blocks; ++b) acc += partial[b * cols + col];
+    out[col] = acc * scale;
+  }
+}
+
+/// One warp per row: centres δ_i and a_i in place on the chunk means and
+/// writes the row's six scalars (see moments.hpp RowSums::add_row).
+__global__ void centre_rows_kernel(double* delta, double* act, std::int64_t m, std::int64_t out,
+                                   std::int64_t in, const double* delta_mean,
+                                   const double* act_mean, double* scalars) {
+  const int lane = threadIdx.x % kWarp;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (std::int64_t i = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kWarp;
+       i < m; i += warps) {
+    double delta_sq = 0, u_sq = 0, mean_dot_u = 0;
+    double* u = delta + i * out;
+    for (std::int64_t r = lane; r < out; r += kWarp) {
+      const double value = u[r];
+      delta_sq += value * value;
+      const double centred = value - delta_mean[r];
+      u[r] = centred;
+      u_sq += centred * centred;
+      mean_dot_u += delta_mean[r] * centred;
+    }
+    double act_sq = 0, v_sq = 0, mean_dot_v = 0;
+    double* v = act + i * in;
+    for (std::int64_t s = lane; s < in; s += kWarp) {
+      const double value = v[s];
+      act_sq += value * value;
+      const double centred = value - act_mean[s];
+      v[s] = centred;
+      v_sq += centred * centred;
+      mean_dot_v += act_mean[s] * centred;
+    }
+    delta_sq = warp_sum(delta_sq);
+    u_sq = warp_sum(u_sq);
+    mean_dot_u = warp_sum(mean_dot_u);
+    act_sq = warp_sum(act_sq);
+    v_sq = warp_sum(v_sq);
+    mean_dot_v = warp_sum(mean_dot_v);
+    if (lane == 0) {
+      double* s = scalars + i * kRowScalars;
+      s[0] = delta_sq;
+      s[1] = act_sq;
+      s[2] = u_sq;
+      s[3] = mean_dot_u;
+      s[4] = v_sq;
+      s[5] = mean_dot_v;
+    }
+  }
+}
+
+__global__ void square_kernel(const double* src, std::int64_t count, double* dst) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    dst[j] = src[j] * src[j];
+  }
+}
+
+/// Per-slot centred sums of one layer's chunk (moments.hpp chunk_slot_centred_sum).
+__global__ void chunk_slot_kernel(std::int64_t out, std::int64_t in, bool bias, double m,
+                                  const double* delta_mean, const double* act_mean, const double* c,
+                                  const double* u_sq_sum, const double* v_sq_sum,
+                                  const double* uu_vv, const double* u_vv, const double* uu_v,
+                                  double* chunk_m2) {
+  const std::int64_t weights = out * in;
+  const std::int64_t slots = weights + (bias ? out : 0);
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < slots;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    if (j < weights) {
+      const std::int64_t r = j / in, s = j % in;
+      chunk_m2[j] = detail::chunk_slot_centred_sum(delta_mean[r], act_mean[s], c[j], u_sq_sum[r],
+                                                   v_sq_sum[s], uu_vv[j], u_vv[j], uu_v[j], m);
+    } else {
+      chunk_m2[j] = u_sq_sum[j - weights];
+    }
+  }
+}
+
+/// Turns C into the chunk mean gradient: δ̄āᵀ + C, then δ̄ in the bias slots.
+__global__ void chunk_mean_kernel(std::int64_t out, std::int64_t in, bool bias,
+                                  const double* delta_mean, const double* act_mean, double* c) {
+  const std::int64_t weights = out * in;
+  const std::int64_t slots = weights + (bias ? out : 0);
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < slots;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    if (j < weights) {
+      c[j] += delta_mean[j / in] * act_mean[j % in];
+    } else {
+      c[j] = delta_mean[j - weights];
+    }
+  }
+}
+
+/// Chan's merge of every slot; diff_sq[j] = (chunk mean − running mean)².
+__global__ void merge_slots_kernel(std::int64_t slots, detail::MergeWeights w,
+                                   const double* chunk_mean, const double* chunk_m2, double* mean,
+                                   double* m2, double* diff_sq) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < slots;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    diff_sq[j] = detail::merge_slot(mean[j], chunk_m2 != nullptr ? m2 + j : nullptr, chunk_mean[j],
+                                    chunk_m2 != nullptr ? chunk_m2[j] : 0.0, w);
+  }
+}
+
+/// Running per-layer scalars, kept on the device between chunks.
+struct LayerScalars {
+  double m2_total;     // Σ_i ‖g_i − G‖²
+  double sum_norm_sq;  // Σ_i ‖g_i‖²
+};
+
+/// Scalars a chunk contributes, reduced on the device.
+struct ChunkScalars {
+  RowSums rows;
+  double c_norm_sq;
+  double delta_mean_sq;
+  double act_mean_sq;
+  double diff_sq;
+};
+
+__global__ void finish_layer_chunk_kernel(LayerScalars* acc, const ChunkScalars* chunk,
+                                          double cross, double m, bool bias) {
+  acc->m2_total += detail::chunk_centred_sum(chunk->rows, chunk->delta_mean_sq, chunk->act_mean_sq,
+                                             bias, m, chunk->c_norm_sq) +
+                   chunk->diff_sq * cross;
+  acc->sum_norm_sq += chunk->rows.sum_norm_sq;
+}
+
+/// Loss moments: (mean, M2) merged like the gradients; chunk sums on device.
+struct LossScalars {
+  double mean;
+  double m2;
+};
+
+__global__ void finish_loss_chunk_kernel(LossScalars* acc, const double* chunk_sum,
+                                         const double* chunk_m2, detail::MergeWeights w) {
+  detail::merge_slot(acc->mean, &acc->m2, *chunk_sum, *chunk_m2, w);
+}
+
+__global__ void divide_kernel(double* value, double divisor) { *value /= divisor; }
+
+// ---- The pipeline ------------------------------------------------------------
+
+/// Row-major C (rows×cols) = A (rows×inner) · B, with B given row-major as
+/// cols×inner (so this is A Bᵀ), through cuBLAS's column-major view.
+void gemm_a_bt(cublasHandle_t h, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+               const double* a, const double* b, double* c) {
+  const double one = 1.0, zero = 0.0;
+  GN_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols),
+                              static_cast<int>(rows), static_cast<int>(inner), &one, b,
+                              static_cast<int>(inner), a, static_cast<int>(inner), &zero, c,
+                              static_cast<int>(cols)));
+}
+
+/// Row-major C (rows×cols) = A (rows×inner) · B (inner×cols).
+void gemm_a_b(cublasHandle_t h, std::int64_t rows, std::int64_t cols, std::int64_t inner,
+              const double* a, const double* b, double* c) {
+  const double one = 1.0, zero = 0.0;
+  GN_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols),
+                              static_cast<int>(rows), static_cast<int>(inner), &one, b,
+                              static_cast<int>(cols), a, static_cast<int>(inner), &zero, c,
+                              static_cast<int>(cols)));
+}
+
+/// Row-major R (out×in) = alpha · Lᵀ Rt with L m×out and Rt m×in (Σ over rows).
+void gemm_at_b(cublasHandle_t h, std::int64_t m, std::int64_t out, std::int64_t in, double alpha,
+               const double* left, const double* right, double* result) {
+  const double zero = 0.0;
+  GN_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(in),
+                              static_cast<int>(out), static_cast<int>(m), &alpha, right,
+                              static_cast<int>(in), left, static_cast<int>(out), &zero, result,
+                              static_cast<int>(in)));
+}
+
+/// One chunk of rows on the device, in float64: inputs (centred in place by
+/// the pipeline) and either real targets or labels.
+struct Chunk {
+  double* x = nullptr;
+  const double* y = nullptr;
+  const std::int32_t* labels = nullptr;
+};
+
+struct LayerState {
+  DeviceBuffer<double> weight, bias;       // copies of the model
+  DeviceBuffer<double> mean, m2;           // running per-slot moments
+  DeviceBuffer<LayerScalars> scalars;
+  std::int64_t slots = 0;
+};
+
+class Pipeline {
+ public:
+  Pipeline(const Model& model, const ProfileOptions& options, std::int64_t chunk, bool labels,
+           cudaStream_t stream)
+      : model_(model), options_(options), chunk_(chunk), labels_(labels), stream_(stream),
+        cublas_(stream) {
+    const std::int64_t d = model.input_dim(), k = model.output_dim();
+    std::int64_t widest = d, max_slots = 0, max_weights = 0;
+    for (const Layer& layer : model.layers) {
+      widest = std::max(widest, layer.out);
+      max_slots = std::max(max_slots, layer.num_params());
+      max_weights = std::max(max_weights, layer.out * layer.in);
+    }
+    for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+      const Layer& layer = model.layers[l];
+      if (l > 0) activations_.emplace_back(static_cast<std::size_t>(chunk * layer.in));
+      errors_.emplace_back(static_cast<std::size_t>(chunk * layer.out));
+      LayerState state;
+      state.weight = upload(layer.weight);
+      state.bias = upload(layer.bias);
+      state.slots = layer.num_params();
+      state.mean = zeros(state.slots);
+      if (options.param_stats) state.m2 = zeros(state.slots);
+      state.scalars = DeviceBuffer<LayerScalars>(1);
+      GN_CUDA_CHECK(cudaMemsetAsync(state.scalars.data(), 0, sizeof(LayerScalars), stream_));
+      layers_.push_back(std::move(state));
+    }
+    output_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk * k));
+    sample_loss_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk));
+    row_scalars_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk * kRowScalars));
+    delta_mean_ = DeviceBuffer<double>(static_cast<std::size_t>(widest));
+    act_mean_ = DeviceBuffer<double>(static_cast<std::size_t>(widest));
+    column_partial_ =
+        DeviceBuffer<double>(static_cast<std::size_t>(ceil_div(chunk, kColumnRowsPerBlock) * widest));
+    chunk_mean_ = DeviceBuffer<double>(static_cast<std::size_t>(max_slots));
+    diff_sq_ = DeviceBuffer<double>(static_cast<std::size_t>(max_slots));
+    if (options.param_stats) {
+      chunk_m2_ = DeviceBuffer<double>(static_cast<std::size_t>(max_slots));
+      u_sq_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk * widest));
+      v_sq_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk * widest));
+      u_sq_sum_ = DeviceBuffer<double>(static_cast<std::size_t>(widest));
+      v_sq_sum_ = DeviceBuffer<double>(static_cast<std::size_t>(widest));
+      for (auto& product : products_) product = DeviceBuffer<double>(static_cast<std::size_t>(max_weights));
+    }
+    partial_ = DeviceBuffer<double>(kMaxReduceBlocks);
+    row_partial_ = DeviceBuffer<RowSums>(kMaxReduceBlocks);
+    chunk_scalars_ = DeviceBuffer<ChunkScalars>(1);
+    loss_chunk_ = DeviceBuffer<double>(2);
+    loss_ = DeviceBuffer<LossScalars>(1);
+    GN_CUDA_CHECK(cudaMemsetAsync(loss_.data(), 0, sizeof(LossScalars), stream_));
+    flags_ = DeviceBuffer<unsigned long long>(2);
+    const unsigned long long none[2] = {kNoRow, kNoRow};
+    GN_CUDA_CHECK(cudaMemcpyAsync(flags_.data(), none, sizeof(none), cudaMemcpyHostToDevice, stream_));
+    GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+  // Queued kernels may still use the buffers when an exception unwinds.
+  ~Pipeline() { cudaStreamSynchronize(stream_); }
+
+  /// Queues all work for the chunk's m rows (its inputs are centred in place).
+  void process(const Chunk& chunk, std::int64_t m, std::int64_t count_before) {
+    rows_seen_ = count_before + m;
+    const std::int64_t num_layers = model_.num_layers();
+    const std::int64_t k = model_.output_dim();
+    const cublasHandle_t h = cublas_.get();
+    // Forward.
+    for (std::int64_t l = 0; l < num_layers; ++l) {
+      const Layer& layer = model_.layers[l];
+      const double* in = input(l, chunk);
+      double* next = (l + 1 < num_layers) ? activations_[l].data() : output_.data();
+      gemm_a_bt(h, m, layer.out, layer.in, in, layers_[l].weight.data(), next);
+      if (layer.has_bias()) {
+        add_bias_kernel<<<grid_for(m * layer.out), kThreads, 0, stream_>>>(
+            next, layers_[l].bias.data(), m, layer.out);
+        GN_CUDA_CHECK(cudaGetLastError());
+      }
+    }
+    output_error_kernel<<<grid_for(m), kThreads, 0, stream_>>>(
+        options_.loss == Loss::cross_entropy, output_.data(), chunk.y, chunk.labels, m, k,
+        count_before, errors_[num_layers - 1].data(),
+        sample_loss_.data(), flags_.data(), flags_.data() + 1);
+    GN_CUDA_CHECK(cudaGetLastError());
+    // Backward: δ_{l-1} = δ_l W_l.
+    for (std::int64_t l = num_layers - 1; l > 0; --l) {
+      const Layer& layer = model_.layers[l];
+      gemm_a_b(h, m, layer.in, layer.out, errors_[l].data(), layers_[l].weight.data(),
+               errors_[l - 1].data());
+    }
+    const detail::MergeWeights w = detail::merge_weights(count_before, m);
+    for (std::int64_t l = 0; l < num_layers; ++l) layer_chunk(l, chunk, m, w);
+    // Loss: chunk mean, centred M2, merge.
+    reduce(m, LoadArray<double>{sample_loss_.data()}, partial_.data(), loss_chunk_.data(), stream_);
+    divide_kernel<<<1, 1, 0, stream_>>>(loss_chunk_.data(), static_cast<double>(m));
+    GN_CUDA_CHECK(cudaGetLastError());
+    reduce(m, LoadCentredSquare{sample_loss_.data(), loss_chunk_.data()}, partial_.data(),
+           loss_chunk_.data() + 1, stream_);
+    finish_loss_chunk_kernel<<<1, 1, 0, stream_>>>(loss_.data(), loss_chunk_.data(),
+                                                   loss_chunk_.data() + 1, w);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// Throws an InputError naming the first bad row (bad label or non-finite value).
+  void check_flags() {
+    unsigned long long flags[2];
+    GN_CUDA_CHECK(cudaMemcpyAsync(flags, flags_.data(), sizeof(flags), cudaMemcpyDeviceToHost, stream_));
+    GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    throw_if_flagged(flags[0], flags[1], model_.output_dim());
+  }
+
+  /// Copies the merged moments back and fills the report.
+  void finish(Profile& result) {
+    check_flags();
+    result.n = rows_seen_;
+    result.num_params = model_.num_params();
+    const double inv_n = 1.0 / static_cast<double>(result.n);
+    LossScalars loss{};
+    GN_CUDA_CHECK(cudaMemcpy(&loss, loss_.data(), sizeof(loss), cudaMemcpyDeviceToHost));
+    result.loss = loss.mean;
+    result.loss_var = loss.m2 * inv_n;
+    for (std::int64_t l = 0; l < model_.num_layers(); ++l) {
+      const LayerState& state = layers_[l];
+      std::vector<double> mean(static_cast<std::size_t>(state.slots));
+      GN_CUDA_CHECK(cudaMemcpy(mean.data(), state.mean.data(), mean.size() * sizeof(double),
+                               cudaMemcpyDeviceToHost));
+      LayerScalars scalars{};
+      GN_CUDA_CHECK(cudaMemcpy(&scalars, state.scalars.data(), sizeof(scalars), cudaMemcpyDeviceToHost));
+      LayerProfile lp;
+      lp.name = Model::layer_name(l);
+      lp.num_params = state.slots;
+      for (double g : mean) lp.grad_norm_sq += g * g;
+      lp.trace_cov = scalars.m2_total * inv_n;
+      lp.mean_sample_grad_norm_sq = scalars.sum_norm_sq * inv_n;
+      result.param_mean.insert(result.param_mean.end(), mean.begin(), mean.end());
+      if (options_.param_stats) {
+        std::vector<double> m2(static_cast<std::size_t>(state.slots));
+        GN_CUDA_CHECK(cudaMemcpy(m2.data(), state.m2.data(), m2.size() * sizeof(double),
+                                 cudaMemcpyDeviceToHost));
+        for (double v : m2) result.param_var.push_back(v * inv_n);
+      }
+      result.layers.push_back(std::move(lp));
+    }
+  }
+
+ private:
+
+  double* input(std::int64_t l, const Chunk& chunk) {
+    return l == 0 ? chunk.x : activations_[l - 1].data();
+  }
+
+  DeviceBuffer<double> upload(const std::vector<double>& host) {
+    DeviceBuffer<double> dev(host.size());
+    if (!host.empty()) {
+      GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
+                                    cudaMemcpyHostToDevice, stream_));
+    }
+    return dev;
+  }
+
+  DeviceBuffer<double> zeros(std::int64_t count) {
+    DeviceBuffer<double> dev(static_cast<std::size_t>(count));
+    GN_CUDA_CHECK(cudaMemsetAsync(dev.data(), 0, count * sizeof(double), stream_));
+    return dev;
+  }
+
+  void column_means(const double* mat, std::int64_t m, std::int64_t cols, double scale, double* out) {
+    const std::int64_t blocks = ceil_div(m, kColumnRowsPerBlock);
+    const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(ceil_div(cols, kThreads), 1 << 16)),
+                    static_cast<unsigned>(std::min<std::int64_t>(blocks, 65535)));
+    column_partial_sums_kernel<<<grid, kThreads, 0, stream_>>>(mat, m, cols, column_partial_.data());
+    GN_CUDA_CHECK(cudaGetLastError());
+    column_finish_kernel<<<grid_for(cols), kThreads, 0, stream_>>>(column_partial_.data(), blocks,
+                                                                   cols, scale, out);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+
+  void layer_chunk(std::int64_t l, const Chunk& chunk, std::int64_t m, detail::MergeWeights w) {
+    const Layer& layer = model_.layers[l];
+    LayerState& state = layers_[l];
+    const std::int64_t out = layer.out, in = layer.in;
+    const bool bias = layer.has_bias();
+    const double dm = static_cast<double>(m);
+    const cublasHandle_t h = cublas_.get();
+    double* delta = errors_[l].data();
+    double* act = input(l, chunk);
+    ChunkScalars* scalars = chunk_scalars_.data();
+
+    column_means(delta, m, out, 1.0 / dm, delta_mean_.data());
+    column_means(act, m, in, 1.0 / dm, act_mean_.data());
+    const int warps_per_block = kThreads / kWarp;
+    centre_rows_kernel<<<grid_for(m, warps_per_block), kThreads, 0, stream_>>>(
+        delta, act, m, out, in, delta_mean_.data(), act_mean_.data(), row_scalars_.data());
+    GN_CUDA_CHECK(cudaGetLastError());
+    reduce(m, LoadRowSums{row_scalars_.data(), bias}, row_partial_.data(), &scalars->rows, stream_);
+    reduce(out, LoadSquare{delta_mean_.data()}, partial_.data(), &scalars->delta_mean_sq, stream_);
+    reduce(in, LoadSquare{act_mean_.data()}, partial_.data(), &scalars->act_mean_sq, stream_);
+
+    double* c = chunk_mean_.data();
+    gemm_at_b(h, m, out, in, 1.0 / dm, delta, act, c);
+    reduce(out * in, LoadSquare{c}, partial_.data(), &scalars->c_norm_sq, stream_);
+
+    if (options_.param_stats) {
+      square_kernel<<<grid_for(m * out), kThreads, 0, stream_>>>(delta, m * out, u_sq_.data());
+      GN_CUDA_CHECK(cudaGetLastError());
+      square_kernel<<<grid_for(m * in), kThreads, 0, stream_>>>(act, m * in, v_sq_.data());
+      GN_CUDA_CHECK(cudaGetLastError());
+      column_means(u_sq_.data(), m, out, 1.0, u_sq_sum_.data());
+      column_means(v_sq_.data(), m, in, 1.0, v_sq_sum_.data());
+      gemm_at_b(h, m, out, in, 1.0, u_sq_.data(), v_sq_.data(), products_[0].data());
+      gemm_at_b(h, m, out, in, 1.0, delta, v_sq_.data(), products_[1].data());
+      gemm_at_b(h, m, out, in, 1.0, u_sq_.data(), act, products_[2].data());
+      chunk_slot_kernel<<<grid_for(state.slots), kThreads, 0, stream_>>>(
+          out, in, bias, dm, delta_mean_.data(), act_mean_.data(), c, u_sq_sum_.data(),
+          v_sq_sum_.data(), products_[0].data(), products_[1].data(), products_[2].data(),
+          chunk_m2_.data());
+      GN_CUDA_CHECK(cudaGetLastError());
+    }
+    chunk_mean_kernel<<<grid_for(state.slots), kThreads, 0, stream_>>>(
+        out, in, bias, delta_mean_.data(), act_mean_.data(), c);
+    GN_CUDA_CHECK(cudaGetLastError());
+    merge_slots_kernel<<<grid_for(state.slots), kThreads, 0, stream_>>>(
+        state.slots, w, c, options_.param_stats ? chunk_m2_.data() : nullptr, state.mean.data(),
+        options_.param_stats ? state.m2.data() : nullptr, diff_sq_.data());
+    GN_CUDA_CHECK(cudaGetLastError());
+    reduce(state.slots, LoadArray<double>{diff_sq_.data()}, partial_.data(), &scalars->diff_sq, stream_);
+    finish_layer_chunk_kernel<<<1, 1, 0, stream_>>>(state.scalars.data(), scalars, w.cross, dm, bias);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+
+  const Model& model_;
+  const ProfileOptions& options_;
+  std::int64_t rows_seen_ = 0;
+  std::int64_t chunk_;
+  bool labels_;
+  cudaStream_t stream_;
+  CublasHandle cublas_;
+  std::vector<DeviceBuffer<double>> activations_, errors_;
+  std::vector<LayerState> layers_;
+  DeviceBuffer<double> output_, sample_loss_, row_scalars_, delta_mean_, act_mean_, column_partial_;
+  DeviceBuffer<double> chunk_mean_, chunk_m2_, diff_sq_, u_sq_, v_sq_, u_sq_sum_, v_sq_sum_;
+  DeviceBuffer<double> products_[3];
+  DeviceBuffer<double> partial_;
+  DeviceBuffer<RowSums> row_partial_;
+  DeviceBuffer<ChunkScalars> chunk_scalars_;
+  DeviceBuffer<double> loss_chunk_;
+  DeviceBuffer<LossScalars> loss_;
+  DeviceBuffer<unsigned long long> flags_;
+};
+
+__global__ void widen_kernel(const float* src, std::int64_t count, double* dst) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    dst[j] = static_cast<double>(src[j]);
+  }
+}
+
+/// Double-buffered device chunks, as the feeders fill them.
+class ChunkBuffers {
+ public:
+  ChunkBuffers(std::int64_t chunk, std::int64_t d, std::int64_t k, bool labels) {
+    for (int b = 0; b < 2; ++b) {
+      x_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * d));
+      if (labels) {
+        labels_[b] = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
+      } else {
+        y_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * k));
+      }
+    }
+  }
+  Chunk chunk(int b) { return {x_[b].data(), y_[b].data(), labels_[b].data()}; }
+  double* x(int b) { return x_[b].data(); }
+  double* y(int b) { return y_[b].data(); }
+  std::int32_t* labels(int b) { return labels_[b].data(); }
+
+ private:
+  DeviceBuffer<double> x_[2], y_[2];
+  DeviceBuffer<std::int32_t> labels_[2];
+};
+
+/// Feeds chunks from a host DataSource: the host fills one pinned buffer
+/// while the other's copy (second stream) and compute (main stream) run.
+class HostFeeder {
+ public:
+  HostFeeder(const DataSource& data, std::int64_t chunk, std::int64_t k, bool labels)
+      : data_(data), d_(data.num_features()), k_(k), labels_(labels),
+        device_(chunk, data.num_features(), k, labels) {
+    for (int b = 0; b < 2; ++b) {
+      x_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * d_));
+      if (labels) {
+        labels_host_[b] = PinnedBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
+      } else {
+        y_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * k));
+      }
+    }
+  }
+
+  HostFeeder(const HostFeeder&) = delete;
+  HostFeeder& operator=(const HostFeeder&) = delete;
+  // Copies out of the pinned buffers may still run when an exception unwinds.
+  ~HostFeeder() { cudaStreamSynchronize(copy_stream_.get()); }
+
+  /// Rows [first, first + m) in device buffer b, ordered before the work
+  /// that `stream` queues next.
+  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
+    // The pinned buffer is free once its previous copy finished; the device
+    // buffer once the chunk that used it was processed.
+    if (in_flight_[b]) GN_CUDA_CHECK(cudaEventSynchronize(copied_[b].get()));
+    data_.read(first, m, x_[b].data(), labels_ ? nullptr : y_[b].data(),
+               labels_ ? labels_host_[b].data() : nullptr);
+    const cudaStream_t copy = copy_stream_.get();
+    if (in_flight_[b]) GN_CUDA_CHECK(cudaStreamWaitEvent(copy, consumed_[b].get(), 0));
+    GN_CUDA_CHECK(cudaMemcpyAsync(device_.x(b), x_[b].data(), m * d_ * sizeof(double),
+                                  cudaMemcpyHostToDevice, copy));
+    if (labels_) {
+      GN_CUDA_CHECK(cudaMemcpyAsync(device_.labels(b), labels_host_[b].data(),
+                                    m * sizeof(std::int32_t), cudaMemcpyHostToDevice, copy));
+    } else {
+      GN_CUDA_CHECK(cudaMemcpyAsync(device_.y(b), y_[b].data(), m * k_ * sizeof(double),
+                                    cudaMemcpyHostToDevice, copy));
+    }
+    GN_CUDA_CHECK(cudaEventRecord(copied_[b].get(), copy));
+    GN_CUDA_CHECK(cudaStreamWaitEvent(stream, copied_[b].get(), 0));
+    return device_.chunk(b);
+  }
+
+  /// Marks buffer b as in use by everything `stream` has queued so far.
+  void consumed(int b, cudaStream_t stream) {
+    GN_CUDA_CHECK(cudaEventRecord(consumed_[b].get(), stream));
+    in_flight_[b] = true;
+  }
+
+ private:
+  const DataSource& data_;
+  std::int64_t d_, k_;
+  bool labels_;
+  ChunkBuffers device_;
+  Stream copy_stream_;
+  Event copied_[2], consumed_[2];
+  PinnedBuffer<double> x_[2], y_[2];
+  PinnedBuffer<std::int32_t> labels_host_[2];
+  bool in_flight_[2] = {false, false};
+};
+
+/// Feeds chunks of device-resident float32 data, widened to float64 on the
+/// device (the pipeline centres its inputs in place, so it needs a copy).
+class DeviceFeeder {
+ public:
+  DeviceFeeder(const DeviceData& data, std::int64_t chunk)
+      : data_(data), device_(chunk, data.d, data.k, data.labels != nullptr) {}
+
+  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
+    widen_kernel<<<grid_for(m * data_.d), kThreads, 0, stream>>>(data_.x + first * data_.d,
+                                                                 m * data_.d, device_.x(b));
+    GN_CUDA_CHECK(cudaGetLastError());
+    if (data_.labels != nullptr) {
+      return {device_.x(b), nullptr, data_.labels + first};
+    }
+    widen_kernel<<<grid_for(m * data_.k), kThreads, 0, stream>>>(data_.y + first * data_.k,
+                                                                 m * data_.k, device_.y(b));
+    GN_CUDA_CHECK(cudaGetLastError());
+    return {device_.x(b), device_.y(b), nullptr};
+  }
+
+  void consumed(int, cudaStream_t) {}
+
+ private:
+  DeviceData data_;
+  ChunkBuffers device_;
+};
+
+/// The fused linear kernel behind the pipeline's interface, for host-fed chunks.
+struct FusedEngine {
+  FusedLinear& fused;
+  void process(const Chunk& chunk, std::int64_t m, std::int64_t first) {
+    fused.accumulate(chunk.x, chunk.y, chunk.labels, m, first);
+  }
+  void finish(Profile& result) { fused.finish(result); }
+};
+
+/// Streams n rows through `engine` in chunks of `chunk` rows.
+template <typename Engine, typename MakeFeeder>
+Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t stream,
+            MakeFeeder make_feeder) {
+  auto feeder = make_feeder(chunk);
+  std::int64_t chunk_index = 0;
+  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
+    const int b = static_cast<int>(chunk_index % 2);
+    const std::int64_t m = std::min(chunk, n - first);
+    const Chunk chunk_view = feeder.feed(b, first, m, stream);
+    engine.process(chunk_view, m, first);
+    feeder.consumed(b, stream);
+  }
+  Profile result;
+  engine.finish(result);
+  return result;
+}
+
+/// The shape of device-resident data, for the shared input checks.
+class DeviceDataShape final : public DataSource {
+ public:
+  explicit DeviceDataShape(const DeviceData& data) : data_(data) {}
+  std::int64_t num_samples() const override { return data_.n; }
+  std::int64_t num_features() const override { return data_.d; }
+  TargetKind target_kind() const override {
+    return data_.labels != nullptr ? TargetKind::labels : TargetKind::real;
+  }
+  std::int64_t num_targets() const override { return data_.k; }
+  void read(std::int64_t, std::int64_t, double*, double*, std::int32_t*) const override {
+    throw RuntimeError("internal: device-resident data is not read through the host");
+  }
+
+ private:
+  DeviceData data_;
+};
+
+/// Plans the chunk, runs, and on running out of memory halves the chunk and
+/// runs again; then totals the layers.
+/// `direct`, when given, is device-resident data that the fused kernel reads
+/// in place (no chunk copies at all).
+template <typename MakeFeeder>
+Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileOptions& options,
+                     cudaStream_t stream, MakeFeeder make_feeder, const DeviceData* direct = nullptr) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool labels = options.loss == Loss::cross_entropy;
+  const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
+  std::size_t free_bytes = 0, total_bytes = 0;
+  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
+  const auto budget = static_cast<std::int64_t>(free_bytes / 10 * 9);
+  std::int64_t chunk = detail::plan_chunk_rows(fp, budget, options.chunk_rows, shape.num_samples());
+  Profile result;
+  for (;;) {
+    if (chunk < 1) {
+      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +
+                         " MiB free, too little for this model's " +
+                         std::to_string(model.num_params()) + " parameters even one row at a time");
+    }
+    try {
+      const std::int64_t n = shape.num_samples();
+      if (options.fused_linear && fused_linear_eligible(model)) {
+        FusedLinear fused(model, options, stream);
+        if (direct != nullptr) {
+          fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
+          fused.finish(result);
+        } else {
+          FusedEngine engine{fused};
+          result = run(engine, n, chunk, stream, make_feeder);
+        }
+      } else {
+        Pipeline pipeline(model, options, chunk, labels, stream);
+        result = run(pipeline, n, chunk, stream, make_feeder);
+      }
+      break;
+    } catch (const OutOfMemory&) {
+      cudaGetLastError();
+      chunk /= 2;  // another tenant took memory since we asked: halve and retry
+    }
+  }
+  for (LayerProfile& lp : result.layers) {
+    lp.noise_scale_simple = noise_scale(lp.trace_cov, lp.grad_norm_sq);
+    result.grad_norm_sq += lp.grad_norm_sq;
+    result.trace_cov += lp.trace_cov;
+    result.mean_sample_grad_norm_sq += lp.mean_sample_grad_norm_sq;
+  }
+  result.noise_scale_simple = noise_scale(result.trace_cov, result.grad_norm_sq);
+  result.device = cuda_device_name();
+  result.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace
+}  // namespace cuda
+
+bool cuda_built() { return true; }
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" status
+    return 0;
+  }
+  return count;
+}
+
+std::string cuda_device_name() {
+  if (cuda_device_count() == 0) return {};
+  int device = 0;
+  GN_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+namespace {
+void require_device() {
+  if (cuda_device_count() == 0) {
+    throw RuntimeError("--device cuda was asked for, but no CUDA device is present; "
+                       "use --device cpu or --device auto");
+  }
+}
+}  // namespace
+
+Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOptions& options,
+                     CUstream_st* stream) {
+  check_profile_inputs(model, data, options);
+  require_device();
+  const bool labels = options.loss == Loss::cross_entropy;
+  return cuda::plan_and_run(model, data, options, stream, [&](std::int64_t chunk) {
+    return cuda::HostFeeder(data, chunk, model.output_dim(), labels);
+  });
+}
+
+Profile profile_cuda_device(const Model& model, const DeviceData& data,
+                            const ProfileOptions& options, CUstream_st* stream) {
+  const cuda::DeviceDataShape shape(data);
+  check_profile_inputs(model, shape, options);
+  require_device();
+  if (data.x == nullptr || (data.y == nullptr) == (data.labels == nullptr)) {
+    throw InputError("device data needs inputs and exactly one of real targets and labels");
+  }
+  return cuda::plan_and_run(model, shape, options, stream,
+                            [&](std::int64_t chunk) { return cuda::DeviceFeeder(data, chunk); });
+}
+
+}  // namespace gradnoise
