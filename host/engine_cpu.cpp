@@ -16,13 +16,15 @@
 // products per layer: (U∘U)ᵀ(V∘V), Uᵀ(V∘V) and (U∘U)ᵀV.
 //
 // Row loops run over fixed blocks of rows whose partial sums are added in block
-// order, so results do not depend on the number of threads.
+// order.
 #include <cblas.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <string>
+#include <exception>
+#include <thread>
 #include <vector>
 
 #include "gradnoise/error.hpp"
@@ -35,8 +37,6 @@ namespace {
 using detail::RowSums;
 
 constexpr std::int64_t kRowBlock = 128;
-// Below this many values a loop is not worth waking the thread team for.
-constexpr std::int64_t kParallelMin = 1 << 15;
 
 std::int64_t num_blocks(std::int64_t rows) { return detail::ceil_div(rows, kRowBlock); }
 
@@ -85,7 +85,6 @@ struct ChunkBuffers {
 void column_means(const double* mat, std::int64_t m, std::int64_t cols, double* means) {
   const std::int64_t blocks = num_blocks(m);
   std::vector<double> partial(static_cast<std::size_t>(blocks * cols), 0.0);
-#pragma omp parallel for schedule(static) if (m * cols >= kParallelMin)
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
     double* acc = partial.data() + blk * cols;
     const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
@@ -109,29 +108,30 @@ RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t 
                        bool bias) {
   const std::int64_t blocks = num_blocks(m);
   std::vector<RowSums> partial(static_cast<std::size_t>(blocks));
-#pragma omp parallel for schedule(static) if (m * (in + out) >= kParallelMin)
-  for (std::int64_t blk = 0; blk < blocks; ++blk) {
-    RowSums acc;
-    const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
-    for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
-      double* u = delta + i * out;
-      double* v = act + i * in;
-      double delta_sq = 0, act_sq = 0, su = 0, du = 0, sv = 0, av = 0;
-      for (std::int64_t r = 0; r < out; ++r) {
-        delta_sq += u[r] * u[r];
-        u[r] -= delta_mean[r];
-        su += u[r] * u[r];
-        du += delta_mean[r] * u[r];
+  {
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+      RowSums acc;
+      const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
+      for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
+        double* u = delta + i * out;
+        double* v = act + i * in;
+        double delta_sq = 0, act_sq = 0, su = 0, du = 0, sv = 0, av = 0;
+        for (std::int64_t r = 0; r < out; ++r) {
+          delta_sq += u[r] * u[r];
+          u[r] -= delta_mean[r];
+          su += u[r] * u[r];
+          du += delta_mean[r] * u[r];
+        }
+        for (std::int64_t s = 0; s < in; ++s) {
+          act_sq += v[s] * v[s];
+          v[s] -= act_mean[s];
+          sv += v[s] * v[s];
+          av += act_mean[s] * v[s];
+        }
+        acc.add_row(delta_sq, act_sq, su, du, sv, av, bias);
       }
-      for (std::int64_t s = 0; s < in; ++s) {
-        act_sq += v[s] * v[s];
-        v[s] -= act_mean[s];
-        sv += v[s] * v[s];
-        av += act_mean[s] * v[s];
-      }
-      acc.add_row(delta_sq, act_sq, su, du, sv, av, bias);
+      partial[blk] = acc;
     }
-    partial[blk] = acc;
   }
   RowSums total;
   for (const RowSums& p : partial) total += p;
@@ -139,7 +139,6 @@ RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t 
 }
 
 void elementwise_square(const double* src, std::int64_t count, double* dst) {
-#pragma omp parallel for schedule(static) if (count >= kParallelMin)
   for (std::int64_t j = 0; j < count; ++j) dst[j] = src[j] * src[j];
 }
 
@@ -217,7 +216,6 @@ void output_errors(Loss loss, const double* out, const double* y, const std::int
                    std::int64_t m, std::int64_t k, std::int64_t first, double* delta,
                    double* sample_loss) {
   if (loss == Loss::squared) {
-#pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
     for (std::int64_t i = 0; i < m; ++i) {
       sample_loss[i] = detail::squared_error_row(out + i * k, y + i * k, k, delta + i * k);
     }
@@ -230,7 +228,6 @@ void output_errors(Loss loss, const double* out, const double* y, const std::int
                        " outputs; expected labels in [0, " + std::to_string(k) + ")");
     }
   }
-#pragma omp parallel for schedule(static) if (m * k >= kParallelMin)
   for (std::int64_t i = 0; i < m; ++i) {
     sample_loss[i] = detail::softmax_error_row(out + i * k, labels[i], k, delta + i * k);
   }
@@ -277,50 +274,47 @@ void check_profile_inputs(const Model& model, const DataSource& data, const Prof
   }
 }
 
-Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  check_profile_inputs(model, data, options);
+namespace {
 
-  const std::int64_t n = data.num_samples();
-  const std::int64_t d = data.num_features();
-  const std::int64_t k = model.output_dim();
-  const std::int64_t num_layers = model.num_layers();
-  const std::int64_t chunk = std::min(options.chunk_rows, n);
-
-  ChunkBuffers buf;
-  std::int64_t widest = d;
-  for (const Layer& layer : model.layers) {
-    buf.activations.emplace_back(static_cast<std::size_t>(chunk * layer.in));
-    buf.errors.emplace_back(static_cast<std::size_t>(chunk * layer.out));
-    widest = std::max(widest, layer.out);
-  }
-  buf.output.resize(static_cast<std::size_t>(chunk * k));
-  if (options.loss == Loss::squared) {
-    buf.y.resize(static_cast<std::size_t>(chunk * k));
-  } else {
-    buf.labels.resize(static_cast<std::size_t>(chunk));
-  }
-  buf.sample_loss.resize(static_cast<std::size_t>(chunk));
-  if (options.param_stats) {
-    buf.u_sq.resize(static_cast<std::size_t>(chunk * widest));
-    buf.v_sq.resize(static_cast<std::size_t>(chunk * widest));
+/// One thread's share of the pass: its own chunk buffers and running moments.
+class Worker {
+ public:
+  Worker(const Model& model, const ProfileOptions& options, std::int64_t chunk)
+      : model_(model), options_(options), layer_moments_(static_cast<std::size_t>(model.num_layers())) {
+    std::int64_t widest = model.input_dim();
+    for (const Layer& layer : model.layers) {
+      buf_.activations.emplace_back(static_cast<std::size_t>(chunk * layer.in));
+      buf_.errors.emplace_back(static_cast<std::size_t>(chunk * layer.out));
+      widest = std::max(widest, layer.out);
+    }
+    const std::int64_t k = model.output_dim();
+    buf_.output.resize(static_cast<std::size_t>(chunk * k));
+    if (options.loss == Loss::squared) {
+      buf_.y.resize(static_cast<std::size_t>(chunk * k));
+    } else {
+      buf_.labels.resize(static_cast<std::size_t>(chunk));
+    }
+    buf_.sample_loss.resize(static_cast<std::size_t>(chunk));
+    if (options.param_stats) {
+      buf_.u_sq.resize(static_cast<std::size_t>(chunk * widest));
+      buf_.v_sq.resize(static_cast<std::size_t>(chunk * widest));
+    }
   }
 
-  std::vector<Moments> layer_moments(static_cast<std::size_t>(num_layers));
-  Moments loss_moments;
-
-  for (std::int64_t first = 0; first < n; first += chunk) {
-    const std::int64_t m = std::min(chunk, n - first);
-    data.read(first, m, buf.activations[0].data(), buf.y.empty() ? nullptr : buf.y.data(),
-              buf.labels.empty() ? nullptr : buf.labels.data());
+  /// Rows [first, first + m) of `data`, merged into this worker's moments.
+  void process(const DataSource& data, std::int64_t first, std::int64_t m) {
+    const std::int64_t num_layers = model_.num_layers();
+    const std::int64_t k = model_.output_dim();
+    data.read(first, m, buf_.activations[0].data(), buf_.y.empty() ? nullptr : buf_.y.data(),
+              buf_.labels.empty() ? nullptr : buf_.labels.data());
 
     // Forward: a_l = a_{l-1} W_lᵀ + b_l.
     for (std::int64_t l = 0; l < num_layers; ++l) {
-      const Layer& layer = model.layers[l];
-      double* next = (l + 1 < num_layers) ? buf.activations[l + 1].data() : buf.output.data();
+      const Layer& layer = model_.layers[l];
+      double* next = (l + 1 < num_layers) ? buf_.activations[l + 1].data() : buf_.output.data();
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
                   static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0,
-                  buf.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
+                  buf_.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
                   static_cast<int>(layer.in), 0.0, next, static_cast<int>(layer.out));
       if (layer.has_bias()) {
         for (std::int64_t i = 0; i < m; ++i) {
@@ -330,40 +324,131 @@ Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOpt
     }
     // A non-finite output means a non-finite input or weight reached it.
     for (std::int64_t j = 0; j < m * k; ++j) {
-      if (!std::isfinite(buf.output[j])) {
+      if (!std::isfinite(buf_.output[j])) {
         throw InputError("sample " + std::to_string(first + j / k) +
                          " gives a non-finite model output; expected finite inputs and weights");
       }
     }
 
-    output_errors(options.loss, buf.output.data(), buf.y.data(), buf.labels.data(), m, k, first,
-                  buf.errors[num_layers - 1].data(), buf.sample_loss.data());
+    output_errors(options_.loss, buf_.output.data(), buf_.y.data(), buf_.labels.data(), m, k, first,
+                  buf_.errors[num_layers - 1].data(), buf_.sample_loss.data());
     // Backward: δ_{l-1} = δ_l W_l.
     for (std::int64_t l = num_layers - 1; l > 0; --l) {
-      const Layer& layer = model.layers[l];
+      const Layer& layer = model_.layers[l];
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
                   static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0,
-                  buf.errors[l].data(), static_cast<int>(layer.out), layer.weight.data(),
-                  static_cast<int>(layer.in), 0.0, buf.errors[l - 1].data(),
+                  buf_.errors[l].data(), static_cast<int>(layer.out), layer.weight.data(),
+                  static_cast<int>(layer.in), 0.0, buf_.errors[l - 1].data(),
                   static_cast<int>(layer.in));
     }
 
     for (std::int64_t l = 0; l < num_layers; ++l) {
-      chunk_layer_stats(model.layers[l], buf.errors[l].data(), buf.activations[l].data(), m,
-                        options.param_stats, buf, layer_moments[l]);
+      chunk_layer_stats(model_.layers[l], buf_.errors[l].data(), buf_.activations[l].data(), m,
+                        options_.param_stats, buf_, layer_moments_[l]);
     }
 
     // Loss: centred within the chunk, then merged like the gradients.
     double loss_sum = 0;
-    for (std::int64_t i = 0; i < m; ++i) loss_sum += buf.sample_loss[i];
+    for (std::int64_t i = 0; i < m; ++i) loss_sum += buf_.sample_loss[i];
     const double loss_mean = loss_sum / static_cast<double>(m);
     double loss_m2 = 0;
     for (std::int64_t i = 0; i < m; ++i) {
-      const double e = buf.sample_loss[i] - loss_mean;
+      const double e = buf_.sample_loss[i] - loss_mean;
       loss_m2 += e * e;
     }
-    loss_moments.merge(m, {loss_mean}, loss_m2, {}, 0.0);
+    loss_moments_.merge(m, {loss_mean}, loss_m2, {}, 0.0);
   }
+
+  /// Folds another worker's moments (the rows after this one's) into this one.
+  void merge(const Worker& later) {
+    for (std::size_t l = 0; l < layer_moments_.size(); ++l) {
+      const Moments& other = later.layer_moments_[l];
+      if (other.count > 0) {
+        layer_moments_[l].merge(other.count, other.mean, other.m2_total, other.m2, other.sum_norm_sq);
+      }
+    }
+    const Moments& loss = later.loss_moments_;
+    if (loss.count > 0) loss_moments_.merge(loss.count, loss.mean, loss.m2_total, {}, 0.0);
+  }
+
+  const std::vector<Moments>& layer_moments() const { return layer_moments_; }
+  const Moments& loss_moments() const { return loss_moments_; }
+
+ private:
+  const Model& model_;
+  const ProfileOptions& options_;
+  ChunkBuffers buf_;
+  std::vector<Moments> layer_moments_;
+  Moments loss_moments_;
+};
+
+/// Runs OpenBLAS single-threaded while our own threads each drive it, and
+/// restores its setting afterwards.
+class SingleThreadedBlas {
+ public:
+  explicit SingleThreadedBlas(bool active) : active_(active), saved_(openblas_get_num_threads()) {
+    if (active_) openblas_set_num_threads(1);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+  ~SingleThreadedBlas() {
+    if (active_) openblas_set_num_threads(saved_);
+  }
+
+ private:
+  bool active_;
+  int saved_;
+};
+
+}  // namespace
+
+// Parallelism is over chunks: each of T threads takes a contiguous run of
+// chunks with its own buffers and single-threaded BLAS, and the threads'
+// moments are merged in order at the end. On few cores this beats threading
+// each product and each row loop, whose thread pools (OpenMP's and
+// OpenBLAS's) spin against each other; and the result depends only on the
+// data, the chunk size and T, so it is bit-identical run to run.
+Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  check_profile_inputs(model, data, options);
+
+  const std::int64_t n = data.num_samples();
+  const std::int64_t num_layers = model.num_layers();
+  const std::int64_t chunk = std::min(options.chunk_rows, n);
+  const std::int64_t chunks = detail::ceil_div(n, chunk);
+  const auto hardware = static_cast<std::int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::int64_t threads = std::min(hardware, chunks);
+  const std::int64_t chunks_per_thread = detail::ceil_div(chunks, threads);
+
+  std::vector<Worker> workers;
+  workers.reserve(static_cast<std::size_t>(threads));
+  for (std::int64_t t = 0; t < threads; ++t) workers.emplace_back(model, options, chunk);
+  std::vector<std::exception_ptr> failures(static_cast<std::size_t>(threads));
+  const auto run_worker = [&](std::int64_t t) {
+    try {
+      const std::int64_t first_row = t * chunks_per_thread * chunk;
+      const std::int64_t last_row = std::min(n, (t + 1) * chunks_per_thread * chunk);
+      for (std::int64_t first = first_row; first < last_row; first += chunk) {
+        workers[t].process(data, first, std::min(chunk, last_row - first));
+      }
+    } catch (...) {
+      failures[t] = std::current_exception();
+    }
+  };
+  {
+    const SingleThreadedBlas blas(threads > 1);
+    std::vector<std::thread> helpers;
+    for (std::int64_t t = 1; t < threads; ++t) helpers.emplace_back(run_worker, t);
+    run_worker(0);
+    for (std::thread& helper : helpers) helper.join();
+  }
+  // The earliest rows' failure is the one a serial pass would have met first.
+  for (const std::exception_ptr& failure : failures) {
+    if (failure) std::rethrow_exception(failure);
+  }
+  for (std::int64_t t = 1; t < threads; ++t) workers[0].merge(workers[t]);
+  const std::vector<Moments>& layer_moments = workers[0].layer_moments();
+  const Moments& loss_moments = workers[0].loss_moments();
 
   Profile result;
   result.n = n;
