@@ -3,6 +3,7 @@
 // chunk planning they rely on is plain arithmetic, tested everywhere.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 
 #ifdef GRADNOISE_HAVE_CUDA
@@ -75,6 +76,9 @@ struct GpuCase {
   std::int64_t chunk_rows;
   bool fused_linear;
 };
+
+// gtest prints parameters in test listings; a name reads better than bytes.
+void PrintTo(const GpuCase& c, std::ostream* os) { *os << c.name; }
 
 void expect_profiles_match(const Profile& got, const Profile& want, double rtol) {
   EXPECT_EQ(got.n, want.n);

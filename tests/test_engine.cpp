@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 #include <string>
 #include <tuple>
 
@@ -31,6 +32,9 @@ struct Case {
   std::int64_t n;
   std::int64_t chunk_rows;
 };
+
+// gtest prints parameters in test listings; a name reads better than bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
 

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <ostream>
+#include <string>
 #include <vector>
 
 #include "brute_force.hpp"
@@ -135,6 +137,11 @@ struct FusedCase {
   int tile_rows;
   int num_blocks;
 };
+
+void PrintTo(const FusedCase& c, std::ostream* os) {
+  *os << (c.loss == Loss::squared ? "mse" : "ce") << (c.bias ? " bias" : " no bias") << ", tiles of "
+      << c.tile_rows << ", " << c.num_blocks << " blocks";
+}
 
 class LinearFusedDecomposition : public ::testing::TestWithParam<FusedCase> {};
 
