@@ -23,6 +23,11 @@ Profile profile_cuda(const Model&, const DataSource&, const ProfileOptions&, CUs
   refuse();
 }
 
+BlockOperator covariance_operator_cuda(const Model&, const DataSource&, Loss, std::vector<double>,
+                                       std::int64_t) {
+  refuse();
+}
+
 Profile profile_cuda_device(const Model&, const DeviceData&, const ProfileOptions&, CUstream_st*) {
   refuse();
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gradnoise/data.hpp"
+#include "gradnoise/krylov.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 
@@ -31,6 +32,14 @@ std::string cuda_device_name();
 /// one-row chunk, InputError for bad data (as profile_cpu).
 Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOptions& options,
                      CUstream_st* stream = nullptr);
+
+/// Σ·V on the GPU for blocks of vectors (P × cols, column-major, host memory):
+/// the same exact, centred matrix-free product as the CPU's covariance
+/// operator (c_i = g_iᵀv − Gᵀv), one pass over the data per call. The
+/// returned operator refers to `model` and `data`, which must outlive it.
+BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
+                                       std::vector<double> mean_grad,
+                                       std::int64_t chunk_rows = std::int64_t{1} << 16);
 
 /// A data set already in device memory, float32, row-major: x is n×d; y is
 /// n×k real targets (squared loss) or null; labels are n class labels
