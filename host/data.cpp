@@ -14,7 +14,7 @@ void Dataset::read(std::int64_t first, std::int64_t count, double* x_out, double
     throw RuntimeError("internal: Dataset::read asked for rows [" + std::to_string(first) + ", " +
                        std::to_string(first + count) + ") of " + std::to_string(n));
   }
-  std::copy_n(x.data() + first * d, count * d, x_out);
+  if (x_out) std::copy_n(x.data() + first * d, count * d, x_out);
   if (target_kind() == TargetKind::real) {
     if (y_out) std::copy_n(y.data() + first * k, count * k, y_out);
   } else if (labels_out) {

@@ -103,9 +103,9 @@ void column_means(const double* mat, std::int64_t m, std::int64_t cols, double* 
 
 /// Centres δ (m×out) and a (m×in) in place on their chunk means and returns the
 /// per-sample sums; the rows are not needed uncentred afterwards.
-RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t out,
-                       std::int64_t in, const double* delta_mean, const double* act_mean,
-                       bool bias) {
+RowSums centre_and_sum(double* delta, const double* act, double* centred_act, std::int64_t m,
+                       std::int64_t out, std::int64_t in, const double* delta_mean,
+                       const double* act_mean, bool bias) {
   const std::int64_t blocks = num_blocks(m);
   std::vector<RowSums> partial(static_cast<std::size_t>(blocks));
   {
@@ -114,7 +114,8 @@ RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t 
       const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
       for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
         double* u = delta + i * out;
-        double* v = act + i * in;
+        const double* a = act + i * in;
+        double* v = centred_act + i * in;
         double delta_sq = 0, act_sq = 0, su = 0, du = 0, sv = 0, av = 0;
         for (std::int64_t r = 0; r < out; ++r) {
           delta_sq += u[r] * u[r];
@@ -123,8 +124,8 @@ RowSums centre_and_sum(double* delta, double* act, std::int64_t m, std::int64_t 
           du += delta_mean[r] * u[r];
         }
         for (std::int64_t s = 0; s < in; ++s) {
-          act_sq += v[s] * v[s];
-          v[s] -= act_mean[s];
+          act_sq += a[s] * a[s];
+          v[s] = a[s] - act_mean[s];
           sv += v[s] * v[s];
           av += act_mean[s] * v[s];
         }
@@ -143,8 +144,10 @@ void elementwise_square(const double* src, std::int64_t count, double* dst) {
 }
 
 /// One layer's statistics over one chunk, merged into `moments`.
-/// `delta` (m×out) and `act` (m×in) are overwritten with their centred values.
-void chunk_layer_stats(const Layer& layer, double* delta, double* act, std::int64_t m,
+/// `delta` (m×out) is overwritten with its centred values and the centred
+/// `act` (m×in) is written to `centred_act` (which may be `act` itself).
+void chunk_layer_stats(const Layer& layer, double* delta, const double* act, double* centred_act,
+                       std::int64_t m,
                        bool param_stats, ChunkBuffers& buf, Moments& moments) {
   const std::int64_t out = layer.out, in = layer.in;
   const bool bias = layer.has_bias();
@@ -153,7 +156,9 @@ void chunk_layer_stats(const Layer& layer, double* delta, double* act, std::int6
   std::vector<double> delta_mean(static_cast<std::size_t>(out)), act_mean(static_cast<std::size_t>(in));
   column_means(delta, m, out, delta_mean.data());
   column_means(act, m, in, act_mean.data());
-  const RowSums rows = centre_and_sum(delta, act, m, out, in, delta_mean.data(), act_mean.data(), bias);
+  const RowSums rows =
+      centre_and_sum(delta, act, centred_act, m, out, in, delta_mean.data(), act_mean.data(), bias);
+  act = centred_act;
 
   // C = Uᵀ V / m; the chunk mean gradient is δ̄āᵀ + C (and δ̄ for the bias).
   const std::int64_t slots = layer.num_params();
@@ -305,8 +310,12 @@ class Worker {
   void process(const DataSource& data, std::int64_t first, std::int64_t m) {
     const std::int64_t num_layers = model_.num_layers();
     const std::int64_t k = model_.output_dim();
-    data.read(first, m, buf_.activations[0].data(), buf_.y.empty() ? nullptr : buf_.y.data(),
+    // Inputs stored as float64 are read in place; only their centred copy is written.
+    const double* in_place = data.inputs_in_place(first, m);
+    data.read(first, m, in_place ? nullptr : buf_.activations[0].data(),
+              buf_.y.empty() ? nullptr : buf_.y.data(),
               buf_.labels.empty() ? nullptr : buf_.labels.data());
+    const double* inputs = in_place ? in_place : buf_.activations[0].data();
 
     // Forward: a_l = a_{l-1} W_lᵀ + b_l.
     for (std::int64_t l = 0; l < num_layers; ++l) {
@@ -314,7 +323,7 @@ class Worker {
       double* next = (l + 1 < num_layers) ? buf_.activations[l + 1].data() : buf_.output.data();
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
                   static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0,
-                  buf_.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
+                  l == 0 ? inputs : buf_.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
                   static_cast<int>(layer.in), 0.0, next, static_cast<int>(layer.out));
       if (layer.has_bias()) {
         for (std::int64_t i = 0; i < m; ++i) {
@@ -343,7 +352,8 @@ class Worker {
     }
 
     for (std::int64_t l = 0; l < num_layers; ++l) {
-      chunk_layer_stats(model_.layers[l], buf_.errors[l].data(), buf_.activations[l].data(), m,
+      chunk_layer_stats(model_.layers[l], buf_.errors[l].data(),
+                        l == 0 ? inputs : buf_.activations[l].data(), buf_.activations[l].data(), m,
                         options_.param_stats, buf_, layer_moments_[l]);
     }
 

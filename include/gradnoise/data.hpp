@@ -25,9 +25,17 @@ class DataSource {
   /// than the largest label, or as declared by the data set).
   virtual std::int64_t num_targets() const = 0;
   /// Copies rows [first, first + count) into x (count×D, row-major) and, by
-  /// target kind, into y (count×K) or labels (count); the other may be null.
+  /// target kind, into y (count×K) or labels (count); any of the three may be
+  /// null to skip it. May be called from several threads at once for
+  /// disjoint ranges.
   virtual void read(std::int64_t first, std::int64_t count, double* x, double* y,
                     std::int32_t* labels) const = 0;
+  /// Rows [first, first + count) of X in place (count×D, row-major float64)
+  /// when the source stores them so; null otherwise. Engines then read the
+  /// inputs without copying them.
+  virtual const double* inputs_in_place(std::int64_t /*first*/, std::int64_t /*count*/) const {
+    return nullptr;
+  }
 };
 
 /// A data set held in memory in float64. Exactly one of `y` (n×k real targets)
@@ -48,6 +56,9 @@ struct Dataset final : DataSource {
   std::int64_t num_targets() const override { return k; }
   void read(std::int64_t first, std::int64_t count, double* x_out, double* y_out,
             std::int32_t* labels_out) const override;
+  const double* inputs_in_place(std::int64_t first, std::int64_t count) const override {
+    return first >= 0 && count >= 0 && first + count <= n ? x.data() + first * d : nullptr;
+  }
 
   /// Throws InputError unless sizes agree, every value is finite and labels lie
   /// in [0, k). `what` names the data in the message (e.g. "--x data.npy").
