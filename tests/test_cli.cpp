@@ -25,6 +25,8 @@
 #include "gradnoise/data.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
+#include "gradnoise/covariance.hpp"
+#include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
 
 #ifndef GRADNOISE_CLI_PATH
@@ -581,6 +583,82 @@ TEST_F(Cli, UsageErrors) {
                  2, "same");
   // No command.
   expect_failure({}, 2, "command");
+}
+
+// ---- The noise's shape ---------------------------------------------------------
+
+TEST_F(Cli, ShapeOutputsMatchTheLibrary) {
+  synth(300, 6, 2);
+  const RunResult result =
+      run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--device", "cpu", "--spectrum", "3",
+           "--theta", "0.5", "--estimators", "4,32,20", "--batch-sizes", "pow2", "--out",
+           p("report.json"), "--spectrum-csv", p("spectrum.csv"), "--tests-csv", p("tests.csv")});
+  ASSERT_EQ(result.status, 0) << result.err;
+
+  const Dataset data = load_xy(path("X.npy"), path("Y.npy"), Loss::squared);
+  const Model model = make_model(std::vector<std::int64_t>{6, 2}, true, Init::gaussian, 0);
+  ProfileOptions options;
+  options.device = Device::cpu;
+  options.param_stats = true;
+  const Profile prof = profile(model, data, options);
+  SpectrumOptions spectrum_options;
+  spectrum_options.k = 3;
+  spectrum_options.keep_vectors = false;
+  const CovarianceSpectrum spectrum = covariance_spectrum(model, data, Loss::squared, prof, spectrum_options);
+  CurvatureOptions curvature_options;
+  curvature_options.k = 3;
+  const CurvatureReport curv = curvature(model, data, Loss::squared, prof, curvature_options,
+                                         spectrum.trace_cov_sq_exact
+                                             ? std::optional<double>(spectrum.trace_cov_sq)
+                                             : std::nullopt);
+  const std::vector<std::int64_t> sizes = parse_batch_sizes("pow2", prof.n);
+  const BatchTests tests = batch_tests(model, data, Loss::squared, prof, 0.5, sizes);
+  const EstimatorTruth truth = two_batch_estimators(model, data, Loss::squared, prof, 4, 32, 20, 0);
+
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  ASSERT_EQ(report["cov_top_eigenvalues"].size(), 3u);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_TRUE(close_relative(report["cov_top_eigenvalues"][c], spectrum.top_eigenvalues[c], 1e-12));
+    EXPECT_TRUE(close_relative(report["hessian_top_eigenvalues"][c], curv.hessian_top_eigenvalues[c], 1e-12));
+  }
+  // P = 14: tr(Σ²) is cheap, so it is exact, and with it the effective rank.
+  ASSERT_TRUE(spectrum.trace_cov_sq_exact);
+  EXPECT_TRUE(close_relative(report["trace_cov_sq"], spectrum.trace_cov_sq));
+  EXPECT_TRUE(close_relative(report["effective_rank"], spectrum.effective_rank));
+  // Linear model, squared loss: B_noise in closed form.
+  ASSERT_TRUE(curv.noise_scale_b_noise.has_value());
+  EXPECT_TRUE(close_relative(report["noise_scale_b_noise"], *curv.noise_scale_b_noise));
+  EXPECT_EQ(report["min_batch_norm_test"], tests.min_batch_norm_test);
+  EXPECT_EQ(report["min_batch_inner_product_test"], tests.min_batch_inner_product_test);
+  EXPECT_EQ(report["min_batch_orthogonality_test"], tests.min_batch_orthogonality_test);
+  EXPECT_TRUE(close_relative(report["gsnr_mean"], tests.gsnr_mean));
+  EXPECT_TRUE(close_relative(report["estimators"]["trace_cov"]["mean"], truth.trace_cov.mean));
+  EXPECT_TRUE(close_relative(report["estimators"]["grad_norm_sq"]["exact"], prof.grad_norm_sq));
+
+  const std::vector<std::string> spectrum_rows = lines_of(read_text(path("spectrum.csv")));
+  ASSERT_EQ(spectrum_rows.size(), 1u + 3u + 3u);  // header, model, hessian (one layer: no per-layer rows)
+  EXPECT_EQ(spectrum_rows[0], "scope,rank,eigenvalue");
+  EXPECT_EQ(spectrum_rows[1].rfind("model,1,", 0), 0u);
+  EXPECT_EQ(spectrum_rows[4].rfind("hessian,1,", 0), 0u);
+  const std::vector<std::string> test_rows = lines_of(read_text(path("tests.csv")));
+  ASSERT_EQ(test_rows.size(), sizes.size() + 1);
+  EXPECT_EQ(test_rows[0], "batch_size,norm_test,inner_product_test,orthogonality_test");
+}
+
+TEST_F(Cli, ShapeUsageErrors) {
+  synth(40, 3, 1);
+  const std::vector<std::string> data = {"profile", "--x", p("X.npy"), "--y", p("Y.npy")};
+  const auto with = [&data](std::vector<std::string> extra) {
+    std::vector<std::string> args = data;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  expect_failure(with({"--spectrum-csv", p("s.csv")}), 2, "--spectrum");
+  expect_failure(with({"--tests-csv", p("t.csv")}), 2, "--theta");
+  expect_failure(with({"--theta", "-1"}), 2, "--theta");
+  expect_failure(with({"--spectrum", "2", "--hessian", "exact"}), 2, "--hessian");
+  expect_failure(with({"--estimators", "abc"}), 2, "--estimators");
+  expect_failure(with({"--estimators", "32,4", "--out", p("r.json")}), 2, "--estimators");
 }
 
 }  // namespace

@@ -101,6 +101,14 @@ struct ProfileArgs {
   std::string batch_sizes = "all";
   std::string param_stats_path;
   std::int64_t chunk_rows = 4096;
+  // The noise's shape.
+  std::int64_t spectrum = 0;        // top eigenpairs of Σ and H; 0: none
+  bool exact_trace_sq = false;      // tr(Σ²) exactly even when it is costly
+  std::string hessian = "full";     // full or gn (Gauss–Newton)
+  std::string spectrum_csv_path;
+  double theta = 0;                 // batch-size tests at this θ; 0: none
+  std::string tests_csv_path;
+  std::string estimators;           // "B_SMALL,B_BIG[,PAIRS]"; empty: none
 
   // Which options were given explicitly (CLI11 fills these in).
   CLI::Option* split_option = nullptr;

@@ -13,6 +13,8 @@
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/krylov.hpp"
 #include "gradnoise/report.hpp"
 
 namespace gradnoise::cli {
@@ -269,11 +271,59 @@ void check_combinations(const ProfileArgs& args) {
   }
   if (args.curve_path.empty()) {
     if (args.curve_loss) throw InputError("--curve-loss adds columns to --curve; give --curve too.");
-    if (args.batch_sizes_option->count() > 0) {
-      throw InputError("--batch-sizes chooses the rows of --curve; give --curve too.");
+    if (args.batch_sizes_option->count() > 0 && args.tests_csv_path.empty()) {
+      throw InputError("--batch-sizes chooses the rows of --curve (or --tests-csv); give one of them too.");
     }
   }
   if (args.chunk_rows < 1) throw InputError("--chunk-rows must be at least 1.");
+  if (args.spectrum < 0) throw InputError("--spectrum must be a number of eigenvalues ≥ 1 (or 0 for none).");
+  if (args.spectrum == 0) {
+    if (args.exact_trace_sq) throw InputError("--exact-trace-sq belongs to --spectrum; give --spectrum K too.");
+    if (!args.spectrum_csv_path.empty()) {
+      throw InputError("--spectrum-csv writes the --spectrum eigenvalues; give --spectrum K too.");
+    }
+  }
+  if (args.hessian != "full" && args.hessian != "gn") {
+    throw InputError("--hessian must be full or gn (Gauss-Newton), not '" + args.hessian + "'.");
+  }
+  if (!(args.theta >= 0) || !std::isfinite(args.theta)) {
+    throw InputError("--theta must be a positive number, e.g. --theta 0.5.");
+  }
+  if (args.theta == 0 && !args.tests_csv_path.empty()) {
+    throw InputError("--tests-csv writes the --theta batch-size tests; give --theta T too.");
+  }
+}
+
+/// "B_SMALL,B_BIG[,PAIRS]" for --estimators.
+std::vector<std::int64_t> parse_estimators(const std::string& spec) {
+  std::vector<std::int64_t> values;
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    const std::size_t comma = std::min(spec.find(',', start), spec.size());
+    const std::string item = spec.substr(start, comma - start);
+    std::size_t used = 0;
+    long long value = 0;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || value < 1) {
+      used = 0;
+    }
+    if (used == 0) {
+      throw InputError("--estimators " + spec +
+                       " must be B_SMALL,B_BIG or B_SMALL,B_BIG,PAIRS with positive integers, "
+                       "e.g. --estimators 64,1024,200.");
+    }
+    values.push_back(value);
+    start = comma + 1;
+  }
+  if (values.size() < 2 || values.size() > 3) {
+    throw InputError("--estimators " + spec + " must give two batch sizes and optionally a pair count.");
+  }
+  if (values.size() == 2) values.push_back(100);
+  return values;
 }
 
 }  // namespace
@@ -330,6 +380,28 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
       ->type_name("FILE");
   command->add_option("--chunk-rows", args.chunk_rows, "Rows per streamed chunk")
       ->capture_default_str();
+  command->add_option("--spectrum", args.spectrum,
+                      "Top K eigenvalues of the gradient covariance Σ (model and per layer) and "
+                      "of the Hessian, tr(Σ²), effective rank, B_noise")
+      ->type_name("K");
+  command->add_flag("--exact-trace-sq", args.exact_trace_sq,
+                    "With --spectrum: compute tr(Σ²) exactly even when it costs many passes");
+  command->add_option("--hessian", args.hessian, "With --spectrum: full or gn (Gauss-Newton)")
+      ->capture_default_str();
+  command->add_option("--spectrum-csv", args.spectrum_csv_path,
+                      "With --spectrum: write scope,rank,eigenvalue rows")
+      ->type_name("FILE");
+  command->add_option("--theta", args.theta,
+                      "Population norm, inner-product and orthogonality batch-size tests at this "
+                      "theta, the smallest passing batch sizes, and the gradient SNR")
+      ->type_name("T");
+  command->add_option("--tests-csv", args.tests_csv_path,
+                      "With --theta: write the three tests for each --batch-sizes size")
+      ->type_name("FILE");
+  command->add_option("--estimators", args.estimators,
+                      "McCandlish two-batch estimators from real minibatch pairs (with "
+                      "replacement) against the exact values: B_SMALL,B_BIG[,PAIRS] (default 100 pairs)")
+      ->type_name("LIST");
   command->footer(
       "Examples:\n"
       "  gradnoise profile --dataset fashion-mnist --loss ce --out report.json --curve curve.csv\n"
@@ -337,6 +409,8 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
       "  gradnoise profile --x X.npy --y Y.npy --init lstsq --curve curve.csv --batch-sizes pow2\n"
       "  gradnoise profile --x X.npy --y labels.npy --loss ce --layer W1.npy:b1.npy --layer W2.npy \\\n"
       "      --param-stats stats.npy\n"
+      "  gradnoise profile --dataset fashion-mnist --loss ce --spectrum 10 --theta 0.5 \\\n"
+      "      --estimators 64,1024 --out report.json --spectrum-csv spectrum.csv --tests-csv tests.csv\n"
       "The model is either given by --layer files or built with widths {D, hidden..., K}\n"
       "(K: target columns for mse, classes for ce). The summary goes to stdout, warnings\n"
       "to stderr; outputs are written only when everything succeeded.");
@@ -360,6 +434,12 @@ int run_profile(const ProfileArgs& args) {
   if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
   if (!args.curve_path.empty()) outputs.add_text("--curve", args.curve_path);
   if (!args.param_stats_path.empty()) outputs.add_npy("--param-stats", args.param_stats_path);
+  if (!args.spectrum_csv_path.empty()) outputs.add_text("--spectrum-csv", args.spectrum_csv_path);
+  if (!args.tests_csv_path.empty()) outputs.add_text("--tests-csv", args.tests_csv_path);
+  const std::vector<std::int64_t> estimator_spec =
+      args.estimators.empty() ? std::vector<std::int64_t>{} : parse_estimators(args.estimators);
+  // Batch tests need the per-parameter variances (for the GSNR).
+  options.param_stats = options.param_stats || args.theta > 0;
   outputs.check_writable_all();
 
   LoadedData loaded = load_data(args, loss);
@@ -394,13 +474,60 @@ int run_profile(const ProfileArgs& args) {
   check_fit(model, model_source, loaded, loss);
 
   std::vector<std::int64_t> batch_sizes;
-  if (!args.curve_path.empty()) {
+  if (!args.curve_path.empty() || !args.tests_csv_path.empty()) {
     batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
                              [&] { return parse_batch_sizes(args.batch_sizes, loaded.data.n); });
   }
 
   current_stage = "profiling";
   const Profile result = profile(model, loaded.data, options);
+
+  ShapeResults shape;
+  if (args.spectrum > 0) {
+    current_stage = "finding the covariance spectrum";
+    SpectrumOptions spectrum_options;
+    spectrum_options.k = std::min(args.spectrum, model.num_params());
+    spectrum_options.chunk_rows = args.chunk_rows;
+    spectrum_options.keep_vectors = false;
+    spectrum_options.exact_trace_sq = args.exact_trace_sq;
+    shape.spectrum = covariance_spectrum(model, loaded.data, loss, result, spectrum_options);
+    shape.spectrum_device = "cpu";
+    if (result.device != "cpu") {
+      // The model's top eigenpairs on the GPU that profiled it; the rest stays on the CPU.
+      EigenOptions eigen;
+      eigen.k = spectrum_options.k;
+      eigen.block = spectrum_options.k / 2 + 2;
+      const EigenResult gpu = top_eigenpairs(
+          model.num_params(),
+          covariance_operator_cuda(model, loaded.data, loss, result.param_mean), eigen);
+      shape.spectrum->top_eigenvalues = gpu.values;
+      shape.spectrum->residuals = gpu.residuals;
+      shape.spectrum->passes = gpu.passes;
+      shape.spectrum->converged = gpu.converged;
+      shape.spectrum_device = result.device;
+    }
+    current_stage = "analysing the curvature";
+    CurvatureOptions curvature_options;
+    curvature_options.k = std::min(args.spectrum, model.num_params());
+    curvature_options.gauss_newton = args.hessian == "gn";
+    curvature_options.chunk_rows = args.chunk_rows;
+    std::optional<double> trace_sq;
+    if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
+    shape.curvature = curvature(model, loaded.data, loss, result, curvature_options, trace_sq);
+  }
+  if (args.theta > 0) {
+    current_stage = "running the batch-size tests";
+    const std::vector<std::int64_t> test_sizes =
+        batch_sizes.empty() ? parse_batch_sizes("pow2", loaded.data.n) : batch_sizes;
+    shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes, args.chunk_rows);
+  }
+  if (!estimator_spec.empty()) {
+    current_stage = "sampling minibatch pairs for the estimators";
+    shape.estimators = mentioning("--estimators", args.estimators, [&] {
+      return two_batch_estimators(model, loaded.data, loss, result, estimator_spec[0],
+                                  estimator_spec[1], estimator_spec[2], args.seed, args.chunk_rows);
+    });
+  }
 
   current_stage = "preparing the outputs";
   ReportContext context;
@@ -409,8 +536,18 @@ int run_profile(const ProfileArgs& args) {
   context.data = loaded.description;
   context.options = {{"device_requested", args.device},
                      {"chunk_rows", args.chunk_rows},
-                     {"param_stats", options.param_stats}};
-  if (!args.out_path.empty()) outputs.set_text(args.out_path, report_json_text(result, context));
+                     {"param_stats", options.param_stats},
+                     {"spectrum", args.spectrum},
+                     {"hessian", args.hessian},
+                     {"theta", args.theta},
+                     {"estimators", args.estimators}};
+  if (!args.out_path.empty()) {
+    nlohmann::ordered_json report = report_json(result, context);
+    add_shape_json(report, shape);
+    outputs.set_text(args.out_path, report.dump(2) + "\n");
+  }
+  if (!args.spectrum_csv_path.empty()) outputs.set_text(args.spectrum_csv_path, spectrum_csv(shape));
+  if (!args.tests_csv_path.empty()) outputs.set_text(args.tests_csv_path, batch_tests_csv(*shape.tests));
   if (!args.curve_path.empty()) {
     outputs.set_text(args.curve_path,
                      curve_csv(batch_size_curve(result, batch_sizes), args.curve_loss));
@@ -432,8 +569,9 @@ int run_profile(const ProfileArgs& args) {
   }
   outputs.commit();
 
-  std::cout << summary_text(result, context);
-  for (const std::string& path : {args.out_path, args.curve_path, args.param_stats_path}) {
+  std::cout << summary_text(result, context) << shape_summary_text(shape);
+  for (const std::string& path : {args.out_path, args.curve_path, args.param_stats_path,
+                                  args.spectrum_csv_path, args.tests_csv_path}) {
     if (!path.empty()) std::cout << "wrote " << path << "\n";
   }
   std::cout.flush();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 
 #include "gradnoise/data.hpp"
 #include "gradnoise/model.hpp"
+#include "gradnoise/covariance.hpp"
+#include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
 
 namespace gradnoise {
@@ -66,5 +69,33 @@ std::vector<std::string> profile_warnings(const Profile& profile);
 /// A few lines for stdout: n, P, loss, ‖G‖², tr Σ, B_simple, one line per
 /// layer and a few rows of the curve (preview_batch_sizes).
 std::string summary_text(const Profile& profile, const ReportContext& context);
+
+// ---- The noise's shape (gradnoise profile --spectrum/--theta/--estimators) ---
+
+/// Whatever shape analyses a run asked for; absent ones are left out.
+struct ShapeResults {
+  std::optional<CovarianceSpectrum> spectrum;
+  std::string spectrum_device;  // where Σ's top eigenpairs were found
+  std::optional<CurvatureReport> curvature;
+  std::optional<BatchTests> tests;
+  std::optional<EstimatorTruth> estimators;
+};
+
+/// Adds the shape keys to a report: cov_top_eigenvalues, trace_cov_sq and
+/// effective_rank (null unless computed exactly; the eigenvalue bounds beside
+/// them), cov_layers, hessian_top_eigenvalues, trace_hessian,
+/// noise_scale_b_noise, cov_hessian_cosine, noise_curvature_ratio, theta,
+/// min_batch_{norm,inner_product,orthogonality}_test, gsnr_mean,
+/// grad_cov_grad, estimators. Non-finite values are written as null.
+void add_shape_json(nlohmann::ordered_json& report, const ShapeResults& shape);
+
+/// scope,rank,eigenvalue — scope "model", a layer name, or "hessian".
+std::string spectrum_csv(const ShapeResults& shape);
+
+/// batch_size,norm_test,inner_product_test,orthogonality_test.
+std::string batch_tests_csv(const BatchTests& tests);
+
+/// A few lines for stdout.
+std::string shape_summary_text(const ShapeResults& shape);
 
 }  // namespace gradnoise
