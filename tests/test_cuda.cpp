@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include "gradnoise/covariance.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
@@ -204,6 +205,29 @@ TEST(GpuProfile, ManyChunksWithoutParamStats) {
     const Profile got = profile_cuda(model, data, options);
     expect_profiles_match(got, want, 1e-9);
     EXPECT_TRUE(got.param_var.empty());
+  }
+}
+
+// Σ·V on the GPU against the CPU's matrix-free product, for every model kind.
+TEST(GpuCovariance, ProductMatchesTheCpuOperator) {
+  GN_REQUIRE_GPU();
+  const std::vector<std::vector<std::int64_t>> shapes = {{9, 3}, {7, 5, 4}, {6, 4, 5, 3}};
+  for (const auto& widths : shapes) {
+    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+      SCOPED_TRACE(std::to_string(widths.size() - 1) + " layers, " + (loss == Loss::squared ? "mse" : "ce"));
+      const Model model = random_model(widths, true, 31);
+      const Dataset data = random_dataset(777, widths.front(), widths.back(), loss, 32, 0.7);
+      ProfileOptions options;
+      options.loss = loss;
+      const Profile prof = profile_cpu(model, data, options);
+      const std::int64_t p = model.num_params(), cols = 3;
+      std::vector<double> v(static_cast<std::size_t>(p * cols));
+      for (std::size_t j = 0; j < v.size(); ++j) v[j] = std::sin(0.3 * static_cast<double>(j) + 1.0);
+      std::vector<double> want(v.size()), got(v.size());
+      CovarianceOperator(model, data, loss, prof.param_mean, 100).apply(v.data(), want.data(), cols);
+      covariance_operator_cuda(model, data, loss, prof.param_mean, 100)(v.data(), got.data(), cols);
+      EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * max_abs(want)));
+    }
   }
 }
 
