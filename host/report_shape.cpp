@@ -55,6 +55,7 @@ void add_shape_json(Json& report, const ShapeResults& shape) {
     report["cov_eigen_passes"] = sp.passes;
     report["cov_eigen_converged"] = sp.converged;
     report["cov_eigen_device"] = shape.spectrum_device;
+    report["cov_spectrum_elapsed_s"] = sp.elapsed_s;
     Json layers = Json::array();
     for (const CovarianceSpectrum::Layer& layer : sp.layers) {
       layers.push_back(Json{{"name", layer.name},
@@ -81,6 +82,7 @@ void add_shape_json(Json& report, const ShapeResults& shape) {
     Json notes = Json::array();
     for (const std::string& note : c.notes) notes.push_back(note);
     report["curvature_notes"] = notes;
+    report["curvature_elapsed_s"] = c.elapsed_s;
   }
   if (shape.tests) {
     const BatchTests& t = *shape.tests;
