@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "chunk_pass.hpp"
+#include "blas_threads.hpp"
 #include "gradnoise/error.hpp"
 
 namespace gradnoise {
@@ -53,22 +54,7 @@ class RowRange final : public DataSource {
   std::int64_t count_;
 };
 
-/// Runs OpenBLAS single-threaded while our own threads each drive it.
-class SingleThreadedBlas {
- public:
-  explicit SingleThreadedBlas(bool active) : active_(active), saved_(openblas_get_num_threads()) {
-    if (active_) openblas_set_num_threads(1);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-  ~SingleThreadedBlas() {
-    if (active_) openblas_set_num_threads(saved_);
-  }
-
- private:
-  bool active_;
-  int saved_;
-};
+using detail::SingleThreadedBlas;
 
 /// for_each_chunk names a bad sample by its index in the source it was given
 /// ("sample 5 has ..."); a RowRange starting at `offset` shifts that index.

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "blas_threads.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "moments.hpp"
@@ -392,23 +393,7 @@ class Worker {
   Moments loss_moments_;
 };
 
-/// Runs OpenBLAS single-threaded while our own threads each drive it, and
-/// restores its setting afterwards.
-class SingleThreadedBlas {
- public:
-  explicit SingleThreadedBlas(bool active) : active_(active), saved_(openblas_get_num_threads()) {
-    if (active_) openblas_set_num_threads(1);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-  ~SingleThreadedBlas() {
-    if (active_) openblas_set_num_threads(saved_);
-  }
-
- private:
-  bool active_;
-  int saved_;
-};
+using detail::SingleThreadedBlas;
 
 }  // namespace
 

@@ -18,6 +18,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 
@@ -29,15 +30,7 @@ std::int64_t Array::cols() const {
 
 namespace {
 
-/// Shortest round-trip form ("0.5", "nan"), unlike std::to_string's "0.500000".
-std::string format_number(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.17g", value);
-  // Prefer the shortest of %.15g/%.17g that reads back exactly.
-  char shorter[32];
-  std::snprintf(shorter, sizeof shorter, "%.15g", value);
-  return std::strtod(shorter, nullptr) == value ? shorter : text;
-}
+using detail::format_number;
 
 std::string quoted(const std::filesystem::path& path) {
   std::string text(1, '"');

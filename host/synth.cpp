@@ -20,6 +20,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 #include "random.hpp"
 
 namespace gradnoise {
@@ -34,15 +35,7 @@ void fill_normals(std::uint64_t seed, Stream stream, std::uint64_t row, double* 
   detail::fill_normals(seed, static_cast<std::uint32_t>(stream), row, out, count);
 }
 
-/// Shortest round-trip form ("0.5", "nan"), unlike std::to_string's "0.500000".
-std::string format_number(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.17g", value);
-  // Prefer the shortest of %.15g/%.17g that reads back exactly.
-  char shorter[32];
-  std::snprintf(shorter, sizeof shorter, "%.15g", value);
-  return std::strtod(shorter, nullptr) == value ? shorter : text;
-}
+using detail::format_number;
 
 bool parse_double(std::string_view text, double& value) {
   while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
