@@ -11,75 +11,91 @@
 
 namespace gradnoise::detail {
 
+ChunkForward::ChunkForward(const Model& model, Loss loss, std::int64_t chunk_rows)
+    : model_(model), loss_(loss) {
+  const std::int64_t chunk = std::max<std::int64_t>(1, chunk_rows);
+  const std::int64_t k = model.output_dim();
+  for (const Layer& layer : model.layers) {
+    inputs_.emplace_back(static_cast<std::size_t>(chunk * layer.in));
+    errors_.emplace_back(static_cast<std::size_t>(chunk * layer.out));
+    view_.inputs.push_back(inputs_.back().data());
+    view_.errors.push_back(errors_.back().data());
+  }
+  output_.resize(static_cast<std::size_t>(chunk * k));
+  losses_.resize(static_cast<std::size_t>(chunk));
+  if (loss == Loss::squared) {
+    y_.resize(static_cast<std::size_t>(chunk * k));
+  } else {
+    labels_.resize(static_cast<std::size_t>(chunk));
+  }
+  view_.outputs = output_.data();
+  view_.losses = losses_.data();
+}
+
+const ChunkView& ChunkForward::run(const DataSource& data, std::int64_t first, std::int64_t m) {
+  const std::int64_t k = model_.output_dim();
+  const std::int64_t num_layers = model_.num_layers();
+  const double* in_place = data.inputs_in_place(first, m);
+  data.read(first, m, in_place ? nullptr : inputs_[0].data(), y_.empty() ? nullptr : y_.data(),
+            labels_.empty() ? nullptr : labels_.data());
+  view_.inputs[0] = in_place ? in_place : inputs_[0].data();
+
+  // Forward: a_l = a_{l-1} W_lᵀ + b_l.
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    const Layer& layer = model_.layers[l];
+    double* next = (l + 1 < num_layers) ? inputs_[l + 1].data() : output_.data();
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0, view_.inputs[l],
+                static_cast<int>(layer.in), layer.weight.data(), static_cast<int>(layer.in), 0.0,
+                next, static_cast<int>(layer.out));
+    if (layer.has_bias()) {
+      for (std::int64_t i = 0; i < m; ++i) {
+        for (std::int64_t r = 0; r < layer.out; ++r) next[i * layer.out + r] += layer.bias[r];
+      }
+    }
+  }
+  // Output errors and losses; a non-finite output means a non-finite input or
+  // weight reached it.
+  double* delta = errors_[num_layers - 1].data();
+  for (std::int64_t i = 0; i < m; ++i) {
+    const double* z = output_.data() + i * k;
+    for (std::int64_t c = 0; c < k; ++c) {
+      if (!std::isfinite(z[c])) {
+        throw InputError("sample " + std::to_string(first + i) +
+                         " gives a non-finite model output; expected finite inputs and weights");
+      }
+    }
+    if (loss_ == Loss::squared) {
+      losses_[i] = squared_error_row(z, y_.data() + i * k, k, delta + i * k);
+    } else {
+      if (labels_[i] < 0 || labels_[i] >= k) {
+        throw InputError("sample " + std::to_string(first + i) + " has label " +
+                         std::to_string(labels_[i]) + " but the model has " + std::to_string(k) +
+                         " outputs; expected labels in [0, " + std::to_string(k) + ")");
+      }
+      losses_[i] = softmax_error_row(z, labels_[i], k, delta + i * k);
+    }
+  }
+  // Backward: δ_{l-1} = δ_l W_l.
+  for (std::int64_t l = num_layers - 1; l > 0; --l) {
+    const Layer& layer = model_.layers[l];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0, errors_[l].data(),
+                static_cast<int>(layer.out), layer.weight.data(), static_cast<int>(layer.in), 0.0,
+                errors_[l - 1].data(), static_cast<int>(layer.in));
+  }
+  view_.first = first;
+  view_.rows = m;
+  return view_;
+}
+
 void for_each_chunk(const Model& model, const DataSource& data, Loss loss, std::int64_t chunk_rows,
                     const std::function<void(const ChunkView&)>& visit) {
   const std::int64_t n = data.num_samples();
-  const std::int64_t k = model.output_dim();
-  const std::int64_t num_layers = model.num_layers();
   const std::int64_t chunk = std::max<std::int64_t>(1, std::min(chunk_rows, n));
-  std::vector<std::vector<double>> inputs, errors;
-  for (const Layer& layer : model.layers) {
-    inputs.emplace_back(static_cast<std::size_t>(chunk * layer.in));
-    errors.emplace_back(static_cast<std::size_t>(chunk * layer.out));
-  }
-  std::vector<double> output(static_cast<std::size_t>(chunk * k)), losses(static_cast<std::size_t>(chunk));
-  std::vector<double> y(loss == Loss::squared ? static_cast<std::size_t>(chunk * k) : 0);
-  std::vector<std::int32_t> labels(loss == Loss::squared ? 0 : static_cast<std::size_t>(chunk));
-
-  ChunkView view;
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    view.inputs.push_back(inputs[l].data());
-    view.errors.push_back(errors[l].data());
-  }
-  view.outputs = output.data();
-  view.losses = losses.data();
+  ChunkForward pass(model, loss, chunk);
   for (std::int64_t first = 0; first < n; first += chunk) {
-    const std::int64_t m = std::min(chunk, n - first);
-    data.read(first, m, inputs[0].data(), y.empty() ? nullptr : y.data(),
-              labels.empty() ? nullptr : labels.data());
-    for (std::int64_t l = 0; l < num_layers; ++l) {
-      const Layer& layer = model.layers[l];
-      double* next = (l + 1 < num_layers) ? inputs[l + 1].data() : output.data();
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                  static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0, inputs[l].data(),
-                  static_cast<int>(layer.in), layer.weight.data(), static_cast<int>(layer.in), 0.0,
-                  next, static_cast<int>(layer.out));
-      if (layer.has_bias()) {
-        for (std::int64_t i = 0; i < m; ++i) {
-          for (std::int64_t r = 0; r < layer.out; ++r) next[i * layer.out + r] += layer.bias[r];
-        }
-      }
-    }
-    double* delta = errors[num_layers - 1].data();
-    for (std::int64_t i = 0; i < m; ++i) {
-      const double* z = output.data() + i * k;
-      for (std::int64_t c = 0; c < k; ++c) {
-        if (!std::isfinite(z[c])) {
-          throw InputError("sample " + std::to_string(first + i) +
-                           " gives a non-finite model output; expected finite inputs and weights");
-        }
-      }
-      if (loss == Loss::squared) {
-        losses[i] = squared_error_row(z, y.data() + i * k, k, delta + i * k);
-      } else {
-        if (labels[i] < 0 || labels[i] >= k) {
-          throw InputError("sample " + std::to_string(first + i) + " has label " +
-                           std::to_string(labels[i]) + "; expected labels in [0, " +
-                           std::to_string(k) + ")");
-        }
-        losses[i] = softmax_error_row(z, labels[i], k, delta + i * k);
-      }
-    }
-    for (std::int64_t l = num_layers - 1; l > 0; --l) {
-      const Layer& layer = model.layers[l];
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-                  static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0, errors[l].data(),
-                  static_cast<int>(layer.out), layer.weight.data(), static_cast<int>(layer.in), 0.0,
-                  errors[l - 1].data(), static_cast<int>(layer.in));
-    }
-    view.first = first;
-    view.rows = m;
-    visit(view);
+    visit(pass.run(data, first, std::min(chunk, n - first)));
   }
 }
 

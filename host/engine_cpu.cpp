@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "blas_threads.hpp"
+#include "chunk_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "moments.hpp"
@@ -71,15 +72,9 @@ struct Moments {
 };
 
 /// Scratch buffers for one chunk; sized once for the largest chunk.
-struct ChunkBuffers {
-  std::vector<std::vector<double>> activations;  // a_0 = x, ..., a_{L-1}: m×in_l
-  std::vector<std::vector<double>> errors;       // δ_1, ..., δ_L: m×out_l
-  std::vector<double> output;                    // a_L: m×K
-  std::vector<double> y;                         // m×K real targets
-  std::vector<std::int32_t> labels;              // m labels
-  std::vector<double> sample_loss;               // m
-  // Per-parameter products (only with param_stats).
-  std::vector<double> u_sq, v_sq;                // U∘U, V∘V
+/// Scratch for the per-parameter products (only with param_stats): U∘U, V∘V.
+struct SquareBuffers {
+  std::vector<double> u_sq, v_sq;
 };
 
 /// Column means of a row-major m×cols matrix, summed in fixed row blocks.
@@ -149,7 +144,7 @@ void elementwise_square(const double* src, std::int64_t count, double* dst) {
 /// `act` (m×in) is written to `centred_act` (which may be `act` itself).
 void chunk_layer_stats(const Layer& layer, double* delta, const double* act, double* centred_act,
                        std::int64_t m,
-                       bool param_stats, ChunkBuffers& buf, Moments& moments) {
+                       bool param_stats, SquareBuffers& buf, Moments& moments) {
   const std::int64_t out = layer.out, in = layer.in;
   const bool bias = layer.has_bias();
   const double dm = static_cast<double>(m);
@@ -217,27 +212,6 @@ void chunk_layer_stats(const Layer& layer, double* delta, const double* act, dou
   moments.merge(m, chunk_mean, chunk_m2_total, chunk_m2, rows.sum_norm_sq);
 }
 
-/// Output errors δ_L and per-sample losses for one chunk.
-void output_errors(Loss loss, const double* out, const double* y, const std::int32_t* labels,
-                   std::int64_t m, std::int64_t k, std::int64_t first, double* delta,
-                   double* sample_loss) {
-  if (loss == Loss::squared) {
-    for (std::int64_t i = 0; i < m; ++i) {
-      sample_loss[i] = detail::squared_error_row(out + i * k, y + i * k, k, delta + i * k);
-    }
-    return;
-  }
-  for (std::int64_t i = 0; i < m; ++i) {
-    if (labels[i] < 0 || labels[i] >= k) {
-      throw InputError("sample " + std::to_string(first + i) + " has label " +
-                       std::to_string(labels[i]) + " but the model has " + std::to_string(k) +
-                       " outputs; expected labels in [0, " + std::to_string(k) + ")");
-    }
-  }
-  for (std::int64_t i = 0; i < m; ++i) {
-    sample_loss[i] = detail::softmax_error_row(out + i * k, labels[i], k, delta + i * k);
-  }
-}
 
 double noise_scale(double trace_cov, double grad_norm_sq) {
   return grad_norm_sq > 0 ? trace_cov / grad_norm_sq : std::numeric_limits<double>::infinity();
@@ -286,85 +260,31 @@ namespace {
 class Worker {
  public:
   Worker(const Model& model, const ProfileOptions& options, std::int64_t chunk)
-      : model_(model), options_(options), layer_moments_(static_cast<std::size_t>(model.num_layers())) {
-    std::int64_t widest = model.input_dim();
-    for (const Layer& layer : model.layers) {
-      buf_.activations.emplace_back(static_cast<std::size_t>(chunk * layer.in));
-      buf_.errors.emplace_back(static_cast<std::size_t>(chunk * layer.out));
-      widest = std::max(widest, layer.out);
-    }
-    const std::int64_t k = model.output_dim();
-    buf_.output.resize(static_cast<std::size_t>(chunk * k));
-    if (options.loss == Loss::squared) {
-      buf_.y.resize(static_cast<std::size_t>(chunk * k));
-    } else {
-      buf_.labels.resize(static_cast<std::size_t>(chunk));
-    }
-    buf_.sample_loss.resize(static_cast<std::size_t>(chunk));
+      : model_(model), options_(options), pass_(model, options.loss, chunk),
+        layer_moments_(static_cast<std::size_t>(model.num_layers())) {
     if (options.param_stats) {
-      buf_.u_sq.resize(static_cast<std::size_t>(chunk * widest));
-      buf_.v_sq.resize(static_cast<std::size_t>(chunk * widest));
+      std::int64_t widest = model.input_dim();
+      for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
+      squares_.u_sq.resize(static_cast<std::size_t>(chunk * widest));
+      squares_.v_sq.resize(static_cast<std::size_t>(chunk * widest));
     }
   }
 
   /// Rows [first, first + m) of `data`, merged into this worker's moments.
   void process(const DataSource& data, std::int64_t first, std::int64_t m) {
-    const std::int64_t num_layers = model_.num_layers();
-    const std::int64_t k = model_.output_dim();
-    // Inputs stored as float64 are read in place; only their centred copy is written.
-    const double* in_place = data.inputs_in_place(first, m);
-    data.read(first, m, in_place ? nullptr : buf_.activations[0].data(),
-              buf_.y.empty() ? nullptr : buf_.y.data(),
-              buf_.labels.empty() ? nullptr : buf_.labels.data());
-    const double* inputs = in_place ? in_place : buf_.activations[0].data();
-
-    // Forward: a_l = a_{l-1} W_lᵀ + b_l.
-    for (std::int64_t l = 0; l < num_layers; ++l) {
-      const Layer& layer = model_.layers[l];
-      double* next = (l + 1 < num_layers) ? buf_.activations[l + 1].data() : buf_.output.data();
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                  static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0,
-                  l == 0 ? inputs : buf_.activations[l].data(), static_cast<int>(layer.in), layer.weight.data(),
-                  static_cast<int>(layer.in), 0.0, next, static_cast<int>(layer.out));
-      if (layer.has_bias()) {
-        for (std::int64_t i = 0; i < m; ++i) {
-          for (std::int64_t r = 0; r < layer.out; ++r) next[i * layer.out + r] += layer.bias[r];
-        }
-      }
+    const detail::ChunkView& view = pass_.run(data, first, m);
+    for (std::int64_t l = 0; l < model_.num_layers(); ++l) {
+      // Centred inputs go to the layer's scratch (the input itself for l ≥ 1).
+      chunk_layer_stats(model_.layers[l], view.errors[l], view.inputs[l], pass_.scratch_input(l), m,
+                        options_.param_stats, squares_, layer_moments_[l]);
     }
-    // A non-finite output means a non-finite input or weight reached it.
-    for (std::int64_t j = 0; j < m * k; ++j) {
-      if (!std::isfinite(buf_.output[j])) {
-        throw InputError("sample " + std::to_string(first + j / k) +
-                         " gives a non-finite model output; expected finite inputs and weights");
-      }
-    }
-
-    output_errors(options_.loss, buf_.output.data(), buf_.y.data(), buf_.labels.data(), m, k, first,
-                  buf_.errors[num_layers - 1].data(), buf_.sample_loss.data());
-    // Backward: δ_{l-1} = δ_l W_l.
-    for (std::int64_t l = num_layers - 1; l > 0; --l) {
-      const Layer& layer = model_.layers[l];
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-                  static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0,
-                  buf_.errors[l].data(), static_cast<int>(layer.out), layer.weight.data(),
-                  static_cast<int>(layer.in), 0.0, buf_.errors[l - 1].data(),
-                  static_cast<int>(layer.in));
-    }
-
-    for (std::int64_t l = 0; l < num_layers; ++l) {
-      chunk_layer_stats(model_.layers[l], buf_.errors[l].data(),
-                        l == 0 ? inputs : buf_.activations[l].data(), buf_.activations[l].data(), m,
-                        options_.param_stats, buf_, layer_moments_[l]);
-    }
-
     // Loss: centred within the chunk, then merged like the gradients.
     double loss_sum = 0;
-    for (std::int64_t i = 0; i < m; ++i) loss_sum += buf_.sample_loss[i];
+    for (std::int64_t i = 0; i < m; ++i) loss_sum += view.losses[i];
     const double loss_mean = loss_sum / static_cast<double>(m);
     double loss_m2 = 0;
     for (std::int64_t i = 0; i < m; ++i) {
-      const double e = buf_.sample_loss[i] - loss_mean;
+      const double e = view.losses[i] - loss_mean;
       loss_m2 += e * e;
     }
     loss_moments_.merge(m, {loss_mean}, loss_m2, {}, 0.0);
@@ -388,7 +308,8 @@ class Worker {
  private:
   const Model& model_;
   const ProfileOptions& options_;
-  ChunkBuffers buf_;
+  detail::ChunkForward pass_;
+  SquareBuffers squares_;
   std::vector<Moments> layer_moments_;
   Moments loss_moments_;
 };
