@@ -9,6 +9,7 @@
 
 #include "cli/cli.hpp"
 #include "gradnoise/error.hpp"
+#include "gradnoise/cuda.hpp"
 #include "gradnoise/report.hpp"
 
 namespace {
@@ -43,7 +44,9 @@ int main(int argc, char** argv) {
       "per-layer and per-parameter statistics and the minibatch-gradient variance for\n"
       "every batch size, exactly, from per-sample gradients.",
       "gradnoise"};
-  app.set_version_flag("--version", std::string("gradnoise ") + gradnoise::version(),
+  app.set_version_flag("--version",
+                       std::string("gradnoise ") + gradnoise::version() +
+                           (gradnoise::cuda_built() ? " (CUDA backend built)" : " (CPU only)"),
                        "Print the version and exit");
   app.require_subcommand(0, 1);
 
