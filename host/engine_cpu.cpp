@@ -109,23 +109,11 @@ RowSums centre_and_sum(double* delta, const double* act, double* centred_act, st
       RowSums acc;
       const std::int64_t end = std::min(m, (blk + 1) * kRowBlock);
       for (std::int64_t i = blk * kRowBlock; i < end; ++i) {
-        double* u = delta + i * out;
-        const double* a = act + i * in;
-        double* v = centred_act + i * in;
-        double delta_sq = 0, act_sq = 0, su = 0, du = 0, sv = 0, av = 0;
-        for (std::int64_t r = 0; r < out; ++r) {
-          delta_sq += u[r] * u[r];
-          u[r] -= delta_mean[r];
-          su += u[r] * u[r];
-          du += delta_mean[r] * u[r];
-        }
-        for (std::int64_t s = 0; s < in; ++s) {
-          act_sq += a[s] * a[s];
-          v[s] = a[s] - act_mean[s];
-          sv += v[s] * v[s];
-          av += act_mean[s] * v[s];
-        }
-        acc.add_row(delta_sq, act_sq, su, du, sv, av, bias);
+        detail::RowCentring errors, inputs;
+        detail::centre_row(delta + i * out, delta + i * out, delta_mean, out, 0, 1, errors);
+        detail::centre_row(act + i * in, centred_act + i * in, act_mean, in, 0, 1, inputs);
+        acc.add_row(errors.sq, inputs.sq, errors.centred_sq, errors.mean_dot, inputs.centred_sq,
+                    inputs.mean_dot, bias);
       }
       partial[blk] = acc;
     }

@@ -52,6 +52,28 @@ struct RowSums {
   }
 };
 
+/// One row's centring over entries j = start, start + stride, ... < len:
+/// dst_j = src_j − mean_j (dst may be src), accumulating ‖src‖², ‖dst‖² and
+/// mean·dst. The CPU calls it with (0, 1), a GPU warp with (lane, 32).
+struct RowCentring {
+  double sq = 0;          // ‖src‖²
+  double centred_sq = 0;  // ‖src − mean‖²
+  double mean_dot = 0;    // mean · (src − mean)
+};
+
+GN_HOST_DEVICE inline void centre_row(const double* src, double* dst, const double* mean,
+                                      std::int64_t len, std::int64_t start, std::int64_t stride,
+                                      RowCentring& sums) {
+  for (std::int64_t j = start; j < len; j += stride) {
+    const double value = src[j];
+    const double centred = value - mean[j];
+    dst[j] = centred;
+    sums.sq += value * value;
+    sums.centred_sq += centred * centred;
+    sums.mean_dot += mean[j] * centred;
+  }
+}
+
 /// Σ_i ‖g_i − G_chunk‖² for one layer over a chunk of m samples:
 ///   ‖δ̄‖² Σ‖v‖² + ‖ã‖² Σ‖u‖² + 2Σ(δ̄·u)(ā·v) + 2Σ(δ̄·u)‖v‖² + 2Σ‖u‖²(ā·v)
 ///   + Σ‖u‖²‖v‖² − m‖C‖²,   ‖ã‖² = ‖ā‖² + [bias],  C = (1/m) Σ u_i v_iᵀ.

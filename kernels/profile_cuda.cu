@@ -145,32 +145,12 @@ __global__ void centre_rows_kernel(double* delta, double* act, std::int64_t m, s
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (std::int64_t i = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kWarp;
        i < m; i += warps) {
-    double delta_sq = 0, u_sq = 0, mean_dot_u = 0;
-    double* u = delta + i * out;
-    for (std::int64_t r = lane; r < out; r += kWarp) {
-      const double value = u[r];
-      delta_sq += value * value;
-      const double centred = value - delta_mean[r];
-      u[r] = centred;
-      u_sq += centred * centred;
-      mean_dot_u += delta_mean[r] * centred;
-    }
-    double act_sq = 0, v_sq = 0, mean_dot_v = 0;
-    double* v = act + i * in;
-    for (std::int64_t s = lane; s < in; s += kWarp) {
-      const double value = v[s];
-      act_sq += value * value;
-      const double centred = value - act_mean[s];
-      v[s] = centred;
-      v_sq += centred * centred;
-      mean_dot_v += act_mean[s] * centred;
-    }
-    delta_sq = warp_sum(delta_sq);
-    u_sq = warp_sum(u_sq);
-    mean_dot_u = warp_sum(mean_dot_u);
-    act_sq = warp_sum(act_sq);
-    v_sq = warp_sum(v_sq);
-    mean_dot_v = warp_sum(mean_dot_v);
+    detail::RowCentring errors, inputs;
+    detail::centre_row(delta + i * out, delta + i * out, delta_mean, out, lane, kWarp, errors);
+    detail::centre_row(act + i * in, act + i * in, act_mean, in, lane, kWarp, inputs);
+    const double delta_sq = warp_sum(errors.sq), u_sq = warp_sum(errors.centred_sq),
+                 mean_dot_u = warp_sum(errors.mean_dot), act_sq = warp_sum(inputs.sq),
+                 v_sq = warp_sum(inputs.centred_sq), mean_dot_v = warp_sum(inputs.mean_dot);
     if (lane == 0) {
       double* s = scalars + i * kRowScalars;
       s[0] = delta_sq;
