@@ -241,20 +241,12 @@ TEST(GpuProfile, RunsAreBitIdentical) {
   options.chunk_rows = 3000;
   const Profile a = profile_cuda(model, data, options);
   const Profile b = profile_cuda(model, data, options);
-  EXPECT_EQ(a.trace_cov, b.trace_cov);
-  EXPECT_EQ(a.grad_norm_sq, b.grad_norm_sq);
-  EXPECT_EQ(a.loss, b.loss);
-  EXPECT_EQ(a.loss_var, b.loss_var);
-  EXPECT_EQ(a.param_mean, b.param_mean);
-  EXPECT_EQ(a.param_var, b.param_var);
+  testing::expect_bit_identical(a, b);
 }
 
 TEST(GpuProfile, IllConditionedTraceStaysAccurate) {
   GN_REQUIRE_GPU();
-  Dataset data = random_dataset(4000, 20, 3, Loss::squared, 5);
-  for (double& x : data.x) x = 3.0 + 1e-3 * x;
-  Model model = random_model({20, 3}, true, 6);
-  for (double& w : model.layers[0].weight) w = std::abs(w) + 1.0;
+  const auto [model, data] = testing::ill_conditioned_problem(4000, 20, 3, 1e-3, 1.0, 5, 6);
   ProfileOptions options;
   options.chunk_rows = 1000;
   const Profile want = profile_cpu(model, data, options);

@@ -184,12 +184,8 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST(LinearFusedDecomposition, IllConditionedTraceStaysAccurate) {
-  const std::int64_t n = 300, d = 8, k = 3;
-  Dataset data = random_dataset(n, d, k, Loss::squared, 3);
-  for (double& x : data.x) x = 3.0 + 1e-4 * x;
-  for (double& y : data.y) y = 1e-4 * y;
-  Model model = random_model({d, k}, true, 4);
-  for (double& w : model.layers[0].weight) w = std::abs(w) + 1.0;
+  const std::int64_t n = 300;
+  const auto [model, data] = testing::ill_conditioned_problem(n, 8, 3, 1e-4, 1e-4, 3, 4);
   const Profile want = profile_brute_force(model, data, Loss::squared, false);
   ASSERT_GE(want.grad_norm_sq / want.trace_cov, 1e6);
   const Emulated got = emulate(model, data, Loss::squared, 32, 4, false);

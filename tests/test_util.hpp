@@ -9,6 +9,7 @@
 
 #include "gradnoise/data.hpp"
 #include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
 
 namespace gradnoise::testing {
 
@@ -50,6 +51,33 @@ inline Dataset random_dataset(std::int64_t n, std::int64_t d, std::int64_t k, Lo
     for (std::int64_t i = 0; i < n; ++i) data.labels.push_back(label(rng));
   }
   return data;
+}
+
+/// A linear squared-loss problem where ‖G‖² ≫ tr Σ: inputs `offset` + `spread`·N(0, 1),
+/// targets `target_spread`·N(0, 1), and weights |N(0, 1/d)| + 1 far from the fit.
+struct IllConditioned {
+  Model model;
+  Dataset data;
+};
+
+inline IllConditioned ill_conditioned_problem(std::int64_t n, std::int64_t d, std::int64_t k,
+                                              double spread, double target_spread,
+                                              unsigned data_seed, unsigned model_seed) {
+  IllConditioned p{random_model({d, k}, true, model_seed), random_dataset(n, d, k, Loss::squared, data_seed)};
+  for (double& x : p.data.x) x = 3.0 + spread * x;
+  for (double& y : p.data.y) y *= target_spread;
+  for (double& w : p.model.layers[0].weight) w = std::abs(w) + 1.0;
+  return p;
+}
+
+/// Two profiles of the same input must agree bit for bit.
+inline void expect_bit_identical(const Profile& a, const Profile& b) {
+  EXPECT_EQ(a.trace_cov, b.trace_cov);
+  EXPECT_EQ(a.grad_norm_sq, b.grad_norm_sq);
+  EXPECT_EQ(a.loss, b.loss);
+  EXPECT_EQ(a.loss_var, b.loss_var);
+  EXPECT_EQ(a.param_mean, b.param_mean);
+  EXPECT_EQ(a.param_var, b.param_var);
 }
 
 inline double relative_error(double got, double want) {
