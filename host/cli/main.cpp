@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/cli.hpp"
+#include "cli/sweep_command.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/report.hpp"
@@ -52,12 +53,16 @@ int main(int argc, char** argv) {
 
   ProfileArgs profile_args;
   SynthArgs synth_args;
+  SweepArgs sweep_args;
   CLI::App* profile_command = add_profile_command(app, profile_args);
   CLI::App* synth_command = add_synth_command(app, synth_args);
+  CLI::App* sweep_command = add_sweep_command(app, sweep_args);
   app.footer(
       "Examples:\n"
       "  gradnoise profile --dataset fashion-mnist --loss ce --out report.json --curve curve.csv\n"
       "  gradnoise synth --n 1000 --d 20 --x-out X.npy --y-out Y.npy\n"
+      "  gradnoise sweep --x X.npy --y Y.npy --batch-sizes 1,8,64 --lrs 0.1,0.01 --replicas 16 \\\n"
+      "      --steps 1000 --out runs.csv --summary summary.json\n"
       "  gradnoise profile --x X.npy --y Y.npy --init lstsq\n"
       "Run 'gradnoise <command> --help' for the options of each command.");
 
@@ -67,7 +72,7 @@ int main(int argc, char** argv) {
     return app.exit(success);  // --help, --version: printed to stdout, status 0
   } catch (const CLI::ParseError& error) {
     std::string hint = " (see gradnoise --help)";
-    for (const CLI::App* command : {profile_command, synth_command}) {
+    for (const CLI::App* command : {profile_command, synth_command, sweep_command}) {
       if (command->parsed()) hint = " (see gradnoise " + command->get_name() + " --help)";
     }
     return fail(exit_usage, std::string(error.what()) + hint);
@@ -76,7 +81,9 @@ int main(int argc, char** argv) {
   try {
     if (profile_command->parsed()) return run_profile(profile_args);
     if (synth_command->parsed()) return run_synth(synth_args);
-    return fail(exit_usage, "a command is needed: 'profile' or 'synth' (see gradnoise --help).");
+    if (sweep_command->parsed()) return run_sweep(sweep_args);
+    return fail(exit_usage,
+                "a command is needed: 'profile', 'sweep' or 'synth' (see gradnoise --help).");
   } catch (const gradnoise::InputError& error) {
     return fail(exit_usage, error.what());
   } catch (const gradnoise::RuntimeError& error) {

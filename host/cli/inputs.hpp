@@ -1,0 +1,83 @@
+// The data and model options that several commands share (profile, sweep):
+// --dataset/--split/--limit or --x/--y, --loss, and --layer files or a built
+// model (--hidden, --init, --seed, --no-bias). Every message names the flag
+// or the file at fault.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "gradnoise/data.hpp"
+#include "gradnoise/io.hpp"
+#include "gradnoise/model.hpp"
+
+namespace gradnoise::cli {
+
+struct DataModelArgs {
+  std::string dataset;
+  std::string split = "train";
+  std::int64_t limit = 0;
+  std::string x_path;
+  std::string y_path;
+  std::string loss = "mse";
+  std::vector<std::string> layers;
+  std::string hidden;
+  std::string init = "gaussian";
+  std::uint64_t seed = 0;
+  bool no_bias = false;
+  // Which options were given explicitly (CLI11 fills these in).
+  CLI::Option* split_option = nullptr;
+  CLI::Option* limit_option = nullptr;
+  CLI::Option* hidden_option = nullptr;
+  CLI::Option* init_option = nullptr;
+  CLI::Option* seed_option = nullptr;
+  CLI::Option* no_bias_option = nullptr;
+};
+
+/// Registers the shared options on `command`; `seed_help` says what --seed
+/// seeds for this command.
+void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::string& seed_help);
+
+/// Throws InputError for combinations of the shared options that cannot work.
+/// `seed_also_samples`: --seed seeds more than the built model, so it may go
+/// with --layer files.
+void check_data_model_combinations(const DataModelArgs& args, bool seed_also_samples);
+
+Loss parse_loss(const std::string& name);
+std::vector<std::int64_t> parse_hidden(const std::string& spec);
+
+struct LoadedData {
+  Dataset data;
+  nlohmann::ordered_json description;
+  std::string source;  // names the data in messages: "--x X.npy" or "--dataset fashion-mnist"
+  std::string target_source;
+};
+
+/// --dataset or --x/--y, checked: at least two samples, finite values, labels ≥ 0.
+LoadedData load_data(const DataModelArgs& args, Loss loss);
+
+/// A data set from files, checked like load_data; `x_flag`/`y_flag` name the
+/// options in messages.
+LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
+                         const std::string& y_flag, const std::string& y_path, Loss loss);
+
+struct BuiltModel {
+  Model model;
+  nlohmann::ordered_json description;
+  std::string source;  // names the model in messages
+};
+
+/// The model from --layer files, or built for the data ({D, hidden..., K}),
+/// checked against the data (classes absent from the data still get an
+/// output: data.k becomes the model's width for cross-entropy).
+BuiltModel load_model(const DataModelArgs& args, LoadedData& loaded, Loss loss);
+
+/// Throws InputError unless `model` takes the data's inputs and gives its
+/// targets or labels; widens data.k to the model's outputs for labels.
+void check_fit(const Model& model, const std::string& model_source, LoadedData& loaded, Loss loss);
+
+}  // namespace gradnoise::cli

@@ -1,0 +1,379 @@
+// gradnoise sweep: real SGD runs over batch sizes × learning rates ×
+// replicas, the noise profiled at logged steps; one CSV row per run and
+// logged step, a JSON summary per grid point, checkpoints to resume from.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/sweep_command.hpp"
+#include "gradnoise/io.hpp"
+#include "gradnoise/profile.hpp"
+#include "gradnoise/report.hpp"
+#include "gradnoise/sweep.hpp"
+
+namespace gradnoise::cli {
+namespace {
+
+/// "0.1,0.05,1e-3": positive finite learning rates.
+std::vector<double> parse_lrs(const std::string& spec) {
+  std::vector<double> lrs;
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    const std::size_t comma = std::min(spec.find(',', start), spec.size());
+    const std::string item = spec.substr(start, comma - start);
+    std::size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || !(value > 0) || !std::isfinite(value)) {
+      throw InputError("--lrs " + spec +
+                       " must be a comma-separated list of positive learning rates, e.g. "
+                       "--lrs 0.1,0.03,0.01.");
+    }
+    lrs.push_back(value);
+    start = comma + 1;
+  }
+  return lrs;
+}
+
+using json = nlohmann::ordered_json;
+
+json optional_json(const std::optional<double>& value) {
+  return value && std::isfinite(*value) ? json(*value) : json(nullptr);
+}
+
+json summary_json(const SweepResult& result, const SweepConfig& config, const SweepArgs& args,
+                  const LoadedData& train, const BuiltModel& model, const Profile& start) {
+  json grid = json::array();
+  for (const GridPointSummary& point : result.grid) {
+    json trajectory = json::array();
+    for (const ReplicaStats& stats : point.trajectory) {
+      trajectory.push_back({{"step", stats.step},
+                            {"live_replicas", stats.live_replicas},
+                            {"weight_var", optional_json(stats.weight_var)},
+                            {"grad_var", optional_json(stats.grad_var)},
+                            {"expected_minibatch_noise", optional_json(stats.expected_minibatch_noise)},
+                            {"train_loss_mean", optional_json(stats.train_loss_mean)},
+                            {"train_loss_std", optional_json(stats.train_loss_std)},
+                            {"test_loss_mean", optional_json(stats.test_loss_mean)},
+                            {"test_accuracy_mean", optional_json(stats.test_accuracy_mean)}});
+    }
+    const ReplicaStats* last = point.trajectory.empty() ? nullptr : &point.trajectory.back();
+    grid.push_back({{"batch_size", point.batch_size},
+                    {"lr", point.lr},
+                    {"train_loss_mean", optional_json(point.train_loss_mean)},
+                    {"train_loss_std", optional_json(point.train_loss_std)},
+                    {"weight_var", optional_json(point.weight_var)},
+                    {"diverged_fraction", point.diverged_fraction},
+                    {"final_test_loss_mean", last ? optional_json(last->test_loss_mean) : json(nullptr)},
+                    {"final_test_accuracy_mean",
+                     last ? optional_json(last->test_accuracy_mean) : json(nullptr)},
+                    {"trajectory", trajectory}});
+  }
+  json divergences = json::array();
+  for (const Divergence& d : result.divergences) {
+    const SweepRow* any = nullptr;
+    for (const SweepRow& row : result.rows) {
+      if (row.run == d.run) {
+        any = &row;
+        break;
+      }
+    }
+    divergences.push_back({{"run", d.run},
+                           {"batch_size", any ? any->batch_size : 0},
+                           {"lr", any ? any->lr : 0.0},
+                           {"replica", any ? any->replica : 0},
+                           {"step", d.step},
+                           {"reason", d.reason}});
+  }
+  const double rate = result.elapsed_s > 0 ? static_cast<double>(result.run_steps) / result.elapsed_s : 0;
+  return {{"gradnoise_version", version()},
+          {"command", "sweep"},
+          {"loss", config.loss == Loss::squared ? "mse" : "ce"},
+          {"data", train.description},
+          {"model", model.description},
+          {"num_params", result.num_params},
+          {"config",
+           {{"batch_sizes", config.batch_sizes},
+            {"lrs", config.lrs},
+            {"replicas", config.replicas},
+            {"first_replica", config.first_replica},
+            {"steps", config.steps},
+            {"sampling", sampling_name(config.sampling)},
+            {"label_noise", config.label_noise},
+            {"weight_decay", config.weight_decay},
+            {"momentum", config.momentum},
+            {"log_every", config.log_every},
+            {"seed", config.seed},
+            {"profile", config.profile},
+            {"divergence_factor", config.divergence_factor},
+            {"test_data", args.test || !args.test_x_path.empty()}}},
+          {"start",
+           {{"train_loss", start.loss},
+            {"grad_norm_sq", start.grad_norm_sq},
+            {"trace_cov", start.trace_cov},
+            {"noise_scale_simple", optional_json(start.noise_scale_simple)}}},
+          {"num_runs", static_cast<std::int64_t>(result.final_weights.size())},
+          {"run_steps", result.run_steps},
+          {"elapsed_s", result.elapsed_s},
+          {"run_steps_per_s", rate},
+          {"grid", grid},
+          {"divergences", divergences}};
+}
+
+/// A one-line progress bar on stderr, redrawn in place.
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()) {}
+  void update(std::int64_t done, std::int64_t total, std::int64_t step, std::int64_t steps) {
+    if (!enabled_) return;
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double fraction = total > 0 ? static_cast<double>(done) / static_cast<double>(total) : 1;
+    const int width = 30, filled = static_cast<int>(fraction * width);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.resize(width, '.');
+    char line[160];
+    const double eta = fraction > 0 ? elapsed * (1 - fraction) / fraction : 0;
+    std::snprintf(line, sizeof line, "\rsweep [%s] %3.0f%%  step %lld/%lld  %.1f s, about %.0f s left ",
+                  bar.c_str(), 100 * fraction, static_cast<long long>(step),
+                  static_cast<long long>(steps), elapsed, eta);
+    std::cerr << line << std::flush;
+    if (done == total) std::cerr << "\n";
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError("--checkpoint " + path + " cannot be read.");
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+}  // namespace
+
+CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
+  CLI::App* command = app.add_subcommand(
+      "sweep",
+      "Train many SGD runs (batch sizes x learning rates x replicas) and record the noise.");
+  add_data_model_options(command, args.inputs,
+                         "Seed of --init gaussian and of the minibatch draws and label noise");
+  command->add_option("--batch-sizes", args.batch_sizes,
+                      "Batch sizes: a list like 1,8,64 or pow2 (1, 2, 4, ..., N)")
+      ->required();
+  command->add_option("--lrs", args.lrs, "Learning rates, e.g. 0.1,0.03,0.01")->required();
+  command->add_option("--replicas", args.replicas, "Independent runs per grid point")
+      ->capture_default_str();
+  command->add_option("--first-replica", args.first_replica,
+                      "Index of the first replica (to replay or split a sweep)")
+      ->capture_default_str();
+  command->add_option("--steps", args.steps, "SGD steps of every run")->required();
+  command->add_option("--sampling", args.sampling,
+                      "with (replacement), without (reshuffled each epoch) or fixed (in order)")
+      ->capture_default_str();
+  command->add_option("--label-noise", args.label_noise,
+                      "Fresh N(0, SIGMA^2) noise on every drawn target (--loss mse)")
+      ->type_name("SIGMA");
+  command->add_option("--weight-decay", args.weight_decay, "Adds this times theta to each gradient");
+  command->add_option("--momentum", args.momentum, "Heavy-ball momentum in [0, 1)");
+  command->add_option("--log-every", args.log_every,
+                      "Log every K steps (and at 0 and at --steps); default --steps/20")
+      ->type_name("K");
+  command->add_flag("--eval-test", args.test,
+                    "With --dataset fashion-mnist: also log loss and accuracy on the test split");
+  command->add_option("--test-limit", args.test_limit, "Keep the first N test samples (0: all)");
+  command->add_option("--test-x", args.test_x_path, "Held-out inputs (.npy or .csv)")->type_name("FILE");
+  command->add_option("--test-y", args.test_y_path, "Held-out targets or labels")->type_name("FILE");
+  command->add_option("--out", args.out_path, "One CSV row per run and logged step")
+      ->type_name("FILE");
+  command->add_option("--summary", args.summary_path,
+                      "JSON summary: per grid point the loss, weight variance and divergence")
+      ->type_name("FILE");
+  command->add_option("--final-weights", args.weights_path,
+                      "Write the runs' final weights as a runs x P float64 .npy")
+      ->type_name("FILE");
+  command->add_option("--checkpoint", args.checkpoint_path,
+                      "Save the state here as it goes, and resume from it if it exists")
+      ->type_name("FILE");
+  command->add_option("--checkpoint-every", args.checkpoint_every,
+                      "Seconds between checkpoint writes")
+      ->capture_default_str();
+  command->add_flag("--no-profile", args.no_profile,
+                    "Skip the exact noise profile (|G|^2, tr Sigma, B_simple) at logged steps");
+  command->add_option("--divergence-factor", args.divergence_factor,
+                      "A run diverged when a loss exceeds this times the starting loss")
+      ->capture_default_str();
+  command->add_option("--threads", args.threads, "Worker threads (0: all); results do not change");
+  command->add_flag("--quiet", args.quiet, "No progress bar");
+  command->footer(
+      "Examples:\n"
+      "  gradnoise sweep --x X.npy --y Y.npy --no-bias --init zeros --batch-sizes 1,4,16,64 \\\n"
+      "      --lrs 0.1,0.03 --replicas 32 --steps 2000 --log-every 100 \\\n"
+      "      --out runs.csv --summary summary.json\n"
+      "  gradnoise sweep --dataset fashion-mnist --limit 10000 --eval-test --loss ce \\\n"
+      "      --batch-sizes 16,64,256 --lrs 0.3,0.1,0.03 --steps 500 --summary summary.json\n"
+      "Replica r draws the same minibatches at every learning rate (common random\n"
+      "numbers); any run replays alone with --first-replica r --replicas 1.");
+  return command;
+}
+
+int run_sweep(const SweepArgs& args) {
+  current_stage = "checking the options";
+  check_data_model_combinations(args.inputs, /*seed_also_samples=*/true);
+  const Loss loss = parse_loss(args.inputs.loss);
+  if (!args.test_x_path.empty() != !args.test_y_path.empty()) {
+    throw InputError("--test-x and --test-y go together; give both.");
+  }
+  if (args.test && args.inputs.dataset.empty()) {
+    throw InputError("--eval-test uses the fashion-mnist test split and needs --dataset; give "
+                     "--test-x and --test-y for your own held-out data.");
+  }
+  if (args.test && !args.test_x_path.empty()) {
+    throw InputError("--eval-test and --test-x/--test-y both give test data; use one.");
+  }
+  if (args.test_limit < 0) throw InputError("--test-limit must be ≥ 0 (0 keeps them all).");
+  if (args.steps < 1) throw InputError("--steps must be at least 1.");
+  if (args.log_every < 0) throw InputError("--log-every must be at least 1 step.");
+  if (!(args.checkpoint_every >= 0)) throw InputError("--checkpoint-every must be ≥ 0 seconds.");
+  if (args.threads < 0) throw InputError("--threads must be ≥ 0 (0: all hardware threads).");
+  if (args.out_path.empty() && args.summary_path.empty() && args.weights_path.empty()) {
+    throw InputError("nothing to write: give --out runs.csv, --summary summary.json or both.");
+  }
+
+  SweepConfig config;
+  config.loss = loss;
+  config.lrs = parse_lrs(args.lrs);
+  config.replicas = args.replicas;
+  config.first_replica = args.first_replica;
+  config.steps = args.steps;
+  config.sampling = mentioning("--sampling", args.sampling, [&] { return parse_sampling(args.sampling); });
+  config.label_noise = args.label_noise;
+  config.weight_decay = args.weight_decay;
+  config.momentum = args.momentum;
+  config.log_every = args.log_every > 0 ? args.log_every : std::max<std::int64_t>(1, (args.steps + 19) / 20);
+  config.seed = args.inputs.seed;
+  config.profile = !args.no_profile;
+  config.divergence_factor = args.divergence_factor;
+  config.threads = args.threads;
+
+  OutputSet outputs;
+  if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
+  if (!args.summary_path.empty()) outputs.add_text("--summary", args.summary_path);
+  if (!args.weights_path.empty()) outputs.add_npy("--final-weights", args.weights_path);
+  outputs.check_writable_all();
+
+  LoadedData train = load_data(args.inputs, loss);
+  BuiltModel model = load_model(args.inputs, train, loss);
+  config.batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
+                                  [&] { return parse_batch_sizes(args.batch_sizes, train.data.n); });
+
+  std::optional<LoadedData> test;
+  if (args.test) {
+    current_stage = "loading the test data";
+    DataModelArgs test_args = args.inputs;
+    test_args.split = "test";
+    test_args.limit = args.test_limit;
+    test = load_data(test_args, loss);
+    test->source = "--eval-test (the fashion-mnist test split)";
+  } else if (!args.test_x_path.empty()) {
+    current_stage = "loading the test data";
+    test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss);
+  }
+  if (test) {
+    if (test->data.d != train.data.d) {
+      throw InputError(test->source + " has " + std::to_string(test->data.d) +
+                       " features per sample but the training data have " +
+                       std::to_string(train.data.d) + ".");
+    }
+    check_fit(model.model, model.source, *test, loss);
+  }
+
+  current_stage = "setting up the sweep";
+  Sweep sweep(model.model, train.data, test ? &test->data : nullptr, config);
+  ProfileOptions start_options;
+  start_options.loss = loss;
+  start_options.device = Device::cpu;
+  const Profile start = profile_cpu(model.model, train.data, start_options);
+
+  if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
+    current_stage = "reading the checkpoint";
+    mentioning("--checkpoint", args.checkpoint_path,
+               [&] { sweep.restore(read_bytes(args.checkpoint_path)); });
+    std::cerr << "gradnoise: resuming " << args.checkpoint_path << " at step "
+              << (sweep.logs_done() > 0 ? sweep.log_steps()[static_cast<std::size_t>(sweep.logs_done() - 1)] : 0)
+              << " of " << config.steps << "\n";
+  }
+
+  current_stage = "running the sweep";
+  ProgressBar bar(!args.quiet && isatty(STDERR_FILENO));
+  auto last_checkpoint = std::chrono::steady_clock::now();
+  const auto total = static_cast<std::int64_t>(sweep.log_steps().size());
+  while (!sweep.done()) {
+    sweep.advance();
+    const std::int64_t done = sweep.logs_done();
+    bar.update(done, total, sweep.log_steps()[static_cast<std::size_t>(done - 1)], config.steps);
+    const auto now = std::chrono::steady_clock::now();
+    if (!args.checkpoint_path.empty() &&
+        (sweep.done() || std::chrono::duration<double>(now - last_checkpoint).count() >= args.checkpoint_every)) {
+      mentioning("--checkpoint", args.checkpoint_path,
+                 [&] { write_file_atomic(args.checkpoint_path, sweep.checkpoint()); });
+      last_checkpoint = now;
+    }
+  }
+
+  current_stage = "preparing the outputs";
+  const SweepResult result = sweep.result();
+  if (!args.out_path.empty()) outputs.set_text(args.out_path, sweep_rows_csv(result));
+  if (!args.summary_path.empty()) {
+    outputs.set_text(args.summary_path,
+                     summary_json(result, config, args, train, model, start).dump(2) + "\n");
+  }
+  if (!args.weights_path.empty()) {
+    std::vector<double> weights;
+    for (const std::vector<double>& run : result.final_weights) {
+      weights.insert(weights.end(), run.begin(), run.end());
+    }
+    outputs.set_npy(args.weights_path,
+                    {static_cast<std::int64_t>(result.final_weights.size()), result.num_params},
+                    std::move(weights));
+  }
+  outputs.commit();
+
+  std::cout << "sweep: " << result.final_weights.size() << " runs x " << config.steps
+            << " steps, " << result.run_steps << " SGD steps in " << result.elapsed_s << " s\n";
+  std::cout << "batch_size,lr,train_loss_mean,train_loss_std,weight_var,diverged_fraction\n";
+  const auto text = [](const std::optional<double>& value) {
+    return value ? std::to_string(*value) : std::string("null");
+  };
+  for (const GridPointSummary& point : result.grid) {
+    std::cout << point.batch_size << "," << point.lr << "," << text(point.train_loss_mean) << ","
+              << text(point.train_loss_std) << "," << text(point.weight_var) << ","
+              << point.diverged_fraction << "\n";
+  }
+  for (const std::string& path : {args.out_path, args.summary_path, args.weights_path}) {
+    if (!path.empty()) std::cout << "wrote " << path << "\n";
+  }
+  if (!result.divergences.empty()) {
+    std::cerr << "gradnoise: warning: " << result.divergences.size()
+              << " run(s) diverged; see \"divergences\" in the summary.\n";
+  }
+  return 0;
+}
+
+}  // namespace gradnoise::cli

@@ -1,0 +1,1048 @@
+// The sweep engine on the CPU: every run's SGD steps in float64 with a fixed
+// order of operations, runs spread over threads, the noise profiled at logged
+// steps by the exact engine, and the state serialisable for resumes.
+//
+// Arithmetic order (what makes a run reproducible bit for bit, and what the
+// plain reference loop in tests/test_sweep.cpp follows): for each sample the
+// layer output is z_o = Σ_j W_oj a_j summed over j ascending from 0, then
+// + b_o; the backward pass δ_{l−1,j} = Σ_o W_oj δ_{l,o} over o ascending; the
+// gradient sums Σ_i δ_{l,i} a_{l−1,i}ᵀ over the batch in draw order, and is
+// divided by b. The loops vectorise across samples (activations are stored
+// feature major) or across features (gradient rows), never across the terms
+// of one sum, so vectorisation does not reorder anything; the file is built
+// with -ffp-contract=off so no multiply-add is fused either.
+#include "gradnoise/sweep.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "gradnoise/error.hpp"
+#include "gradnoise/profile.hpp"
+#include "random.hpp"
+
+namespace gradnoise {
+
+Sampling parse_sampling(const std::string& name) {
+  if (name == "with") return Sampling::with_replacement;
+  if (name == "without") return Sampling::without_replacement;
+  if (name == "fixed") return Sampling::fixed;
+  throw InputError("--sampling must be with (replacement), without (random reshuffling) or fixed "
+                   "(the data in order), not '" + name + "'.");
+}
+
+std::string sampling_name(Sampling sampling) {
+  switch (sampling) {
+    case Sampling::with_replacement: return "with";
+    case Sampling::without_replacement: return "without";
+    case Sampling::fixed: return "fixed";
+  }
+  return "?";
+}
+
+namespace {
+
+using nlohmann::json;
+
+// ---- Counter-based randomness ------------------------------------------------
+
+// Counter words: {replica, tag | kind, step or epoch, block}. The tag keeps
+// these counters apart from the model initialiser's and the synthetic data's
+// (detail::fill_normals, whose second word is the high half of a row index).
+constexpr std::uint32_t kSweepTag = 0x53570000u;  // "SW"
+enum class Stream : std::uint32_t { indices = 1, permutation = 2, label_noise = 3 };
+
+r123::Philox4x32::ctr_type philox(std::uint64_t seed, std::uint32_t replica, Stream stream,
+                                  std::uint32_t step, std::uint32_t block) {
+  const r123::Philox4x32 generator;
+  const r123::Philox4x32::key_type key = {
+      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
+  const r123::Philox4x32::ctr_type counter = {
+      {replica, kSweepTag | static_cast<std::uint32_t>(stream), step, block}};
+  return generator(counter, key);
+}
+
+/// floor(bits · n / 2⁶⁴): uniform on [0, n) up to a bias below n/2⁶⁴.
+std::uint64_t below(std::uint64_t bits, std::uint64_t n) {
+  __extension__ using uint128 = unsigned __int128;  // GCC and Clang; not ISO C++
+  return static_cast<std::uint64_t>((static_cast<uint128>(bits) * n) >> 64);
+}
+
+std::uint64_t word(const r123::Philox4x32::ctr_type& bits, int half) {
+  return std::uint64_t{bits[2 * half]} << 32 | bits[2 * half + 1];
+}
+
+/// The uniform permutation of epoch `epoch` for `replica`: Fisher–Yates, draw
+/// p (p = 0..N−2) swapping position N−1−p with a uniform one at or below it.
+void epoch_permutation(std::uint64_t seed, std::uint32_t replica, std::uint32_t epoch,
+                       std::vector<std::int32_t>& perm) {
+  std::iota(perm.begin(), perm.end(), 0);
+  const auto n = static_cast<std::int64_t>(perm.size());
+  r123::Philox4x32::ctr_type bits{};
+  for (std::int64_t p = 0; p + 1 < n; ++p) {
+    if (p % 2 == 0) {
+      bits = philox(seed, replica, Stream::permutation, epoch, static_cast<std::uint32_t>(p / 2));
+    }
+    const std::int64_t i = n - 1 - p;
+    const auto j = static_cast<std::int64_t>(below(word(bits, static_cast<int>(p % 2)),
+                                                   static_cast<std::uint64_t>(i + 1)));
+    std::swap(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+  }
+}
+
+/// Standard normals for `count` = b·K label-noise draws of one step.
+void label_noise_normals(std::uint64_t seed, std::uint32_t replica, std::uint32_t step,
+                         double* out, std::int64_t count) {
+  constexpr double kTwoToMinus53 = 1.0 / 9007199254740992.0;
+  for (std::int64_t index = 0; index < count; index += 2) {
+    const auto bits =
+        philox(seed, replica, Stream::label_noise, step, static_cast<std::uint32_t>(index / 2));
+    const double u_radius = static_cast<double>((word(bits, 0) >> 11) + 1) * kTwoToMinus53;
+    const double u_angle = static_cast<double>(word(bits, 1) >> 11) * kTwoToMinus53;
+    const double radius = std::sqrt(-2.0 * std::log(u_radius));
+    const double angle = 2.0 * std::numbers::pi * u_angle;
+    out[index] = radius * std::cos(angle);
+    if (index + 1 < count) out[index + 1] = radius * std::sin(angle);
+  }
+}
+
+// ---- The model's arithmetic on a block of samples ---------------------------
+
+struct LayerShape {
+  std::int64_t in = 0, out = 0, offset = 0;  // offset of W in θ; b follows W
+  bool bias = false;
+};
+
+std::vector<LayerShape> layer_shapes(const Model& model) {
+  std::vector<LayerShape> shapes;
+  for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+    const Layer& layer = model.layers[static_cast<std::size_t>(l)];
+    shapes.push_back({layer.in, layer.out, model.param_offset(l), layer.has_bias()});
+  }
+  return shapes;
+}
+
+/// Buffers for a block of up to `rows` samples; one per thread.
+struct Scratch {
+  std::vector<std::vector<double>> acts;  // acts[l]: in_l × rows (feature major); acts[L]: K × rows
+  std::vector<std::vector<double>> errors;  // errors[l]: out_l × rows
+  std::vector<double> rows_major;  // rows × max width: a layer's inputs sample major
+  std::vector<double> x_rows;      // rows × D, gathered
+  std::vector<double> targets;     // rows × K (squared loss)
+  std::vector<std::int32_t> labels;
+  std::vector<double> noise;
+  std::vector<double> grad;        // P
+  std::vector<std::int32_t> indices;
+  std::vector<double> losses;      // rows
+
+  Scratch(const std::vector<LayerShape>& shapes, std::int64_t rows, std::int64_t num_params) {
+    std::int64_t widest = 0;
+    for (const LayerShape& shape : shapes) {
+      acts.emplace_back(static_cast<std::size_t>(shape.in * rows));
+      errors.emplace_back(static_cast<std::size_t>(shape.out * rows));
+      widest = std::max({widest, shape.in, shape.out});
+    }
+    const std::int64_t d = shapes.front().in, k = shapes.back().out;
+    acts.emplace_back(static_cast<std::size_t>(k * rows));
+    rows_major.resize(static_cast<std::size_t>(widest * rows));
+    x_rows.resize(static_cast<std::size_t>(d * rows));
+    targets.resize(static_cast<std::size_t>(k * rows));
+    labels.resize(static_cast<std::size_t>(rows));
+    noise.resize(static_cast<std::size_t>(k * rows));
+    grad.resize(static_cast<std::size_t>(num_params));
+    indices.resize(static_cast<std::size_t>(rows));
+    losses.resize(static_cast<std::size_t>(rows));
+  }
+};
+
+/// Forward pass of `m` samples whose inputs are in scratch.x_rows (m × D):
+/// fills acts (feature major) and the outputs acts[L].
+void forward(const std::vector<LayerShape>& shapes, const double* theta, std::int64_t m,
+             Scratch& s) {
+  const std::int64_t d = shapes.front().in;
+  double* a0 = s.acts[0].data();
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j < d; ++j) a0[j * m + i] = s.x_rows[static_cast<std::size_t>(i * d + j)];
+  }
+  for (std::size_t l = 0; l < shapes.size(); ++l) {
+    const LayerShape& shape = shapes[l];
+    const double* w = theta + shape.offset;
+    const double* a = s.acts[l].data();
+    double* z = s.acts[l + 1].data();
+    for (std::int64_t o = 0; o < shape.out; ++o) {
+      double* zo = z + o * m;
+      std::fill(zo, zo + m, 0.0);
+      for (std::int64_t j = 0; j < shape.in; ++j) {
+        const double wj = w[o * shape.in + j];
+        const double* aj = a + j * m;
+        for (std::int64_t i = 0; i < m; ++i) zo[i] += wj * aj[i];
+      }
+      if (shape.bias) {
+        const double bo = w[shape.out * shape.in + o];
+        for (std::int64_t i = 0; i < m; ++i) zo[i] += bo;
+      }
+    }
+  }
+}
+
+/// Output errors δ_L (errors.back()) and per-sample losses of `m` samples
+/// after forward(): squared ½‖f − y‖² against scratch.targets (m × K), or
+/// softmax cross-entropy against scratch.labels.
+void output_errors(const std::vector<LayerShape>& shapes, Loss loss, std::int64_t m, Scratch& s) {
+  const std::int64_t k = shapes.back().out;
+  const double* z = s.acts.back().data();
+  double* delta = s.errors.back().data();
+  for (std::int64_t i = 0; i < m; ++i) {
+    double sample_loss = 0;
+    if (loss == Loss::squared) {
+      for (std::int64_t o = 0; o < k; ++o) {
+        const double e = z[o * m + i] - s.targets[static_cast<std::size_t>(i * k + o)];
+        delta[o * m + i] = e;
+        sample_loss += 0.5 * e * e;
+      }
+    } else {
+      double top = z[i];
+      for (std::int64_t o = 1; o < k; ++o) top = std::max(top, z[o * m + i]);
+      double total = 0;
+      for (std::int64_t o = 0; o < k; ++o) {
+        const double e = std::exp(z[o * m + i] - top);
+        delta[o * m + i] = e;
+        total += e;
+      }
+      const std::int32_t label = s.labels[static_cast<std::size_t>(i)];
+      for (std::int64_t o = 0; o < k; ++o) delta[o * m + i] /= total;
+      delta[label * m + i] -= 1.0;
+      sample_loss = std::log(total) - (z[label * m + i] - top);
+    }
+    s.losses[static_cast<std::size_t>(i)] = sample_loss;
+  }
+}
+
+/// Backward pass and the summed gradient Σ_i g_i of `m` samples into
+/// scratch.grad, after output_errors().
+void backward(const std::vector<LayerShape>& shapes, const double* theta, std::int64_t m,
+              Scratch& s) {
+  std::fill(s.grad.begin(), s.grad.end(), 0.0);
+  for (std::size_t l = shapes.size(); l-- > 0;) {
+    const LayerShape& shape = shapes[l];
+    const double* w = theta + shape.offset;
+    const double* delta = s.errors[l].data();
+    // The layer's inputs sample major, so each gradient row is one
+    // contiguous multiply-add per sample.
+    const double* inputs = s.x_rows.data();
+    if (l > 0) {
+      const double* a = s.acts[l].data();
+      for (std::int64_t i = 0; i < m; ++i) {
+        for (std::int64_t j = 0; j < shape.in; ++j) {
+          s.rows_major[static_cast<std::size_t>(i * shape.in + j)] = a[j * m + i];
+        }
+      }
+      inputs = s.rows_major.data();
+    }
+    double* gw = s.grad.data() + shape.offset;
+    double* gb = gw + shape.out * shape.in;
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double* ai = inputs + i * shape.in;
+      for (std::int64_t o = 0; o < shape.out; ++o) {
+        const double d = delta[o * m + i];
+        double* row = gw + o * shape.in;
+        for (std::int64_t j = 0; j < shape.in; ++j) row[j] += d * ai[j];
+        if (shape.bias) gb[o] += d;
+      }
+    }
+    if (l > 0) {
+      double* previous = s.errors[l - 1].data();
+      for (std::int64_t j = 0; j < shape.in; ++j) {
+        double* pj = previous + j * m;
+        std::fill(pj, pj + m, 0.0);
+        for (std::int64_t o = 0; o < shape.out; ++o) {
+          const double wj = w[o * shape.in + j];
+          const double* dout = delta + o * m;
+          for (std::int64_t i = 0; i < m; ++i) pj[i] += wj * dout[i];
+        }
+      }
+    }
+  }
+}
+
+/// 64-bit FNV-1a over bytes, to tell whether a checkpoint belongs to a sweep.
+std::uint64_t fnv1a(std::uint64_t hash, const void* bytes, std::size_t size) {
+  const auto* p = static_cast<const unsigned char*>(bytes);
+  for (std::size_t i = 0; i < size; ++i) hash = (hash ^ p[i]) * 0x100000001b3ULL;
+  return hash;
+}
+
+template <class T>
+std::uint64_t fnv1a(std::uint64_t hash, const std::vector<T>& values) {
+  return fnv1a(hash, values.data(), values.size() * sizeof(T));
+}
+
+std::string hex(std::uint64_t value) {
+  static const char digits[] = "0123456789abcdef";
+  std::string text(16, '0');
+  for (int i = 15; i >= 0; --i, value >>= 4) text[static_cast<std::size_t>(i)] = digits[value & 15];
+  return text;
+}
+
+json optional_json(const std::optional<double>& value) {
+  return value ? json(*value) : json(nullptr);
+}
+
+std::optional<double> optional_from(const json& value) {
+  if (value.is_null()) return std::nullopt;
+  return value.get<double>();
+}
+
+json binary_doubles(const std::vector<double>& values) {
+  std::vector<std::uint8_t> bytes(values.size() * sizeof(double));
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  return json::binary(std::move(bytes));
+}
+
+std::vector<double> doubles_from(const json& value, std::size_t expected, const char* what) {
+  const auto& bytes = value.get_binary();
+  if (bytes.size() != expected * sizeof(double)) {
+    throw InputError(std::string("the checkpoint's ") + what + " has the wrong size.");
+  }
+  std::vector<double> values(expected);
+  std::memcpy(values.data(), bytes.data(), bytes.size());
+  return values;
+}
+
+/// Sample mean and standard deviation (divisor count − 1).
+std::pair<std::optional<double>, std::optional<double>> mean_std(const std::vector<double>& values) {
+  if (values.empty()) return {};
+  double mean = 0;
+  for (double v : values) mean += v;
+  mean /= static_cast<double>(values.size());
+  if (values.size() < 2) return {mean, std::nullopt};
+  double ss = 0;
+  for (double v : values) ss += (v - mean) * (v - mean);
+  return {mean, std::sqrt(ss / static_cast<double>(values.size() - 1))};
+}
+
+}  // namespace
+
+// ---- The sweep's state -----------------------------------------------------------
+
+/// Where and why a run diverged; step < 0 while it has not.
+struct Verdict {
+  std::int64_t step = -1;
+  std::string why;
+  bool bad() const { return step >= 0; }
+};
+
+struct Sweep::State {
+  Model model;  // the starting model; its weights are overwritten for profiles
+  const Dataset& train;
+  const Dataset* test;
+  SweepConfig config;
+  std::vector<LayerShape> shapes;
+  std::int64_t num_params = 0;
+  std::int64_t num_runs = 0;
+  std::vector<std::int64_t> log_steps;
+  std::int64_t logs_done = 0;
+  double loss_floor = 0;         // K σ²/2, added to every logged training loss
+  double divergence_limit = 0;   // losses above it mean divergence
+  std::uint64_t fingerprint = 0;
+  int threads = 1;
+  std::int64_t max_rows = 0;     // rows per block in the scratch buffers
+
+  std::vector<double> theta0;
+  std::vector<double> theta;     // runs × P
+  std::vector<double> velocity;  // runs × P when momentum > 0
+  std::vector<double> grads;     // runs × P: minibatch gradient at the last logged step
+  std::vector<std::uint8_t> diverged;
+  std::vector<Divergence> divergences;  // in the order found; sorted by run on output
+  std::vector<std::vector<std::int32_t>> perms;  // per run, without replacement
+  std::vector<std::int64_t> perm_epoch;
+  std::vector<std::unique_ptr<Scratch>> scratch;  // per thread
+
+  std::vector<SweepRow> rows;
+  std::vector<std::vector<ReplicaStats>> trajectories;  // per grid point
+  double elapsed_s = 0;
+  std::int64_t run_steps = 0;
+
+  State(const Model& initial, const Dataset& train_data, const Dataset* test_data,
+        SweepConfig sweep_config)
+      : model(initial), train(train_data), test(test_data), config(std::move(sweep_config)) {}
+
+  std::int64_t grid_points() const {
+    return static_cast<std::int64_t>(config.batch_sizes.size() * config.lrs.size());
+  }
+  std::int64_t grid_of(std::int64_t run) const { return run / config.replicas; }
+  std::int64_t batch_size_of(std::int64_t run) const {
+    return config.batch_sizes[static_cast<std::size_t>(grid_of(run) / static_cast<std::int64_t>(config.lrs.size()))];
+  }
+  double lr_of(std::int64_t run) const {
+    return config.lrs[static_cast<std::size_t>(grid_of(run) % static_cast<std::int64_t>(config.lrs.size()))];
+  }
+  std::int64_t replica_of(std::int64_t run) const {
+    return config.first_replica + run % config.replicas;
+  }
+  double* theta_of(std::int64_t run) { return theta.data() + run * num_params; }
+
+  /// Draws batch `step` of `run` into scratch.indices, gathers its rows and
+  /// targets (with label noise) into the scratch buffers.
+  void gather_batch(std::int64_t run, std::int64_t step, Scratch& s) {
+    const std::int64_t b = batch_size_of(run);
+    const std::int64_t n = train.n, d = train.d, k = train.k;
+    const auto replica = static_cast<std::uint32_t>(replica_of(run));
+    switch (config.sampling) {
+      case Sampling::with_replacement: {
+        r123::Philox4x32::ctr_type bits{};
+        for (std::int64_t slot = 0; slot < b; ++slot) {
+          if (slot % 2 == 0) {
+            bits = philox(config.seed, replica, Stream::indices, static_cast<std::uint32_t>(step),
+                          static_cast<std::uint32_t>(slot / 2));
+          }
+          s.indices[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(
+              below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(n)));
+        }
+        break;
+      }
+      case Sampling::without_replacement: {
+        const std::int64_t per_epoch = n / b;
+        const std::int64_t epoch = step / per_epoch;
+        std::vector<std::int32_t>& perm = perms[static_cast<std::size_t>(run)];
+        if (perm_epoch[static_cast<std::size_t>(run)] != epoch) {
+          epoch_permutation(config.seed, replica, static_cast<std::uint32_t>(epoch), perm);
+          perm_epoch[static_cast<std::size_t>(run)] = epoch;
+        }
+        const std::int64_t first = (step % per_epoch) * b;
+        std::copy_n(perm.begin() + first, b, s.indices.begin());
+        break;
+      }
+      case Sampling::fixed:
+        for (std::int64_t slot = 0; slot < b; ++slot) {
+          s.indices[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>((step * b + slot) % n);
+        }
+        break;
+    }
+    for (std::int64_t slot = 0; slot < b; ++slot) {
+      const std::int64_t row = s.indices[static_cast<std::size_t>(slot)];
+      std::copy_n(train.x.begin() + row * d, d, s.x_rows.begin() + slot * d);
+      if (config.loss == Loss::squared) {
+        std::copy_n(train.y.begin() + row * k, k, s.targets.begin() + slot * k);
+      } else {
+        s.labels[static_cast<std::size_t>(slot)] = train.labels[static_cast<std::size_t>(row)];
+      }
+    }
+    if (config.label_noise > 0) {
+      label_noise_normals(config.seed, replica, static_cast<std::uint32_t>(step), s.noise.data(),
+                          b * k);
+      for (std::int64_t index = 0; index < b * k; ++index) {
+        s.targets[static_cast<std::size_t>(index)] += config.label_noise * s.noise[static_cast<std::size_t>(index)];
+      }
+    }
+  }
+
+  /// The minibatch gradient of batch `step` at the run's θ into scratch.grad
+  /// (mean over the batch, without weight decay); returns the minibatch loss.
+  double minibatch_gradient(std::int64_t run, std::int64_t step, Scratch& s) {
+    const std::int64_t b = batch_size_of(run);
+    gather_batch(run, step, s);
+    const double* w = theta_of(run);
+    forward(shapes, w, b, s);
+    output_errors(shapes, config.loss, b, s);
+    backward(shapes, w, b, s);
+    for (double& g : s.grad) g /= static_cast<double>(b);
+    double loss = 0;
+    for (std::int64_t i = 0; i < b; ++i) loss += s.losses[static_cast<std::size_t>(i)];
+    return loss / static_cast<double>(b);
+  }
+
+  /// Why a loss means divergence, or empty.
+  std::string divergence_reason(const char* what, double loss) const {
+    if (!std::isfinite(loss)) return std::string(what) + " is not finite";
+    if (loss > divergence_limit) {
+      return std::string(what) + " " + std::to_string(loss) + " exceeds " +
+             std::to_string(config.divergence_factor) + " times the starting loss";
+    }
+    return {};
+  }
+
+  void mark_diverged(std::int64_t run, std::int64_t step, std::string reason) {
+    diverged[static_cast<std::size_t>(run)] = 1;
+    divergences.push_back({run, step, std::move(reason)});
+  }
+
+  /// Steps [from, to) of one run; stops it at the first sign of divergence.
+  /// Returns the steps taken and, if it diverged, where and why.
+  std::pair<std::int64_t, Verdict> advance_run(std::int64_t run, std::int64_t from,
+                                                   std::int64_t to, Scratch& s) {
+    double* w = theta_of(run);
+    double* v = velocity.empty() ? nullptr : velocity.data() + run * num_params;
+    const double lr = lr_of(run), decay = config.weight_decay, momentum = config.momentum;
+    for (std::int64_t step = from; step < to; ++step) {
+      const double loss = minibatch_gradient(run, step, s);
+      std::string reason = divergence_reason("the minibatch loss", loss);
+      if (!reason.empty()) return {step - from, {step, std::move(reason)}};
+      double* g = s.grad.data();
+      if (decay != 0) {
+        for (std::int64_t p = 0; p < num_params; ++p) g[p] += decay * w[p];
+      }
+      double norm_sq = 0;
+      if (v != nullptr) {
+        for (std::int64_t p = 0; p < num_params; ++p) {
+          v[p] = momentum * v[p] + g[p];
+          w[p] -= lr * v[p];
+          norm_sq += w[p] * w[p];
+        }
+      } else {
+        for (std::int64_t p = 0; p < num_params; ++p) {
+          w[p] -= lr * g[p];
+          norm_sq += w[p] * w[p];
+        }
+      }
+      if (!std::isfinite(norm_sq)) {
+        return {step + 1 - from, {step, "the weights are no longer finite"}};
+      }
+    }
+    return {to - from, {}};
+  }
+
+  /// Mean loss and accuracy (labels only) of θ on `data`, in blocks of rows.
+  std::pair<double, std::optional<double>> evaluate(const double* w, const Dataset& data,
+                                                    Scratch& s) const {
+    const std::int64_t d = data.d, k = data.k;
+    double total = 0;
+    std::int64_t correct = 0;
+    for (std::int64_t first = 0; first < data.n; first += max_rows) {
+      const std::int64_t m = std::min(max_rows, data.n - first);
+      std::copy_n(data.x.begin() + first * d, m * d, s.x_rows.begin());
+      if (config.loss == Loss::squared) {
+        std::copy_n(data.y.begin() + first * k, m * k, s.targets.begin());
+      } else {
+        std::copy_n(data.labels.begin() + first, m, s.labels.begin());
+      }
+      forward(shapes, w, m, s);
+      output_errors(shapes, config.loss, m, s);
+      const double* z = s.acts.back().data();
+      for (std::int64_t i = 0; i < m; ++i) {
+        total += s.losses[static_cast<std::size_t>(i)];
+        if (config.loss == Loss::cross_entropy) {
+          std::int64_t best = 0;
+          for (std::int64_t o = 1; o < k; ++o) {
+            if (z[o * m + i] > z[best * m + i]) best = o;
+          }
+          correct += best == s.labels[static_cast<std::size_t>(i)];
+        }
+      }
+    }
+    const auto n = static_cast<double>(data.n);
+    if (config.loss == Loss::cross_entropy) return {total / n, static_cast<double>(correct) / n};
+    return {total / n, std::nullopt};
+  }
+};
+
+// ---- Construction and checks ------------------------------------------------------
+
+Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, SweepConfig config)
+    : state_(std::make_unique<State>(initial, train, test, std::move(config))) {
+  State& s = *state_;
+  const SweepConfig& c = s.config;
+  ProfileOptions options;
+  options.loss = c.loss;
+  check_profile_inputs(initial, train, options);
+  if (test != nullptr) {
+    if (test->n < 1) throw InputError("the test data hold no samples.");
+    check_profile_inputs(initial, *test, options);
+  }
+  if (c.batch_sizes.empty()) throw InputError("--batch-sizes needs at least one batch size.");
+  if (c.lrs.empty()) throw InputError("--lrs needs at least one learning rate.");
+  for (std::int64_t b : c.batch_sizes) {
+    if (b < 1 || b > train.n) {
+      throw InputError("--batch-sizes: batch size " + std::to_string(b) + " is outside 1.." +
+                       std::to_string(train.n) + " (the number of training samples).");
+    }
+  }
+  for (double lr : c.lrs) {
+    if (!(lr > 0) || !std::isfinite(lr)) {
+      throw InputError("--lrs: learning rate " + std::to_string(lr) +
+                       " must be a positive finite number.");
+    }
+  }
+  if (c.replicas < 1) throw InputError("--replicas must be at least 1.");
+  if (c.first_replica < 0 || c.first_replica + c.replicas > (std::int64_t{1} << 32)) {
+    throw InputError("--first-replica plus --replicas must stay below 2^32.");
+  }
+  if (c.steps < 1 || c.steps >= (std::int64_t{1} << 32)) {
+    throw InputError("--steps must be at least 1 (and below 2^32).");
+  }
+  if (c.log_every < 1) throw InputError("--log-every must be at least 1 step.");
+  if (!(c.label_noise >= 0) || !std::isfinite(c.label_noise)) {
+    throw InputError("--label-noise must be a finite standard deviation ≥ 0.");
+  }
+  if (c.label_noise > 0 && c.loss != Loss::squared) {
+    throw InputError("--label-noise adds Gaussian noise to real targets and needs --loss mse.");
+  }
+  if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay)) {
+    throw InputError("--weight-decay must be a finite number ≥ 0.");
+  }
+  if (!(c.momentum >= 0 && c.momentum < 1)) throw InputError("--momentum must lie in [0, 1).");
+  if (!(c.divergence_factor > 1)) throw InputError("the divergence factor must exceed 1.");
+  if (train.n >= (std::int64_t{1} << 31)) {
+    throw InputError("sweeps index samples with 32 bits; use fewer than 2^31 training samples.");
+  }
+
+  s.shapes = layer_shapes(initial);
+  s.num_params = initial.num_params();
+  s.num_runs = s.grid_points() * c.replicas;
+  for (std::int64_t step = 0; step < c.steps; step += c.log_every) s.log_steps.push_back(step);
+  s.log_steps.push_back(c.steps);
+  s.threads = c.threads > 0 ? c.threads : std::max(1, omp_get_max_threads());
+  s.max_rows = std::max<std::int64_t>(256, *std::max_element(c.batch_sizes.begin(), c.batch_sizes.end()));
+  s.loss_floor = 0.5 * static_cast<double>(train.k) * c.label_noise * c.label_noise;
+
+  s.theta0 = initial.flatten();
+  s.theta.resize(static_cast<std::size_t>(s.num_runs * s.num_params));
+  for (std::int64_t run = 0; run < s.num_runs; ++run) {
+    std::copy(s.theta0.begin(), s.theta0.end(), s.theta_of(run));
+  }
+  if (c.momentum > 0) s.velocity.assign(s.theta.size(), 0.0);
+  s.grads.assign(s.theta.size(), 0.0);
+  s.diverged.assign(static_cast<std::size_t>(s.num_runs), 0);
+  if (c.sampling == Sampling::without_replacement) {
+    s.perms.assign(static_cast<std::size_t>(s.num_runs),
+                   std::vector<std::int32_t>(static_cast<std::size_t>(train.n)));
+  } else {
+    s.perms.resize(static_cast<std::size_t>(s.num_runs));
+  }
+  s.perm_epoch.assign(static_cast<std::size_t>(s.num_runs), -1);
+  s.trajectories.resize(static_cast<std::size_t>(s.grid_points()));
+  for (int t = 0; t < s.threads; ++t) {
+    s.scratch.push_back(std::make_unique<Scratch>(s.shapes, s.max_rows, s.num_params));
+  }
+
+  // The expected loss at the start sets the divergence threshold; a start
+  // with zero loss and no label noise never moves, so only non-finite values
+  // count then.
+  const double start_loss = s.evaluate(s.theta0.data(), train, *s.scratch[0]).first + s.loss_floor;
+  s.divergence_limit = start_loss > 0 ? c.divergence_factor * start_loss
+                                      : std::numeric_limits<double>::infinity();
+
+  json identity = {{"loss", c.loss == Loss::squared ? "mse" : "ce"},
+                   {"batch_sizes", c.batch_sizes},
+                   {"lrs", c.lrs},
+                   {"replicas", c.replicas},
+                   {"first_replica", c.first_replica},
+                   {"steps", c.steps},
+                   {"sampling", sampling_name(c.sampling)},
+                   {"label_noise", c.label_noise},
+                   {"weight_decay", c.weight_decay},
+                   {"momentum", c.momentum},
+                   {"log_every", c.log_every},
+                   {"seed", c.seed},
+                   {"profile", c.profile},
+                   {"divergence_factor", c.divergence_factor}};
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  const std::string text = identity.dump();
+  hash = fnv1a(hash, text.data(), text.size());
+  for (const Dataset* data : {&train, test}) {
+    if (data == nullptr) continue;
+    hash = fnv1a(hash, data->x);
+    hash = fnv1a(hash, data->y);
+    hash = fnv1a(hash, data->labels);
+  }
+  s.fingerprint = fnv1a(hash, s.theta0);
+}
+
+Sweep::~Sweep() = default;
+
+std::int64_t Sweep::num_runs() const { return state_->num_runs; }
+const std::vector<std::int64_t>& Sweep::log_steps() const { return state_->log_steps; }
+std::int64_t Sweep::logs_done() const { return state_->logs_done; }
+bool Sweep::done() const {
+  return state_->logs_done == static_cast<std::int64_t>(state_->log_steps.size());
+}
+
+// ---- Stepping and logging ---------------------------------------------------------
+
+void Sweep::advance() {
+  State& s = *state_;
+  if (done()) return;
+  const auto start = std::chrono::steady_clock::now();
+  const std::int64_t log_index = s.logs_done;
+  const std::int64_t step = s.log_steps[static_cast<std::size_t>(log_index)];
+  const SweepConfig& c = s.config;
+  const std::int64_t runs = s.num_runs;
+
+  // Every live run from the previous logged step to this one.
+  std::vector<Verdict> reasons(static_cast<std::size_t>(runs));
+  std::vector<std::int64_t> taken(static_cast<std::size_t>(runs), 0);
+  if (log_index > 0) {
+    const std::int64_t from = s.log_steps[static_cast<std::size_t>(log_index - 1)];
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
+    for (std::int64_t run = 0; run < runs; ++run) {
+      if (s.diverged[static_cast<std::size_t>(run)]) continue;
+      auto [steps, reason] = s.advance_run(run, from, step, *s.scratch[static_cast<std::size_t>(omp_get_thread_num())]);
+      taken[static_cast<std::size_t>(run)] = steps;
+      reasons[static_cast<std::size_t>(run)] = std::move(reason);
+    }
+  }
+
+  // This step's minibatch gradient (the one update step + 1 uses) and the
+  // test metrics of every live run.
+  std::vector<double> minibatch_loss(static_cast<std::size_t>(runs), 0.0);
+  std::vector<std::pair<double, std::optional<double>>> test_metrics(static_cast<std::size_t>(runs));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
+  for (std::int64_t run = 0; run < runs; ++run) {
+    if (s.diverged[static_cast<std::size_t>(run)] || reasons[static_cast<std::size_t>(run)].bad()) continue;
+    Scratch& scratch = *s.scratch[static_cast<std::size_t>(omp_get_thread_num())];
+    const double loss = s.minibatch_gradient(run, step, scratch);
+    minibatch_loss[static_cast<std::size_t>(run)] = loss;
+    std::copy(scratch.grad.begin(), scratch.grad.end(), s.grads.begin() + run * s.num_params);
+    std::string reason = s.divergence_reason("the minibatch loss", loss);
+    if (!reason.empty()) {
+      reasons[static_cast<std::size_t>(run)] = {step, std::move(reason)};
+      continue;
+    }
+    if (s.test != nullptr) test_metrics[static_cast<std::size_t>(run)] = s.evaluate(s.theta_of(run), *s.test, scratch);
+  }
+  for (std::int64_t run = 0; run < runs; ++run) s.run_steps += taken[static_cast<std::size_t>(run)];
+
+  // Full-data statistics; the exact profile runs its own threads, one run at a time.
+  ProfileOptions options;
+  options.loss = c.loss;
+  options.device = Device::cpu;
+  std::vector<SweepRow> new_rows;
+  std::vector<std::optional<double>> trace_covs(static_cast<std::size_t>(runs));
+  for (std::int64_t run = 0; run < runs; ++run) {
+    if (s.diverged[static_cast<std::size_t>(run)]) continue;
+    Verdict& verdict = reasons[static_cast<std::size_t>(run)];
+    SweepRow row;
+    row.run = run;
+    row.batch_size = s.batch_size_of(run);
+    row.lr = s.lr_of(run);
+    row.replica = s.replica_of(run);
+    row.step = step;
+    if (!verdict.bad()) {
+      const double* w = s.theta_of(run);
+      if (c.profile) {
+        s.model.unflatten({w, static_cast<std::size_t>(s.num_params)});
+        const Profile profile = profile_cpu(s.model, s.train, options);
+        row.train_loss = profile.loss + s.loss_floor;
+        row.grad_norm_sq = profile.grad_norm_sq;
+        row.trace_cov = profile.trace_cov;
+        row.noise_scale_simple = profile.noise_scale_simple;
+        trace_covs[static_cast<std::size_t>(run)] = profile.trace_cov;
+      } else {
+        row.train_loss = s.evaluate(w, s.train, *s.scratch[0]).first + s.loss_floor;
+      }
+      std::string reason = s.divergence_reason("the training loss", row.train_loss);
+      if (!reason.empty()) verdict = {step, std::move(reason)};
+    }
+    if (verdict.bad()) {
+      const std::int64_t at = verdict.step;
+      s.mark_diverged(run, at, verdict.why);
+      SweepRow last;
+      last.run = run;
+      last.batch_size = row.batch_size;
+      last.lr = row.lr;
+      last.replica = row.replica;
+      last.step = at;
+      last.epoch = static_cast<double>(at * last.batch_size) / static_cast<double>(s.train.n);
+      last.diverged = true;
+      new_rows.push_back(last);
+      continue;
+    }
+    row.epoch = static_cast<double>(step * row.batch_size) / static_cast<double>(s.train.n);
+    if (s.test != nullptr) {
+      row.test_loss = test_metrics[static_cast<std::size_t>(run)].first;
+      row.test_accuracy = test_metrics[static_cast<std::size_t>(run)].second;
+    }
+    row.minibatch_loss = minibatch_loss[static_cast<std::size_t>(run)];
+    const double* g = s.grads.data() + run * s.num_params;
+    const double* w = s.theta_of(run);
+    for (std::int64_t p = 0; p < s.num_params; ++p) {
+      row.minibatch_grad_norm_sq += g[p] * g[p];
+      row.weight_norm_sq += w[p] * w[p];
+    }
+    new_rows.push_back(row);
+  }
+
+  // Across the live replicas of each grid point.
+  const std::int64_t p_count = s.num_params;
+  for (std::int64_t grid = 0; grid < s.grid_points(); ++grid) {
+    ReplicaStats stats;
+    stats.step = step;
+    std::vector<std::int64_t> live;
+    for (std::int64_t r = 0; r < c.replicas; ++r) {
+      const std::int64_t run = grid * c.replicas + r;
+      if (!s.diverged[static_cast<std::size_t>(run)]) live.push_back(run);
+    }
+    stats.live_replicas = static_cast<std::int64_t>(live.size());
+    const auto spread = [&](const std::vector<double>& values) -> std::optional<double> {
+      if (live.size() < 2) return std::nullopt;
+      double total = 0;
+      for (std::int64_t p = 0; p < p_count; ++p) {
+        double mean = 0;
+        for (std::int64_t run : live) mean += values[static_cast<std::size_t>(run * p_count + p)];
+        mean /= static_cast<double>(live.size());
+        double ss = 0;
+        for (std::int64_t run : live) {
+          const double e = values[static_cast<std::size_t>(run * p_count + p)] - mean;
+          ss += e * e;
+        }
+        total += ss;
+      }
+      return total / static_cast<double>(live.size() - 1);
+    };
+    stats.weight_var = spread(s.theta);
+    stats.grad_var = spread(s.grads);
+    std::vector<double> train_losses, test_losses, test_accuracies;
+    double noise = 0;
+    bool have_noise = c.profile && !live.empty();
+    const std::int64_t b = s.batch_size_of(grid * c.replicas);
+    const double factor = c.sampling == Sampling::with_replacement ? 1.0 / static_cast<double>(b)
+                          : c.sampling == Sampling::without_replacement
+                              ? without_replacement_factor(s.train.n, b)
+                              : 0.0;
+    for (const SweepRow& row : new_rows) {
+      if (row.diverged || s.grid_of(row.run) != grid) continue;
+      train_losses.push_back(row.train_loss);
+      if (row.test_loss) test_losses.push_back(*row.test_loss);
+      if (row.test_accuracy) test_accuracies.push_back(*row.test_accuracy);
+      if (row.trace_cov) noise += factor * *row.trace_cov;
+    }
+    if (have_noise) stats.expected_minibatch_noise = noise / static_cast<double>(live.size());
+    std::tie(stats.train_loss_mean, stats.train_loss_std) = mean_std(train_losses);
+    stats.test_loss_mean = mean_std(test_losses).first;
+    stats.test_accuracy_mean = mean_std(test_accuracies).first;
+    s.trajectories[static_cast<std::size_t>(grid)].push_back(stats);
+  }
+
+  s.rows.insert(s.rows.end(), new_rows.begin(), new_rows.end());
+  s.logs_done = log_index + 1;
+  s.elapsed_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void Sweep::run(const std::function<void(std::int64_t, std::int64_t)>& progress) {
+  const auto total = static_cast<std::int64_t>(state_->log_steps.size());
+  while (!done()) {
+    advance();
+    if (progress) progress(state_->logs_done, total);
+  }
+}
+
+// ---- Results --------------------------------------------------------------------
+
+SweepResult Sweep::result() const {
+  const State& s = *state_;
+  const SweepConfig& c = s.config;
+  SweepResult result;
+  result.num_params = s.num_params;
+  result.n = s.train.n;
+  result.rows = s.rows;
+  result.divergences = s.divergences;
+  std::sort(result.divergences.begin(), result.divergences.end(),
+            [](const Divergence& a, const Divergence& b) { return a.run < b.run; });
+  result.elapsed_s = s.elapsed_s;
+  result.run_steps = s.run_steps;
+  for (std::int64_t run = 0; run < s.num_runs; ++run) {
+    result.final_weights.emplace_back(s.theta.begin() + run * s.num_params,
+                                      s.theta.begin() + (run + 1) * s.num_params);
+  }
+  for (std::int64_t grid = 0; grid < s.grid_points(); ++grid) {
+    GridPointSummary summary;
+    const std::int64_t first_run = grid * c.replicas;
+    summary.batch_size = s.batch_size_of(first_run);
+    summary.lr = s.lr_of(first_run);
+    summary.trajectory = s.trajectories[static_cast<std::size_t>(grid)];
+    std::int64_t diverged = 0;
+    std::vector<double> late_means;
+    for (std::int64_t run = first_run; run < first_run + c.replicas; ++run) {
+      if (s.diverged[static_cast<std::size_t>(run)]) {
+        ++diverged;
+        continue;
+      }
+      double total = 0;
+      std::int64_t count = 0;
+      for (const SweepRow& row : s.rows) {
+        if (row.run == run && !row.diverged && 2 * row.step >= c.steps) {
+          total += row.train_loss;
+          ++count;
+        }
+      }
+      if (count > 0) late_means.push_back(total / static_cast<double>(count));
+    }
+    std::tie(summary.train_loss_mean, summary.train_loss_std) = mean_std(late_means);
+    if (!summary.trajectory.empty()) summary.weight_var = summary.trajectory.back().weight_var;
+    summary.diverged_fraction = static_cast<double>(diverged) / static_cast<double>(c.replicas);
+    result.grid.push_back(std::move(summary));
+  }
+  return result;
+}
+
+// ---- Checkpoints -------------------------------------------------------------------
+
+namespace {
+
+json row_json(const SweepRow& row) {
+  return json::array({row.run, row.step, row.diverged, row.train_loss, optional_json(row.test_loss),
+                      optional_json(row.test_accuracy), optional_json(row.grad_norm_sq),
+                      optional_json(row.trace_cov), optional_json(row.noise_scale_simple),
+                      row.minibatch_loss, row.minibatch_grad_norm_sq, row.weight_norm_sq});
+}
+
+json stats_json(const ReplicaStats& stats) {
+  return json::array({stats.step, stats.live_replicas, optional_json(stats.weight_var),
+                      optional_json(stats.grad_var), optional_json(stats.expected_minibatch_noise),
+                      optional_json(stats.train_loss_mean), optional_json(stats.train_loss_std),
+                      optional_json(stats.test_loss_mean), optional_json(stats.test_accuracy_mean)});
+}
+
+}  // namespace
+
+std::string Sweep::checkpoint() const {
+  const State& s = *state_;
+  json rows = json::array();
+  for (const SweepRow& row : s.rows) rows.push_back(row_json(row));
+  json trajectories = json::array();
+  for (const auto& trajectory : s.trajectories) {
+    json points = json::array();
+    for (const ReplicaStats& stats : trajectory) points.push_back(stats_json(stats));
+    trajectories.push_back(points);
+  }
+  json divergences = json::array();
+  for (const Divergence& d : s.divergences) divergences.push_back({d.run, d.step, d.reason});
+  const json state = {{"format", "gradnoise-sweep-checkpoint"},
+                      {"version", 1},
+                      {"fingerprint", hex(s.fingerprint)},
+                      {"logs_done", s.logs_done},
+                      {"run_steps", s.run_steps},
+                      {"elapsed_s", s.elapsed_s},
+                      {"theta", binary_doubles(s.theta)},
+                      {"velocity", binary_doubles(s.velocity)},
+                      {"grads", binary_doubles(s.grads)},
+                      {"diverged", s.diverged},
+                      {"divergences", divergences},
+                      {"rows", rows},
+                      {"trajectories", trajectories}};
+  const std::vector<std::uint8_t> bytes = json::to_cbor(state);
+  return {bytes.begin(), bytes.end()};
+}
+
+void Sweep::restore(const std::string& bytes) {
+  State& s = *state_;
+  json state;
+  try {
+    state = json::from_cbor(bytes);
+  } catch (const json::exception&) {
+    throw InputError("the checkpoint is not a gradnoise sweep checkpoint (it does not parse).");
+  }
+  try {
+    if (state.value("format", "") != "gradnoise-sweep-checkpoint" || state.value("version", 0) != 1) {
+      throw InputError("the checkpoint is not a version-1 gradnoise sweep checkpoint.");
+    }
+    if (state.at("fingerprint").get<std::string>() != hex(s.fingerprint)) {
+      throw InputError("the checkpoint was written by a sweep with other options, data or starting "
+                       "weights; give the same ones, or another checkpoint file.");
+    }
+    const auto logs_done = state.at("logs_done").get<std::int64_t>();
+    if (logs_done < 0 || logs_done > static_cast<std::int64_t>(s.log_steps.size())) {
+      throw InputError("the checkpoint's progress does not fit this sweep.");
+    }
+    s.theta = doubles_from(state.at("theta"), s.theta.size(), "weights");
+    s.velocity = doubles_from(state.at("velocity"), s.velocity.size(), "velocities");
+    s.grads = doubles_from(state.at("grads"), s.grads.size(), "gradients");
+    s.diverged = state.at("diverged").get<std::vector<std::uint8_t>>();
+    if (s.diverged.size() != static_cast<std::size_t>(s.num_runs)) {
+      throw InputError("the checkpoint's run count does not fit this sweep.");
+    }
+    s.divergences.clear();
+    for (const json& d : state.at("divergences")) {
+      s.divergences.push_back({d.at(0).get<std::int64_t>(), d.at(1).get<std::int64_t>(),
+                               d.at(2).get<std::string>()});
+    }
+    s.rows.clear();
+    for (const json& r : state.at("rows")) {
+      SweepRow row;
+      row.run = r.at(0).get<std::int64_t>();
+      row.batch_size = s.batch_size_of(row.run);
+      row.lr = s.lr_of(row.run);
+      row.replica = s.replica_of(row.run);
+      row.step = r.at(1).get<std::int64_t>();
+      row.epoch = static_cast<double>(row.step * row.batch_size) / static_cast<double>(s.train.n);
+      row.diverged = r.at(2).get<bool>();
+      row.train_loss = r.at(3).get<double>();
+      row.test_loss = optional_from(r.at(4));
+      row.test_accuracy = optional_from(r.at(5));
+      row.grad_norm_sq = optional_from(r.at(6));
+      row.trace_cov = optional_from(r.at(7));
+      row.noise_scale_simple = optional_from(r.at(8));
+      row.minibatch_loss = r.at(9).get<double>();
+      row.minibatch_grad_norm_sq = r.at(10).get<double>();
+      row.weight_norm_sq = r.at(11).get<double>();
+      s.rows.push_back(row);
+    }
+    const json& trajectories = state.at("trajectories");
+    if (trajectories.size() != s.trajectories.size()) {
+      throw InputError("the checkpoint's grid does not fit this sweep.");
+    }
+    for (std::size_t grid = 0; grid < trajectories.size(); ++grid) {
+      s.trajectories[grid].clear();
+      for (const json& t : trajectories[grid]) {
+        ReplicaStats stats;
+        stats.step = t.at(0).get<std::int64_t>();
+        stats.live_replicas = t.at(1).get<std::int64_t>();
+        stats.weight_var = optional_from(t.at(2));
+        stats.grad_var = optional_from(t.at(3));
+        stats.expected_minibatch_noise = optional_from(t.at(4));
+        stats.train_loss_mean = optional_from(t.at(5));
+        stats.train_loss_std = optional_from(t.at(6));
+        stats.test_loss_mean = optional_from(t.at(7));
+        stats.test_accuracy_mean = optional_from(t.at(8));
+        s.trajectories[grid].push_back(stats);
+      }
+    }
+    s.logs_done = logs_done;
+    s.run_steps = state.at("run_steps").get<std::int64_t>();
+    s.elapsed_s = state.at("elapsed_s").get<double>();
+  } catch (const json::exception& error) {
+    throw InputError(std::string("the checkpoint is damaged (") + error.what() + ").");
+  }
+  std::fill(s.perm_epoch.begin(), s.perm_epoch.end(), -1);
+}
+
+// ---- CSV ------------------------------------------------------------------------------
+
+std::string sweep_rows_csv(const SweepResult& result) {
+  const auto number = [](double value) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.17g", value);
+    return std::string(buffer);
+  };
+  const auto optional = [&](const std::optional<double>& value) {
+    return value ? number(*value) : std::string();
+  };
+  std::string csv =
+      "run,batch_size,lr,replica,step,epoch,status,train_loss,test_loss,test_accuracy,"
+      "grad_norm_sq,trace_cov,noise_scale_simple,minibatch_loss,minibatch_grad_norm_sq,"
+      "weight_norm_sq\n";
+  for (const SweepRow& row : result.rows) {
+    csv += std::to_string(row.run) + "," + std::to_string(row.batch_size) + "," + number(row.lr) +
+           "," + std::to_string(row.replica) + "," + std::to_string(row.step) + "," +
+           number(row.epoch) + ",";
+    if (row.diverged) {
+      csv += "diverged,,,,,,,,,\n";
+      continue;
+    }
+    csv += "ok," + number(row.train_loss) + "," + optional(row.test_loss) + "," +
+           optional(row.test_accuracy) + "," + optional(row.grad_norm_sq) + "," +
+           optional(row.trace_cov) + "," + optional(row.noise_scale_simple) + "," +
+           number(row.minibatch_loss) + "," + number(row.minibatch_grad_norm_sq) + "," +
+           number(row.weight_norm_sq) + "\n";
+  }
+  return csv;
+}
+
+}  // namespace gradnoise
