@@ -28,6 +28,7 @@
 #include "gradnoise/covariance.hpp"
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
+#include "gradnoise/sweep.hpp"
 
 #ifndef GRADNOISE_CLI_PATH
 #error "GRADNOISE_CLI_PATH must name the built gradnoise binary"
@@ -659,6 +660,120 @@ TEST_F(Cli, ShapeUsageErrors) {
   expect_failure(with({"--spectrum", "2", "--hessian", "exact"}), 2, "--hessian");
   expect_failure(with({"--estimators", "abc"}), 2, "--estimators");
   expect_failure(with({"--estimators", "32,4", "--out", p("r.json")}), 2, "--estimators");
+}
+
+
+// ---- gradnoise sweep ------------------------------------------------------------
+
+TEST_F(Cli, SweepOutputsMatchTheLibrary) {
+  synth(60, 3, 2);
+  const RunResult result =
+      run({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--hidden", "4", "--seed", "7",
+           "--batch-sizes", "4,16", "--lrs", "0.1,0.05", "--replicas", "3", "--steps", "30",
+           "--log-every", "10", "--sampling", "without", "--label-noise", "0.1", "--out",
+           p("runs.csv"), "--summary", p("summary.json"), "--final-weights", p("w.npy")});
+  ASSERT_EQ(result.status, 0) << result.err;
+
+  Dataset data = load_xy(path("X.npy"), path("Y.npy"), Loss::squared);
+  const std::vector<std::int64_t> widths = {3, 4, 2};
+  const Model model = make_model(widths, true, Init::gaussian, 7);
+  SweepConfig config;
+  config.batch_sizes = {4, 16};
+  config.lrs = {0.1, 0.05};
+  config.replicas = 3;
+  config.steps = 30;
+  config.log_every = 10;
+  config.sampling = Sampling::without_replacement;
+  config.label_noise = 0.1;
+  config.seed = 7;
+  Sweep sweep(model, data, nullptr, config);
+  sweep.run();
+  const SweepResult want = sweep.result();
+  EXPECT_EQ(read_text(path("runs.csv")), sweep_rows_csv(want));
+
+  const nlohmann::json summary = nlohmann::json::parse(read_text(path("summary.json")));
+  ASSERT_EQ(summary["grid"].size(), 4u);
+  for (std::size_t g = 0; g < 4; ++g) {
+    const nlohmann::json& point = summary["grid"][g];
+    const GridPointSummary& expected = want.grid[g];
+    EXPECT_EQ(point["batch_size"].get<std::int64_t>(), expected.batch_size);
+    EXPECT_EQ(point["lr"].get<double>(), expected.lr);
+    EXPECT_TRUE(close_relative(point["train_loss_mean"].get<double>(), *expected.train_loss_mean));
+    EXPECT_TRUE(close_relative(point["train_loss_std"].get<double>(), *expected.train_loss_std));
+    EXPECT_TRUE(close_relative(point["weight_var"].get<double>(), *expected.weight_var));
+    EXPECT_EQ(point["diverged_fraction"].get<double>(), 0.0);
+    EXPECT_EQ(point["trajectory"].size(), 4u);  // steps 0, 10, 20, 30
+  }
+  EXPECT_EQ(summary["num_runs"].get<std::int64_t>(), 12);
+  const Array weights = read_npy(path("w.npy"));
+  ASSERT_EQ(weights.shape, (std::vector<std::int64_t>{12, model.num_params()}));
+  for (std::size_t run = 0; run < 12; ++run) {
+    for (std::size_t q = 0; q < static_cast<std::size_t>(model.num_params()); ++q) {
+      ASSERT_EQ(weights.values[run * static_cast<std::size_t>(model.num_params()) + q],
+                want.final_weights[run][q]);
+    }
+  }
+}
+
+TEST_F(Cli, SweepResumesFromItsCheckpoint) {
+  synth(40, 2, 1);
+  const std::vector<std::string> common = {
+      "sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "2,8", "--lrs", "0.05",
+      "--replicas", "2", "--steps", "50", "--log-every", "5", "--checkpoint", p("ck.bin"),
+      "--checkpoint-every", "0"};
+  auto first = common;
+  first.insert(first.end(), {"--out", p("a.csv")});
+  ASSERT_EQ(run(first).status, 0);
+  ASSERT_TRUE(fs::exists(path("ck.bin")));
+  // A finished checkpoint resumes at the end and reproduces the outputs.
+  auto second = common;
+  second.insert(second.end(), {"--out", p("b.csv")});
+  const RunResult resumed = run(second);
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming"), std::string::npos);
+  EXPECT_EQ(read_text(path("a.csv")), read_text(path("b.csv")));
+  // Another sweep refuses it.
+  auto other = common;
+  other[8] = "0.01";
+  other.insert(other.end(), {"--out", p("c.csv")});
+  expect_failure(other, 2, "--checkpoint");
+}
+
+TEST_F(Cli, SweepReportsDivergenceWithoutNaNs) {
+  synth(40, 3, 1);
+  const RunResult result = run({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4",
+                                "--lrs", "0.01,50", "--replicas", "2", "--steps", "100", "--out",
+                                p("runs.csv"), "--summary", p("s.json")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.err.find("diverged"), std::string::npos);
+  const std::string csv = read_text(path("runs.csv"));
+  EXPECT_EQ(lower(csv).find("nan"), std::string::npos);
+  const nlohmann::json summary = nlohmann::json::parse(read_text(path("s.json")));
+  EXPECT_EQ(summary["grid"][1]["diverged_fraction"].get<double>(), 1.0);
+  EXPECT_TRUE(summary["grid"][1]["train_loss_mean"].is_null());
+  EXPECT_EQ(summary["divergences"].size(), 2u);
+  EXPECT_EQ(summary["grid"][0]["diverged_fraction"].get<double>(), 0.0);
+}
+
+TEST_F(Cli, SweepUsageErrors) {
+  synth(30, 2, 1);
+  const auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"sweep", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                     "--steps", "5", "--out", p("runs.csv")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--label-noise", "0.1", "--loss", "ce"}), 2,
+                 "--loss");
+  expect_failure(with({"--batch-sizes", "31", "--lrs", "0.1"}), 2, "--batch-sizes");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "fast"}), 2, "--lrs");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--sampling", "sometimes"}), 2, "--sampling");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--momentum", "1"}), 2, "--momentum");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--eval-test"}), 2, "--eval-test");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--test-x", p("X.npy")}), 2, "--test-y");
+  expect_failure({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--steps", "5", "--batch-sizes", "4",
+                  "--lrs", "0.1"},
+                 2, "--out");
 }
 
 }  // namespace

@@ -247,6 +247,10 @@ int run_sweep(const SweepArgs& args) {
   if (args.test && !args.test_x_path.empty()) {
     throw InputError("--eval-test and --test-x/--test-y both give test data; use one.");
   }
+  if (args.label_noise != 0 && loss != Loss::squared) {
+    throw InputError("--label-noise adds Gaussian noise to real targets and needs --loss mse.");
+  }
+  if (!(args.momentum >= 0 && args.momentum < 1)) throw InputError("--momentum must lie in [0, 1).");
   if (args.test_limit < 0) throw InputError("--test-limit must be ≥ 0 (0 keeps them all).");
   if (args.steps < 1) throw InputError("--steps must be at least 1.");
   if (args.log_every < 0) throw InputError("--log-every must be at least 1 step.");
