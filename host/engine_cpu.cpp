@@ -321,7 +321,8 @@ Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOpt
   const std::int64_t chunk = std::min(options.chunk_rows, n);
   const std::int64_t chunks = detail::ceil_div(n, chunk);
   const auto hardware = static_cast<std::int64_t>(std::max(1u, std::thread::hardware_concurrency()));
-  const std::int64_t threads = std::min(hardware, chunks);
+  const std::int64_t threads =
+      std::min(options.threads > 0 ? static_cast<std::int64_t>(options.threads) : hardware, chunks);
   const std::int64_t chunks_per_thread = detail::ceil_div(chunks, threads);
 
   std::vector<Worker> workers;

@@ -26,6 +26,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "blas_threads.hpp"
 #include "random.hpp"
 
 namespace gradnoise {
@@ -709,12 +710,30 @@ void Sweep::advance() {
   }
   for (std::int64_t run = 0; run < runs; ++run) s.run_steps += taken[static_cast<std::size_t>(run)];
 
-  // Full-data statistics; the exact profile runs its own threads, one run at a time.
+  // Full-data statistics: one exact profile per live run, runs spread over
+  // threads, each profile on one thread with a fixed chunk size so that its
+  // bits do not depend on the machine.
   ProfileOptions options;
   options.loss = c.loss;
   options.device = Device::cpu;
+  options.threads = 1;
+  std::vector<std::optional<Profile>> profiles(static_cast<std::size_t>(runs));
+  if (c.profile) {
+    const detail::SingleThreadedBlas one_blas_thread(true);
+    std::vector<Model> models(static_cast<std::size_t>(s.threads), s.model);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
+    for (std::int64_t run = 0; run < runs; ++run) {
+      if (s.diverged[static_cast<std::size_t>(run)] || reasons[static_cast<std::size_t>(run)].bad()) continue;
+      Model& model = models[static_cast<std::size_t>(omp_get_thread_num())];
+      model.unflatten({s.theta_of(run), static_cast<std::size_t>(s.num_params)});
+      try {
+        profiles[static_cast<std::size_t>(run)] = profile_cpu(model, s.train, options);
+      } catch (const InputError&) {
+        // Non-finite outputs: the loss check below reports the run as diverged.
+      }
+    }
+  }
   std::vector<SweepRow> new_rows;
-  std::vector<std::optional<double>> trace_covs(static_cast<std::size_t>(runs));
   for (std::int64_t run = 0; run < runs; ++run) {
     if (s.diverged[static_cast<std::size_t>(run)]) continue;
     Verdict& verdict = reasons[static_cast<std::size_t>(run)];
@@ -727,13 +746,13 @@ void Sweep::advance() {
     if (!verdict.bad()) {
       const double* w = s.theta_of(run);
       if (c.profile) {
-        s.model.unflatten({w, static_cast<std::size_t>(s.num_params)});
-        const Profile profile = profile_cpu(s.model, s.train, options);
-        row.train_loss = profile.loss + s.loss_floor;
-        row.grad_norm_sq = profile.grad_norm_sq;
-        row.trace_cov = profile.trace_cov;
-        row.noise_scale_simple = profile.noise_scale_simple;
-        trace_covs[static_cast<std::size_t>(run)] = profile.trace_cov;
+        const std::optional<Profile>& profile = profiles[static_cast<std::size_t>(run)];
+        row.train_loss = profile ? profile->loss + s.loss_floor : std::numeric_limits<double>::quiet_NaN();
+        if (profile) {
+          row.grad_norm_sq = profile->grad_norm_sq;
+          row.trace_cov = profile->trace_cov;
+          row.noise_scale_simple = profile->noise_scale_simple;
+        }
       } else {
         row.train_loss = s.evaluate(w, s.train, *s.scratch[0]).first + s.loss_floor;
       }

@@ -24,6 +24,10 @@ struct ProfileOptions {
   std::int64_t chunk_rows = 4096;
   /// Also compute param_var (costs three more products per layer and chunk).
   bool param_stats = false;
+  /// CPU threads over chunks (0: one per hardware thread). The result depends
+  /// on the chunk size and on this count (it fixes the merge order), so a
+  /// caller that needs the same bits on every machine fixes both.
+  int threads = 0;
   /// GPU only: profile linear models with K ≤ 16 by the fused one-read kernel
   /// (false forces the general GEMM pipeline, for comparisons).
   bool fused_linear = true;
