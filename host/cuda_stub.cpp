@@ -28,6 +28,10 @@ BlockOperator covariance_operator_cuda(const Model&, const DataSource&, Loss, st
   refuse();
 }
 
+BlockOperator hessian_operator_cuda(const Model&, const DataSource&, Loss, bool, std::int64_t) {
+  refuse();
+}
+
 Profile profile_cuda_device(const Model&, const DeviceData&, const ProfileOptions&, CUstream_st*) {
   refuse();
 }

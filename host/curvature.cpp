@@ -423,15 +423,15 @@ HessCov linear_squared_closed_form(const Model& model, const DataSource& data,
 /// Any model and loss, P small: H formed by P Hessian-vector products and Σ
 /// from materialised centred per-sample gradients, then ⟨H, Σ⟩, ‖H‖_F², ‖Σ‖_F².
 HessCov dense_form(const Model& model, const DataSource& data, Loss loss,
-                   const HessianOperator& op, const std::vector<double>& grad,
+                   const BlockOperator& hessian, const std::vector<double>& grad,
                    std::int64_t chunk_rows) {
-  const std::int64_t p = op.dim(), n = data.num_samples();
+  const std::int64_t p = model.num_params(), n = data.num_samples();
   std::vector<double> hess(static_cast<std::size_t>(p * p));  // column-major
   for (std::int64_t first = 0; first < p; first += kDenseBlock) {
     const std::int64_t cols = std::min(kDenseBlock, p - first);
     std::vector<double> identity(static_cast<std::size_t>(cols * p), 0.0);
     for (std::int64_t c = 0; c < cols; ++c) identity[c * p + first + c] = 1.0;
-    op.apply(identity.data(), hess.data() + first * p, cols);
+    hessian(identity.data(), hess.data() + first * p, cols);
   }
   for (std::int64_t j = 0; j < p; ++j) {
     for (std::int64_t c = 0; c < j; ++c) {
@@ -481,7 +481,7 @@ HessCov dense_form(const Model& model, const DataSource& data, Loss loss,
 
 CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
                           const Profile& profile, const CurvatureOptions& options,
-                          std::optional<double> trace_cov_sq) {
+                          std::optional<double> trace_cov_sq, const ExternalOperator& hessian) {
   const auto start = std::chrono::steady_clock::now();
   check_inputs(model, data, loss, options.chunk_rows);
   const std::int64_t p = model.num_params();
@@ -507,6 +507,8 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
   report.hessian = options.gauss_newton ? "gauss_newton" : "full";
   report.num_params = p;
   const HessianOperator op(model, data, loss, options.gauss_newton, options.chunk_rows);
+  const BlockOperator apply_hessian = hessian.apply ? hessian.apply : op.as_block_operator();
+  report.hessian_device = hessian.apply ? hessian.device : "cpu";
 
   if (options.k > 0) {
     EigenOptions eigen;
@@ -514,7 +516,7 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
     eigen.tol = options.tol;
     eigen.max_passes = options.max_passes;
     eigen.seed = options.seed;
-    EigenResult top = top_eigenpairs(p, op.as_block_operator(), eigen);
+    EigenResult top = top_eigenpairs(p, apply_hessian, eigen);
     report.hessian_top_eigenvalues = std::move(top.values);
     report.hessian_eigen_residuals = std::move(top.residuals);
     report.hessian_eigen_passes = top.passes;
@@ -529,7 +531,7 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
 
   report.trace_hessian = trace_hessian_pass(model, data, loss, options.chunk_rows);
   std::vector<double> hg(static_cast<std::size_t>(p));
-  op.apply(profile.param_mean.data(), hg.data(), 1);
+  apply_hessian(profile.param_mean.data(), hg.data(), 1);
   report.grad_hessian_grad = dot(profile.param_mean.data(), hg.data(), p);
 
   std::optional<HessCov> hess_cov;
@@ -537,7 +539,7 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
     hess_cov = linear_squared_closed_form(model, data, options.chunk_rows);
     report.trace_hessian_cov_method = "closed_form";
   } else if (p <= options.dense_max_params) {
-    hess_cov = dense_form(model, data, loss, op, profile.param_mean, options.chunk_rows);
+    hess_cov = dense_form(model, data, loss, apply_hessian, profile.param_mean, options.chunk_rows);
     report.trace_hessian_cov_method = "dense";
   } else {
     report.trace_hessian_cov_method = "unavailable";
@@ -612,7 +614,8 @@ std::int64_t min_passing_batch_size(std::int64_t n, double ratio, double theta) 
 
 BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
                        const Profile& profile, double theta,
-                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows) {
+                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows,
+                       const ExternalOperator& covariance) {
   if (!(theta > 0) || !std::isfinite(theta)) {
     throw InputError("the batch-size test threshold θ must be a positive number; got " +
                      std::to_string(theta));
@@ -640,43 +643,52 @@ BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
   constexpr double kInf = std::numeric_limits<double>::infinity();
   result.norm_ratio = result.inner_product_ratio = result.orthogonality_ratio = kInf;
   if (profile.grad_norm_sq > 0) {
-    // s_i = g_iᵀĜ = Σ_l δ_{l,i}ᵀ (Ĝ_{W_l} a_{l,i} + Ĝ_{b_l}); Var_i(s_i) chunk-centred, Chan-merged.
     const double grad_norm = std::sqrt(profile.grad_norm_sq);
     std::vector<double> unit(profile.param_mean);
     for (double& v : unit) v /= grad_norm;
-    const std::int64_t rows = std::min(chunk_rows, n);
-    std::int64_t widest = 0;
-    for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
-    std::vector<double> projected(static_cast<std::size_t>(rows * widest));
-    std::vector<double> s(static_cast<std::size_t>(rows));
-    double mean = 0, m2 = 0;
-    std::int64_t count = 0;
-    detail::for_each_chunk(model, data, loss, rows, [&](const detail::ChunkView& view) {
-      const std::int64_t m = view.rows;
-      std::fill_n(s.begin(), m, 0.0);
-      for (std::int64_t l = 0; l < model.num_layers(); ++l) {
-        const Layer& layer = model.layers[l];
-        const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
-        gemm(false, true, m, o, ni, 1.0, view.inputs[l], ni, unit.data() + off, ni, 0.0,
-             projected.data(), o);
-        for (std::int64_t i = 0; i < m; ++i) {
-          double* row = projected.data() + i * o;
-          if (layer.has_bias()) {
-            for (std::int64_t r = 0; r < o; ++r) row[r] += unit[off + o * ni + r];
+    double grad_cov_grad = 0;
+    if (covariance.apply) {
+      // ĜᵀΣĜ = Ĝᵀ(ΣĜ): one product with the given operator.
+      std::vector<double> product(static_cast<std::size_t>(p));
+      covariance.apply(unit.data(), product.data(), 1);
+      grad_cov_grad = dot(unit.data(), product.data(), p);
+      result.grad_cov_grad_device = covariance.device;
+    } else {
+      // s_i = g_iᵀĜ = Σ_l δ_{l,i}ᵀ (Ĝ_{W_l} a_{l,i} + Ĝ_{b_l}); Var_i(s_i) chunk-centred, Chan-merged.
+      const std::int64_t rows = std::min(chunk_rows, n);
+      std::int64_t widest = 0;
+      for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
+      std::vector<double> projected(static_cast<std::size_t>(rows * widest));
+      std::vector<double> s(static_cast<std::size_t>(rows));
+      double mean = 0, m2 = 0;
+      std::int64_t count = 0;
+      detail::for_each_chunk(model, data, loss, rows, [&](const detail::ChunkView& view) {
+        const std::int64_t m = view.rows;
+        std::fill_n(s.begin(), m, 0.0);
+        for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+          const Layer& layer = model.layers[l];
+          const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
+          gemm(false, true, m, o, ni, 1.0, view.inputs[l], ni, unit.data() + off, ni, 0.0,
+               projected.data(), o);
+          for (std::int64_t i = 0; i < m; ++i) {
+            double* row = projected.data() + i * o;
+            if (layer.has_bias()) {
+              for (std::int64_t r = 0; r < o; ++r) row[r] += unit[off + o * ni + r];
+            }
+            s[i] += dot(view.errors[l] + i * o, row, o);
           }
-          s[i] += dot(view.errors[l] + i * o, row, o);
         }
-      }
-      double chunk_mean = 0;
-      for (std::int64_t i = 0; i < m; ++i) chunk_mean += s[i];
-      chunk_mean /= static_cast<double>(m);
-      double chunk_m2 = 0;
-      for (std::int64_t i = 0; i < m; ++i) chunk_m2 += (s[i] - chunk_mean) * (s[i] - chunk_mean);
-      const detail::MergeWeights w = detail::merge_weights(count, m);
-      detail::merge_slot(mean, &m2, chunk_mean, chunk_m2, w);
-      count += m;
-    });
-    const double grad_cov_grad = m2 / static_cast<double>(n);
+        double chunk_mean = 0;
+        for (std::int64_t i = 0; i < m; ++i) chunk_mean += s[i];
+        chunk_mean /= static_cast<double>(m);
+        double chunk_m2 = 0;
+        for (std::int64_t i = 0; i < m; ++i) chunk_m2 += (s[i] - chunk_mean) * (s[i] - chunk_mean);
+        const detail::MergeWeights w = detail::merge_weights(count, m);
+        detail::merge_slot(mean, &m2, chunk_mean, chunk_m2, w);
+        count += m;
+      });
+      grad_cov_grad = m2 / static_cast<double>(n);
+    }
     result.grad_cov_grad = grad_cov_grad;
     result.norm_ratio = profile.trace_cov / profile.grad_norm_sq;
     result.inner_product_ratio = grad_cov_grad / profile.grad_norm_sq;

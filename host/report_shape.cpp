@@ -73,6 +73,7 @@ void add_shape_json(Json& report, const ShapeResults& shape) {
     report["hessian_top_eigenvalues"] = numbers(c.hessian_top_eigenvalues);
     report["hessian_eigen_passes"] = c.hessian_eigen_passes;
     report["hessian_eigen_converged"] = c.hessian_eigen_converged;
+    report["hessian_device"] = c.hessian_device;
     report["trace_hessian"] = number(c.trace_hessian);
     report["grad_hessian_grad"] = number(c.grad_hessian_grad);
     report["trace_hessian_cov"] = number(c.trace_hessian_cov);
@@ -88,6 +89,7 @@ void add_shape_json(Json& report, const ShapeResults& shape) {
     const BatchTests& t = *shape.tests;
     report["theta"] = t.theta;
     report["grad_cov_grad"] = number(t.grad_cov_grad);
+    report["grad_cov_grad_device"] = t.grad_cov_grad_device;
     report["min_batch_norm_test"] = t.min_batch_norm_test;
     report["min_batch_inner_product_test"] = t.min_batch_inner_product_test;
     report["min_batch_orthogonality_test"] = t.min_batch_orthogonality_test;

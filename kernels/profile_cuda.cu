@@ -13,11 +13,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "cuda_support.hpp"
+#include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/krylov.hpp"
@@ -447,6 +449,9 @@ class Pipeline {
   /// After forward_backward: layer l's input (m×in) and output error (m×out).
   const double* layer_input(std::int64_t l, const Chunk& chunk) { return input(l, chunk); }
   const double* layer_error(std::int64_t l) const { return errors_[l].data(); }
+  /// After forward_backward: the model's output f (m×K) and layer l's weights on the device.
+  const double* model_output() const { return output_.data(); }
+  const double* layer_weight(std::int64_t l) const { return layers_[l].weight.data(); }
   cublasHandle_t cublas() const { return cublas_.get(); }
 
   /// Throws an InputError naming the first bad row (bad label or non-finite value).
@@ -810,6 +815,49 @@ void covariance_apply(const Model& model, const DataSource& data, Loss loss,
                                 stream.get()));
   GN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
 }
+
+}  // namespace
+
+/// The GPU twin of host/chunk_pass.hpp's for_each_chunk (declared in
+/// device_chunks.cuh): the pipeline's forward and backward per chunk, then
+/// `visit`, whose work is queued on the same stream, so the next chunk's
+/// forward pass (which reuses the buffers) runs after it.
+void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss,
+                           std::int64_t chunk, cudaStream_t stream,
+                           const std::function<void(const DeviceChunkView&)>& visit) {
+  const std::int64_t n = data.num_samples();
+  const bool labels = loss == Loss::cross_entropy;
+  ProfileOptions options;
+  options.loss = loss;
+  Pipeline pipeline(model, options, chunk, labels, stream);
+  HostFeeder feeder(data, chunk, model.output_dim(), labels);
+  DeviceChunkView view;
+  view.cublas = pipeline.cublas();
+  view.stream = stream;
+  view.inputs.resize(static_cast<std::size_t>(model.num_layers()));
+  view.errors.resize(view.inputs.size());
+  view.weights.resize(view.inputs.size());
+  std::int64_t chunk_index = 0;
+  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
+    const int b = static_cast<int>(chunk_index % 2);
+    const std::int64_t m = std::min(chunk, n - first);
+    const Chunk fed = feeder.feed(b, first, m, stream);
+    pipeline.forward_backward(fed, m, first);
+    view.first = first;
+    view.rows = m;
+    for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+      view.inputs[l] = pipeline.layer_input(l, fed);
+      view.errors[l] = pipeline.layer_error(l);
+      view.weights[l] = pipeline.layer_weight(l);
+    }
+    view.outputs = pipeline.model_output();
+    visit(view);
+    feeder.consumed(b, stream);
+  }
+  pipeline.check_flags();  // synchronises the stream: every visit's work has finished
+}
+
+namespace {
 
 /// The shape of device-resident data, for the shared input checks.
 class DeviceDataShape final : public DataSource {

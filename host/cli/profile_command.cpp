@@ -14,6 +14,7 @@
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/cuda.hpp"
+#include "gradnoise/curvature.hpp"
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/report.hpp"
 
@@ -513,13 +514,27 @@ int run_profile(const ProfileArgs& args) {
     curvature_options.chunk_rows = args.chunk_rows;
     std::optional<double> trace_sq;
     if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
-    shape.curvature = curvature(model, loaded.data, loss, result, curvature_options, trace_sq);
+    ExternalOperator hessian;
+    if (result.device != "cpu") {
+      // Hessian-vector products (eigensolver, GᵀHG, dense H) on the GPU that profiled.
+      hessian.apply = hessian_operator_cuda(model, loaded.data, loss, curvature_options.gauss_newton);
+      hessian.device = result.device;
+    }
+    shape.curvature =
+        curvature(model, loaded.data, loss, result, curvature_options, trace_sq, hessian);
   }
   if (args.theta > 0) {
     current_stage = "running the batch-size tests";
     const std::vector<std::int64_t> test_sizes =
         batch_sizes.empty() ? parse_batch_sizes("pow2", loaded.data.n) : batch_sizes;
-    shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes, args.chunk_rows);
+    ExternalOperator covariance;
+    if (result.device != "cpu") {
+      // ĜᵀΣĜ = Ĝᵀ(ΣĜ) from one Σ product on the GPU that profiled.
+      covariance.apply = covariance_operator_cuda(model, loaded.data, loss, result.param_mean);
+      covariance.device = result.device;
+    }
+    shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes,
+                              args.chunk_rows, covariance);
   }
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";

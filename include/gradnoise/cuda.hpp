@@ -41,6 +41,18 @@ BlockOperator covariance_operator_cuda(const Model& model, const DataSource& dat
                                        std::vector<double> mean_grad,
                                        std::int64_t chunk_rows = std::int64_t{1} << 16);
 
+/// H·V on the GPU for blocks of vectors (P × cols, column-major, host memory):
+/// the CPU HessianOperator's exact R-operator products (full Hessian, or the
+/// Gauss–Newton matrix when `gauss_newton`) in float64, one pass over the data
+/// per call, every column through the same cuBLAS GEMMs. Chunks have at most
+/// `chunk_rows` rows, fewer when a block's R-operator buffers would pass 1 GiB
+/// or free device memory. The operator keeps a copy of `model` and refers to
+/// `data`, which must outlive it. Throws InputError when model, data and loss
+/// do not fit together, RuntimeError when there is no device.
+BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, Loss loss,
+                                    bool gauss_newton,
+                                    std::int64_t chunk_rows = std::int64_t{1} << 16);
+
 /// A data set already in device memory, float32, row-major: x is n×d; y is
 /// n×k real targets (squared loss) or null; labels are n class labels
 /// (cross-entropy) or null. The pointers are device pointers.

@@ -40,6 +40,7 @@ namespace gradnoise {
 /// block carried through the same GEMMs.
 ///
 /// The operator refers to `model` and `data`; both must outlive it.
+/// hessian_operator_cuda (gradnoise/cuda.hpp) is the same product on the GPU.
 class HessianOperator {
  public:
   /// Throws InputError unless model, data and loss fit together
@@ -71,6 +72,15 @@ class HessianOperator {
   mutable std::int64_t passes_ = 0;
 };
 
+/// A symmetric matrix-free operator computed outside this module, e.g. on the
+/// GPU (hessian_operator_cuda, covariance_operator_cuda in gradnoise/cuda.hpp),
+/// and the device that computes it, which the reports record. An empty
+/// `apply` means none: the CPU operator is used.
+struct ExternalOperator {
+  BlockOperator apply;
+  std::string device = "cpu";
+};
+
 // ---- Curvature report -------------------------------------------------------
 
 struct CurvatureOptions {
@@ -96,6 +106,9 @@ struct CurvatureOptions {
 
 struct CurvatureReport {
   std::string hessian;  // "full" or "gauss_newton": which H every field below uses
+  /// Where the Hessian-vector products (eigensolver, GᵀHG, the dense H) ran:
+  /// "cpu" or the given operator's device. tr H and the closed form are CPU passes.
+  std::string hessian_device = "cpu";
   std::int64_t num_params = 0;
 
   std::vector<double> hessian_top_eigenvalues;  // k largest eigenvalues of H, descending
@@ -141,11 +154,15 @@ struct CurvatureReport {
 /// profile(model, data, {loss}) at the same θ (its loss, trace_cov and
 /// param_mean are used). `trace_cov_sq` is tr(Σ²) = ‖Σ‖_F² when the caller
 /// has it (e.g. from the covariance module), for the cosine.
+/// `hessian`, when given, supplies the Hessian-vector products in place of
+/// the CPU HessianOperator; it must be the H that options.gauss_newton names
+/// (e.g. hessian_operator_cuda(model, data, loss, options.gauss_newton)).
 /// Throws InputError for k < 0 or k > P, tol ≤ 0, max_passes < 1,
 /// chunk_rows < 1, a profile of another problem size, or trace_cov_sq < 0.
 CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
                           const Profile& profile, const CurvatureOptions& options,
-                          std::optional<double> trace_cov_sq = {});
+                          std::optional<double> trace_cov_sq = {},
+                          const ExternalOperator& hessian = {});
 
 // ---- Batch-size tests (population forms) ------------------------------------
 
@@ -168,6 +185,8 @@ struct BatchTests {
   double trace_cov = 0;         // tr Σ (from the profile)
   /// Ĝᵀ Σ Ĝ = Var_i(g_iᵀ Ĝ), Ĝ = G/‖G‖, computed in one pass; empty when ‖G‖² = 0.
   std::optional<double> grad_cov_grad;
+  /// Where ĜᵀΣĜ was computed: "cpu" or the given Σ operator's device.
+  std::string grad_cov_grad_device = "cpu";
 
   /// Per test, its value over c(b): tr Σ/‖G‖², ĜᵀΣĜ/‖G‖², max(0, tr Σ − ĜᵀΣĜ)/‖G‖²
   /// (all +inf when ‖G‖² = 0; the max only removes rounding below zero).
@@ -194,11 +213,15 @@ struct BatchTests {
 
 /// The batch-size tests for every b in `batch_sizes` and the smallest passing
 /// b of each. `profile` is profile(model, data, {loss, param_stats = true})
-/// at the same θ. Throws InputError for θ ≤ 0, a batch size outside 1..N, a
-/// profile without param_var, or one of another problem size.
+/// at the same θ. `covariance`, when given, is Σ as a matrix-free operator
+/// built with G = profile.param_mean (e.g. covariance_operator_cuda); then
+/// ĜᵀΣĜ = Ĝᵀ(ΣĜ) comes from one product with it instead of the CPU pass.
+/// Throws InputError for θ ≤ 0, a batch size outside 1..N, a profile without
+/// param_var, or one of another problem size.
 BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
                        const Profile& profile, double theta,
-                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows = 4096);
+                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows = 4096,
+                       const ExternalOperator& covariance = {});
 
 // ---- Two-batch estimators: Monte-Carlo ground truth --------------------------
 

@@ -1,0 +1,238 @@
+// Hessian-vector products on the GPU: the CPU HessianOperator's R-operator
+// (host/curvature.cpp) in float64, a whole block of directions per pass over
+// the data. Per chunk the profile pipeline's forward and backward pass gives
+// every layer's a_l and δ_l on the device (device_chunks.cuh); then the
+// R-operator's forward pass, the loss Hessian and its backward pass run as
+// cuBLAS DGEMMs over all columns at once, with two small kernels for the
+// softmax loss Hessian and one for the bias directions. The order of the
+// steps and every GEMM's operands are kernels/hessian_pass.hpp's, which a CPU
+// test runs through column-major BLAS against the CPU operator.
+//
+// The directions are packed per layer on the host, copied in once per call,
+// and the accumulated products copied back and scaled by 1/N on the host
+// (O(cols·P) each way, against the pass's O(N·cols·Σ out·in)).
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda_support.hpp"
+#include "device_chunks.cuh"
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/error.hpp"
+#include "hessian_pass.hpp"
+#include "reduce.cuh"
+
+namespace gradnoise {
+namespace cuda {
+namespace {
+
+/// Doubles the R-operator's per-row buffers (R a, R δ) may take together: 1 GiB.
+constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
+
+__global__ void add_rows_kernel(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
+  const std::int64_t count = m * width;
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    rows[j] += vec[j % width];
+  }
+}
+
+/// One thread per row: prob_i = softmax(z_i).
+__global__ void softmax_rows_kernel(const double* z, std::int64_t m, std::int64_t k, double* prob) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < m;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    detail::softmax_row(z + i * k, k, prob + i * k);
+  }
+}
+
+/// One thread per (row i, column c), j = i·cols + c: rd_j = (diag(p_i) − p_i p_iᵀ) rz_j.
+__global__ void softmax_hessian_rows_kernel(const double* prob, const double* rz, std::int64_t m,
+                                            std::int64_t cols, std::int64_t k, double* rd) {
+  const std::int64_t count = m * cols;
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    detail::softmax_hessian_row(prob + (j / cols) * k, rz + j * k, k, rd + j * k);
+  }
+}
+
+__global__ void fill_kernel(double* dst, std::int64_t count, double value) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    dst[j] = value;
+  }
+}
+
+int blas_int(std::int64_t value) {
+  if (value < 0 || value > INT_MAX) {
+    throw RuntimeError("a Hessian-vector product needs a GEMM dimension of " + std::to_string(value) +
+                       ", beyond cuBLAS's 32-bit limit; use fewer vectors per block");
+  }
+  return static_cast<int>(value);
+}
+
+/// hessian_pass.hpp's executor on the GPU: cuBLAS and the kernels above, all
+/// queued on one stream (the cuBLAS handle is bound to it).
+struct CudaExec {
+  cublasHandle_t cublas = nullptr;
+  cudaStream_t stream = nullptr;
+
+  void gemm(const detail::ColumnMajorGemm& g, const double* first, const double* second, double* c) {
+    GN_CUBLAS_CHECK(cublasDgemm(cublas, g.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                g.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(g.m),
+                                blas_int(g.n), blas_int(g.k), &g.alpha, first, blas_int(g.ld_first),
+                                second, blas_int(g.ld_second), &g.beta, c, blas_int(g.ldc)));
+  }
+  void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
+    add_rows_kernel<<<grid_for(m * width), kThreads, 0, stream>>>(rows, vec, m, width);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+  void copy(double* dst, const double* src, std::int64_t count) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(double),
+                                  cudaMemcpyDeviceToDevice, stream));
+  }
+  void softmax_rows(const double* z, std::int64_t m, std::int64_t k, double* prob) {
+    softmax_rows_kernel<<<grid_for(m), kThreads, 0, stream>>>(z, m, k, prob);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+  void softmax_hessian_rows(const double* prob, const double* rz, std::int64_t m, std::int64_t cols,
+                            std::int64_t k, double* rd) {
+    softmax_hessian_rows_kernel<<<grid_for(m * cols), kThreads, 0, stream>>>(prob, rz, m, cols, k, rd);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+};
+
+/// A device copy of `host`, queued on `stream` (zero-length: no allocation).
+DeviceBuffer<double> upload(const std::vector<double>& host, cudaStream_t stream) {
+  DeviceBuffer<double> dev(host.size());
+  if (!host.empty()) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
+                                  cudaMemcpyHostToDevice, stream));
+  }
+  return dev;
+}
+
+void download(const DeviceBuffer<double>& dev, std::vector<double>& host, cudaStream_t stream) {
+  if (!host.empty()) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev.data(), host.size() * sizeof(double),
+                                  cudaMemcpyDeviceToHost, stream));
+  }
+}
+
+/// out = H · in for `cols` column-major directions (host memory), one pass
+/// in chunks of `chunk` rows.
+void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
+                  std::int64_t chunk, const double* in, double* out, std::int64_t cols) {
+  const std::int64_t n = data.num_samples(), k = model.output_dim();
+  const std::int64_t num_layers = model.num_layers();
+  const bool labels = loss == Loss::cross_entropy;
+  const bool full = !gauss_newton;
+
+  Stream stream;
+  detail::HessianBlock block = detail::pack_hessian_block(model, in, cols, full);
+  struct DeviceLayer {
+    DeviceBuffer<double> v_stack, v_hcat, c_stack, hw, hwt, hb, r_out, r_delta;
+  };
+  std::vector<DeviceLayer> device(static_cast<std::size_t>(num_layers));
+  std::vector<detail::HessianLayerBuffers> buffers(static_cast<std::size_t>(num_layers));
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    const detail::HessianBlock::LayerPart& part = block.layers[l];
+    DeviceLayer& d = device[l];
+    d.v_stack = upload(part.v_stack, stream.get());
+    d.v_hcat = upload(part.v_hcat, stream.get());
+    d.c_stack = upload(part.c_stack, stream.get());
+    d.hw = upload(part.hw, stream.get());  // zeros
+    d.hwt = upload(part.hwt, stream.get());
+    d.hb = upload(part.hb, stream.get());
+    const auto rows_size = static_cast<std::size_t>(chunk * cols * model.layers[l].out);
+    d.r_out = DeviceBuffer<double>(rows_size);
+    d.r_delta = DeviceBuffer<double>(rows_size);
+    detail::HessianLayerBuffers& b = buffers[l];
+    b.v_stack = d.v_stack.data();
+    b.v_hcat = part.v_hcat.empty() ? nullptr : d.v_hcat.data();
+    b.c_stack = part.c_stack.empty() ? nullptr : d.c_stack.data();
+    b.hw = d.hw.data();
+    b.hwt = part.hwt.empty() ? nullptr : d.hwt.data();
+    b.hb = part.hb.empty() ? nullptr : d.hb.data();
+    b.r_out = d.r_out.data();
+    b.r_delta = d.r_delta.data();
+  }
+  DeviceBuffer<double> prob(labels ? static_cast<std::size_t>(chunk * k) : 0);
+  DeviceBuffer<double> ones(static_cast<std::size_t>(chunk));
+  fill_kernel<<<grid_for(chunk), kThreads, 0, stream.get()>>>(ones.data(), chunk, 1.0);
+  GN_CUDA_CHECK(cudaGetLastError());
+
+  CudaExec exec;
+  exec.stream = stream.get();
+  for_each_device_chunk(model, data, loss, chunk, stream.get(), [&](const DeviceChunkView& view) {
+    exec.cublas = view.cublas;
+    for (std::int64_t l = 0; l < num_layers; ++l) {
+      buffers[l].weight = view.weights[l];
+      buffers[l].input = view.inputs[l];
+      buffers[l].error = view.errors[l];
+    }
+    detail::hessian_chunk(exec, model, buffers, view.outputs, prob.data(), ones.data(), labels, full,
+                          view.rows, cols);
+  });
+
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    download(device[l].hw, block.layers[l].hw, stream.get());
+    download(device[l].hwt, block.layers[l].hwt, stream.get());
+    download(device[l].hb, block.layers[l].hb, stream.get());
+  }
+  GN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  detail::unpack_hessian_block(model, block, cols, 1.0 / static_cast<double>(n), out);
+}
+
+/// Plans the chunk from the budget and free memory, runs the pass, and on
+/// running out of memory halves the chunk and runs again (as the profile does).
+void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
+                   std::int64_t chunk_rows, const double* in, double* out, std::int64_t cols) {
+  if (cols <= 0) return;
+  const std::int64_t n = data.num_samples();
+  const bool labels = loss == Loss::cross_entropy;
+  std::size_t free_bytes = 0, total_bytes = 0;
+  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const std::int64_t wanted = detail::hessian_chunk_rows(model, cols, chunk_rows, n, kBlockBudgetDoubles);
+  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
+  std::int64_t chunk = detail::plan_chunk_rows(detail::hessian_chunk_footprint(model, labels, cols),
+                                               static_cast<std::int64_t>(free_bytes / 10 * 9),
+                                               wanted, n);
+  for (;;) {
+    if (chunk < 1) {
+      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +
+                         " MiB free, too little for a block of " + std::to_string(cols) +
+                         " Hessian-vector products on this model's " +
+                         std::to_string(model.num_params()) + " parameters even one row at a time");
+    }
+    try {
+      hessian_pass(model, data, loss, gauss_newton, chunk, in, out, cols);
+      return;
+    } catch (const OutOfMemory&) {
+      cudaGetLastError();
+      chunk /= 2;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cuda
+
+BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, Loss loss,
+                                    bool gauss_newton, std::int64_t chunk_rows) {
+  ProfileOptions options;
+  options.loss = loss;
+  options.chunk_rows = chunk_rows;
+  check_profile_inputs(model, data, options);
+  if (cuda_device_count() == 0) {
+    throw RuntimeError("Hessian-vector products on the GPU were asked for, but no CUDA device is "
+                       "present; use the CPU HessianOperator");
+  }
+  return [model, &data, loss, gauss_newton, chunk_rows](const double* in, double* out,
+                                                       std::int64_t cols) {
+    cuda::hessian_apply(model, data, loss, gauss_newton, chunk_rows, in, out, cols);
+  };
+}
+
+}  // namespace gradnoise

@@ -1,0 +1,270 @@
+// The per-chunk steps of a block Hessian-vector product on the GPU
+// (kernels/curvature_cuda.cu), written once against an executor so that a
+// CPU test runs exactly the GPU's sequence of column-major GEMM calls (with
+// the same transposes, dimensions and leading dimensions, through BLAS) and
+// the same row arithmetic, and compares the result with the CPU
+// HessianOperator (host/curvature.cpp), whose R-operator this mirrors step
+// for step. Plain C++: compiles with and without nvcc, includes no CUDA header.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "gradnoise/model.hpp"
+#include "moments.hpp"
+#include "plan.hpp"
+
+namespace gradnoise::detail {
+
+// ---- GEMMs: row-major buffers through a column-major BLAS --------------------
+
+/// Row-major C (m×n) = alpha op(A) op(B) + beta C, as cblas_dgemm(CblasRowMajor, …)
+/// takes it; op(A) is m×k and op(B) k×n.
+struct RowMajorGemm {
+  bool trans_a = false, trans_b = false;
+  std::int64_t m = 0, n = 0, k = 0;
+  double alpha = 1;
+  std::int64_t lda = 0, ldb = 0;
+  double beta = 0;
+  std::int64_t ldc = 0;
+};
+
+/// Column-major C (m×n) = alpha op(first) op(second) + beta C, as
+/// cublasDgemm and cblas_dgemm(CblasColMajor, …) take it.
+struct ColumnMajorGemm {
+  bool trans_first = false, trans_second = false;
+  std::int64_t m = 0, n = 0, k = 0;
+  double alpha = 1;
+  std::int64_t ld_first = 0, ld_second = 0;
+  double beta = 0;
+  std::int64_t ldc = 0;
+};
+
+/// A row-major buffer read column-major is its transpose, so row-major
+/// C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: the operands swap
+/// (first = B, second = A), each keeps its own transpose flag and leading
+/// dimension, and m and n swap.
+inline ColumnMajorGemm column_major(const RowMajorGemm& g) {
+  return {g.trans_b, g.trans_a, g.n, g.m, g.k, g.alpha, g.ldb, g.lda, g.beta, g.ldc};
+}
+
+// ---- Row arithmetic of the loss Hessian ----------------------------------------
+
+/// p = softmax(z) for one row of K logits, in the CPU operator's order of operations.
+GN_HOST_DEVICE inline void softmax_row(const double* z, std::int64_t k, double* p) {
+  double z_max = z[0];
+  for (std::int64_t c = 1; c < k; ++c) z_max = z[c] > z_max ? z[c] : z_max;
+  double total = 0;
+  for (std::int64_t c = 0; c < k; ++c) {
+    p[c] = exp(z[c] - z_max);
+    total += p[c];
+  }
+  for (std::int64_t c = 0; c < k; ++c) p[c] /= total;
+}
+
+/// d = (diag(p) − ppᵀ) z = p ∘ (z − pᵀz): the cross-entropy loss Hessian on one
+/// column of one row (d must not alias z).
+GN_HOST_DEVICE inline void softmax_hessian_row(const double* p, const double* z, std::int64_t k,
+                                               double* d) {
+  double pz = 0;
+  for (std::int64_t c = 0; c < k; ++c) pz += p[c] * z[c];
+  for (std::int64_t c = 0; c < k; ++c) d[c] = p[c] * (z[c] - pz);
+}
+
+// ---- Buffers and chunk size ----------------------------------------------------
+
+/// Doubles per row of a chunk that a block of `cols` products keeps: R a_{l+1}
+/// and R δ_l for every layer and column.
+inline std::int64_t hessian_doubles_per_row(const Model& model, std::int64_t cols) {
+  std::int64_t width_sum = 0;
+  for (const Layer& layer : model.layers) width_sum += layer.out;
+  return 2 * cols * width_sum;
+}
+
+/// Device bytes of a block product on top of the profile pipeline's own
+/// footprint: per row R a, R δ, the softmax row (CE) and a ones entry; fixed
+/// the packed directions and the accumulated products.
+inline ChunkFootprint hessian_chunk_footprint(const Model& model, bool labels, std::int64_t cols) {
+  ChunkFootprint fp = chunk_footprint(model, labels, false);
+  const std::int64_t k = model.output_dim();
+  fp.per_row += 8 * (hessian_doubles_per_row(model, cols) + (labels ? k : 0) + 1);
+  // v_stack, v_hcat, hw, hwt (each cols·out·in) and c_stack, hb (cols·out), per layer.
+  fp.fixed += 8 * 4 * cols * model.num_params();
+  return fp;
+}
+
+/// Rows per chunk of a GPU block product: at most `requested`, n, the
+/// pipeline's limit and what `budget_doubles` allows for R a and R δ (so the
+/// cuBLAS dimensions m·cols stay far below 2³¹).
+inline std::int64_t hessian_chunk_rows(const Model& model, std::int64_t cols, std::int64_t requested,
+                                       std::int64_t n, std::int64_t budget_doubles) {
+  const std::int64_t per_row = std::max<std::int64_t>(hessian_doubles_per_row(model, cols), 1);
+  return std::max<std::int64_t>(
+      1, std::min({requested, n, kMaxChunkRows, std::max<std::int64_t>(budget_doubles / per_row, 1)}));
+}
+
+/// The direction block packed per layer as the GEMMs read it, and the
+/// accumulated products, on the host (the GPU copies them in and out).
+struct HessianBlock {
+  struct LayerPart {
+    std::vector<double> v_stack;  // [c][r][s]: every column's V_l, stacked
+    std::vector<double> v_hcat;   // [r][c][s]: side by side (full Hessian, l > 0)
+    std::vector<double> c_stack;  // [c][r]: every column's c_l (bias)
+    std::vector<double> hw;       // [c][r][s]: Σ_i R δ a_lᵀ
+    std::vector<double> hwt;      // [r][c][s]: Σ_i δ (R a_l)ᵀ (full, l > 0)
+    std::vector<double> hb;       // [c][r]:    Σ_i R δ
+  };
+  std::vector<LayerPart> layers;
+};
+
+/// Packs `cols` column-major directions of length P (MATH.md flattening) and
+/// zeroes the accumulators.
+inline HessianBlock pack_hessian_block(const Model& model, const double* in, std::int64_t cols,
+                                       bool full) {
+  const std::int64_t p = model.num_params();
+  HessianBlock block;
+  block.layers.resize(static_cast<std::size_t>(model.num_layers()));
+  for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+    const Layer& layer = model.layers[l];
+    const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
+    HessianBlock::LayerPart& b = block.layers[l];
+    b.v_stack.resize(static_cast<std::size_t>(cols * o * ni));
+    for (std::int64_t c = 0; c < cols; ++c) {
+      std::copy_n(in + c * p + off, o * ni, b.v_stack.data() + c * o * ni);
+    }
+    if (full && l > 0) {
+      b.v_hcat.resize(b.v_stack.size());
+      for (std::int64_t r = 0; r < o; ++r) {
+        for (std::int64_t c = 0; c < cols; ++c) {
+          std::copy_n(in + c * p + off + r * ni, ni, b.v_hcat.data() + (r * cols + c) * ni);
+        }
+      }
+      b.hwt.assign(b.v_stack.size(), 0.0);
+    }
+    if (layer.has_bias()) {
+      b.c_stack.resize(static_cast<std::size_t>(cols * o));
+      for (std::int64_t c = 0; c < cols; ++c) {
+        std::copy_n(in + c * p + off + o * ni, o, b.c_stack.data() + c * o);
+      }
+      b.hb.assign(b.c_stack.size(), 0.0);
+    }
+    b.hw.assign(b.v_stack.size(), 0.0);
+  }
+  return block;
+}
+
+/// out = (1/N) · the accumulated products, column-major P × cols.
+inline void unpack_hessian_block(const Model& model, const HessianBlock& block, std::int64_t cols,
+                                 double inv_n, double* out) {
+  const std::int64_t p = model.num_params();
+  for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+    const Layer& layer = model.layers[l];
+    const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
+    const HessianBlock::LayerPart& b = block.layers[l];
+    for (std::int64_t c = 0; c < cols; ++c) {
+      double* dst = out + c * p + off;
+      for (std::int64_t r = 0; r < o; ++r) {
+        for (std::int64_t s = 0; s < ni; ++s) {
+          double v = b.hw[(c * o + r) * ni + s];
+          if (!b.hwt.empty()) v += b.hwt[(r * cols + c) * ni + s];
+          dst[r * ni + s] = v * inv_n;
+        }
+      }
+      if (layer.has_bias()) {
+        for (std::int64_t r = 0; r < o; ++r) dst[o * ni + r] = b.hb[c * o + r] * inv_n;
+      }
+    }
+  }
+}
+
+// ---- One chunk ---------------------------------------------------------------------
+
+/// Layer l's buffers for one chunk of m rows and a block of `cols` directions
+/// (all row-major; "[i][c][r]" is sample-major, every column of a row together).
+struct HessianLayerBuffers {
+  const double* weight = nullptr;  // W_l, out × in
+  const double* input = nullptr;   // a_l, m × in
+  const double* error = nullptr;   // δ_l, m × out
+  const double* v_stack = nullptr;  // see HessianBlock
+  const double* v_hcat = nullptr;   // null unless full and l > 0
+  const double* c_stack = nullptr;  // null without a bias
+  double* hw = nullptr;
+  double* hwt = nullptr;            // null unless full and l > 0
+  double* hb = nullptr;             // null without a bias
+  double* r_out = nullptr;          // R a_{l+1}, [i][c][r], m × cols × out
+  double* r_delta = nullptr;        // R δ_l,     [i][c][r], m × cols × out
+};
+
+/// The executor's operations, as the GPU provides them:
+///   gemm(const ColumnMajorGemm&, const double* first, const double* second, double* c);
+///   add_rows(double* rows, const double* vec, m, width): rows[i][j] += vec[j];
+///   copy(double* dst, const double* src, count);
+///   softmax_rows(const double* z, m, k, double* prob): softmax_row per row;
+///   softmax_hessian_rows(const double* prob, const double* rz, m, cols, k, double* rd):
+///     softmax_hessian_row on every (row, column), rz and rd [i][c][r].
+template <class Exec>
+void row_major_gemm(Exec& exec, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
+                    std::int64_t k, double alpha, const double* a, std::int64_t lda,
+                    const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+  exec.gemm(column_major({trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc}), b, a, c);
+}
+
+/// HessianOperator::apply's chunk body (host/curvature.cpp), step for step:
+/// Forward:  R a_{l+1} = a_l V_lᵀ + R a_l W_lᵀ + c_l            (R a_0 = 0)
+/// Loss:     R δ_{L−1} = H_ℓ R f   (I, or diag(p) − ppᵀ per row and column)
+/// Backward: R δ_{l−1} = R δ_l W_l [+ δ_l V_l]                  (full only)
+/// Products: hw_l += Σ_i R δ_l a_lᵀ, hwt_l += Σ_i δ_l (R a_l)ᵀ, hb_l += Σ_i R δ_l
+/// (the last as R δ_lᵀ · ones, a GEMM, so no reduction kernel is needed).
+/// `outputs` is f (m × K), `prob` m × K scratch (cross-entropy), `ones` m ones.
+template <class Exec>
+void hessian_chunk(Exec& exec, const Model& model, const std::vector<HessianLayerBuffers>& b,
+                   const double* outputs, double* prob, const double* ones, bool cross_entropy,
+                   bool full, std::int64_t m, std::int64_t cols) {
+  const std::int64_t num_layers = model.num_layers();
+  const std::int64_t k = model.output_dim();
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    const Layer& layer = model.layers[l];
+    const std::int64_t o = layer.out, ni = layer.in;
+    row_major_gemm(exec, false, true, m, cols * o, ni, 1.0, b[l].input, ni, b[l].v_stack, ni, 0.0,
+                   b[l].r_out, cols * o);
+    if (l > 0) {
+      row_major_gemm(exec, false, true, m * cols, o, ni, 1.0, b[l - 1].r_out, ni, b[l].weight, ni,
+                     1.0, b[l].r_out, o);
+    }
+    if (layer.has_bias()) exec.add_rows(b[l].r_out, b[l].c_stack, m, cols * o);
+  }
+  const double* rf = b[num_layers - 1].r_out;
+  double* rd = b[num_layers - 1].r_delta;
+  if (cross_entropy) {
+    exec.softmax_rows(outputs, m, k, prob);
+    exec.softmax_hessian_rows(prob, rf, m, cols, k, rd);
+  } else {
+    exec.copy(rd, rf, m * cols * k);
+  }
+  for (std::int64_t l = num_layers - 1; l >= 0; --l) {
+    const Layer& layer = model.layers[l];
+    const std::int64_t o = layer.out, ni = layer.in;
+    row_major_gemm(exec, true, false, cols * o, ni, m, 1.0, b[l].r_delta, cols * o, b[l].input, ni,
+                   1.0, b[l].hw, ni);
+    if (full && l > 0) {
+      row_major_gemm(exec, true, false, o, cols * ni, m, 1.0, b[l].error, o, b[l - 1].r_out,
+                     cols * ni, 1.0, b[l].hwt, cols * ni);
+    }
+    if (layer.has_bias()) {
+      row_major_gemm(exec, true, false, cols * o, 1, m, 1.0, b[l].r_delta, cols * o, ones, 1, 1.0,
+                     b[l].hb, 1);
+    }
+    if (l > 0) {
+      row_major_gemm(exec, false, false, m * cols, ni, o, 1.0, b[l].r_delta, o, b[l].weight, ni,
+                     0.0, b[l - 1].r_delta, ni);
+      if (full) {
+        row_major_gemm(exec, false, false, m, cols * ni, o, 1.0, b[l].error, o, b[l].v_hcat,
+                       cols * ni, 1.0, b[l - 1].r_delta, cols * ni);
+      }
+    }
+  }
+}
+
+}  // namespace gradnoise::detail
