@@ -163,6 +163,24 @@ struct Scratch {
   }
 };
 
+/// out[r] = Σ_c M(r, c) in[c] for `m` samples stored feature major (row r of
+/// `out` is m values), with M(r, c) = w[r·row_stride + c·col_stride]: W for
+/// the forward pass, Wᵀ for the backward one. Each sum runs over c ascending
+/// from 0 and the loop vectorises across the samples.
+void feature_major_product(const double* w, std::int64_t row_stride, std::int64_t col_stride,
+                           std::int64_t rows, std::int64_t cols, const double* in, double* out,
+                           std::int64_t m) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double* out_r = out + r * m;
+    std::fill(out_r, out_r + m, 0.0);
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const double weight = w[r * row_stride + c * col_stride];
+      const double* in_c = in + c * m;
+      for (std::int64_t i = 0; i < m; ++i) out_r[i] += weight * in_c[i];
+    }
+  }
+}
+
 /// Forward pass of `m` samples whose inputs are in scratch.x_rows (m × D):
 /// fills acts (feature major) and the outputs acts[L].
 void forward(const std::vector<LayerShape>& shapes, const double* theta, std::int64_t m,
@@ -177,18 +195,11 @@ void forward(const std::vector<LayerShape>& shapes, const double* theta, std::in
     const double* w = theta + shape.offset;
     const double* a = s.acts[l].data();
     double* z = s.acts[l + 1].data();
+    feature_major_product(w, shape.in, 1, shape.out, shape.in, a, z, m);
+    if (!shape.bias) continue;
     for (std::int64_t o = 0; o < shape.out; ++o) {
-      double* zo = z + o * m;
-      std::fill(zo, zo + m, 0.0);
-      for (std::int64_t j = 0; j < shape.in; ++j) {
-        const double wj = w[o * shape.in + j];
-        const double* aj = a + j * m;
-        for (std::int64_t i = 0; i < m; ++i) zo[i] += wj * aj[i];
-      }
-      if (shape.bias) {
-        const double bo = w[shape.out * shape.in + o];
-        for (std::int64_t i = 0; i < m; ++i) zo[i] += bo;
-      }
+      const double bias = w[shape.out * shape.in + o];
+      for (std::int64_t i = 0; i < m; ++i) z[o * m + i] += bias;
     }
   }
 }
@@ -259,16 +270,7 @@ void backward(const std::vector<LayerShape>& shapes, const double* theta, std::i
       }
     }
     if (l > 0) {
-      double* previous = s.errors[l - 1].data();
-      for (std::int64_t j = 0; j < shape.in; ++j) {
-        double* pj = previous + j * m;
-        std::fill(pj, pj + m, 0.0);
-        for (std::int64_t o = 0; o < shape.out; ++o) {
-          const double wj = w[o * shape.in + j];
-          const double* dout = delta + o * m;
-          for (std::int64_t i = 0; i < m; ++i) pj[i] += wj * dout[i];
-        }
-      }
+      feature_major_product(w, 1, shape.in, shape.in, shape.out, delta, s.errors[l - 1].data(), m);
     }
   }
 }

@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/inputs.hpp"
 #include "gradnoise/error.hpp"
 
 namespace gradnoise::cli {
@@ -83,17 +84,7 @@ class OutputSet {
 
 /// Options of `gradnoise profile`, as parsed.
 struct ProfileArgs {
-  std::string dataset;
-  std::string split = "train";
-  std::int64_t limit = 0;
-  std::string x_path;
-  std::string y_path;
-  std::string loss = "mse";
-  std::vector<std::string> layers;
-  std::string hidden;
-  std::string init = "gaussian";
-  std::uint64_t seed = 0;
-  bool no_bias = false;
+  DataModelArgs inputs;  // data and model: --dataset/--x/--y, --loss, --layer/--hidden/...
   std::string device = "auto";
   std::string out_path;
   std::string curve_path;
@@ -111,12 +102,6 @@ struct ProfileArgs {
   std::string estimators;           // "B_SMALL,B_BIG[,PAIRS]"; empty: none
 
   // Which options were given explicitly (CLI11 fills these in).
-  CLI::Option* split_option = nullptr;
-  CLI::Option* limit_option = nullptr;
-  CLI::Option* hidden_option = nullptr;
-  CLI::Option* init_option = nullptr;
-  CLI::Option* seed_option = nullptr;
-  CLI::Option* no_bias_option = nullptr;
   CLI::Option* batch_sizes_option = nullptr;
 };
 
@@ -134,11 +119,41 @@ struct SynthArgs {
   std::string teacher_out;
 };
 
+/// Options of `gradnoise sweep`, as parsed.
+struct SweepArgs {
+  DataModelArgs inputs;
+  std::string batch_sizes;
+  std::string lrs;
+  std::int64_t replicas = 1;
+  std::int64_t first_replica = 0;
+  std::int64_t steps = 0;
+  std::string sampling = "with";
+  double label_noise = 0;
+  double weight_decay = 0;
+  double momentum = 0;
+  std::int64_t log_every = 0;  // 0: steps/20
+  bool test = false;           // --eval-test: the fashion-mnist test split
+  std::int64_t test_limit = 0;
+  std::string test_x_path;
+  std::string test_y_path;
+  std::string out_path;
+  std::string summary_path;
+  std::string weights_path;
+  std::string checkpoint_path;
+  double checkpoint_every = 60;
+  bool no_profile = false;
+  double divergence_factor = 1e6;
+  int threads = 0;
+  bool quiet = false;
+};
+
 CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args);
+CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args);
 CLI::App* add_synth_command(CLI::App& app, SynthArgs& args);
 
 /// Run a subcommand; the return value is the exit status.
 int run_profile(const ProfileArgs& args);
+int run_sweep(const SweepArgs& args);
 int run_synth(const SynthArgs& args);
 
 }  // namespace gradnoise::cli

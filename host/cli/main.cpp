@@ -8,7 +8,6 @@
 #include <string>
 
 #include "cli/cli.hpp"
-#include "cli/sweep_command.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/report.hpp"

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cli/sweep_command.hpp"
+#include "cli/cli.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/report.hpp"
