@@ -130,76 +130,121 @@ std::vector<LayerShape> layer_shapes(const Model& model) {
   return shapes;
 }
 
-/// Buffers for a block of up to `rows` samples; one per thread.
-struct Scratch {
-  std::vector<std::vector<double>> acts;  // acts[l]: in_l × rows (feature major); acts[L]: K × rows
-  std::vector<std::vector<double>> errors;  // errors[l]: out_l × rows
-  std::vector<double> rows_major;  // rows × max width: a layer's inputs sample major
-  std::vector<double> x_rows;      // rows × D, gathered
-  std::vector<double> targets;     // rows × K (squared loss)
-  std::vector<std::int32_t> labels;
-  std::vector<double> noise;
-  std::vector<double> grad;        // P
-  std::vector<std::int32_t> indices;
-  std::vector<double> losses;      // rows
+/// Samples go through the model kBlockRows at a time: feature-major buffers
+/// of a block stay in L1/L2, and a long batch is several blocks whose
+/// gradients add up in draw order (the same sums as one block). Rows of a
+/// feature-major buffer are kLd apart, padded so that they do not all map to
+/// the same cache sets.
+constexpr std::int64_t kBlockRows = 128;
+constexpr std::int64_t kLd = kBlockRows + 8;
 
-  Scratch(const std::vector<LayerShape>& shapes, std::int64_t rows, std::int64_t num_params) {
+/// Buffers for one block of samples and one batch's draws; one per thread.
+struct Scratch {
+  std::vector<std::vector<double>> acts;    // acts[l]: in_l × kLd (feature major); acts[L]: K × kLd
+  std::vector<std::vector<double>> errors;  // errors[l]: out_l × kLd
+  std::vector<double> rows_major;  // kBlockRows × max width: a layer's inputs sample major
+  std::vector<double> x_rows;      // kBlockRows × D, gathered
+  std::vector<double> targets;     // kBlockRows × K (squared loss)
+  std::vector<std::int32_t> labels;
+  std::vector<double> losses;      // kBlockRows
+  std::vector<double> grad;        // P
+  std::vector<std::int32_t> indices;  // the batch's rows, in draw order (largest batch)
+  std::vector<double> noise;          // the batch's label noise, batch × K
+
+  Scratch(const std::vector<LayerShape>& shapes, std::int64_t max_batch, std::int64_t num_params) {
     std::int64_t widest = 0;
     for (const LayerShape& shape : shapes) {
-      acts.emplace_back(static_cast<std::size_t>(shape.in * rows));
-      errors.emplace_back(static_cast<std::size_t>(shape.out * rows));
+      acts.emplace_back(static_cast<std::size_t>(shape.in * kLd));
+      errors.emplace_back(static_cast<std::size_t>(shape.out * kLd));
       widest = std::max({widest, shape.in, shape.out});
     }
     const std::int64_t d = shapes.front().in, k = shapes.back().out;
-    acts.emplace_back(static_cast<std::size_t>(k * rows));
-    rows_major.resize(static_cast<std::size_t>(widest * rows));
-    x_rows.resize(static_cast<std::size_t>(d * rows));
-    targets.resize(static_cast<std::size_t>(k * rows));
-    labels.resize(static_cast<std::size_t>(rows));
-    noise.resize(static_cast<std::size_t>(k * rows));
+    acts.emplace_back(static_cast<std::size_t>(k * kLd));
+    rows_major.resize(static_cast<std::size_t>(widest * kBlockRows));
+    x_rows.resize(static_cast<std::size_t>(d * kBlockRows));
+    targets.resize(static_cast<std::size_t>(k * kBlockRows));
+    labels.resize(static_cast<std::size_t>(kBlockRows));
+    losses.resize(static_cast<std::size_t>(kBlockRows));
     grad.resize(static_cast<std::size_t>(num_params));
-    indices.resize(static_cast<std::size_t>(rows));
-    losses.resize(static_cast<std::size_t>(rows));
+    indices.resize(static_cast<std::size_t>(max_batch));
+    noise.resize(static_cast<std::size_t>(k * max_batch));
   }
 };
 
-/// out[r] = Σ_c M(r, c) in[c] for `m` samples stored feature major (row r of
-/// `out` is m values), with M(r, c) = w[r·row_stride + c·col_stride]: W for
-/// the forward pass, Wᵀ for the backward one. Each sum runs over c ascending
-/// from 0 and the loop vectorises across the samples.
+// The loops below run on every step of every run. Each is compiled twice,
+// for AVX2 and for baseline x86-64, and picked at load time; both do the
+// same IEEE operations lane by lane (no reduction is vectorised and no
+// multiply-add is fused), so the bits do not depend on the machine.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GN_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GN_VECTOR_CLONES
+#endif
+
+/// out[r] = Σ_c M(r, c) in[c] for `m` samples stored feature major (rows kLd
+/// apart), with M(r, c) = w[r·row_stride + c·col_stride]: W for the forward
+/// pass, Wᵀ for the backward one. Each sum runs over c ascending from 0 and
+/// the loop vectorises across the samples.
+GN_VECTOR_CLONES
 void feature_major_product(const double* w, std::int64_t row_stride, std::int64_t col_stride,
                            std::int64_t rows, std::int64_t cols, const double* in, double* out,
                            std::int64_t m) {
   for (std::int64_t r = 0; r < rows; ++r) {
-    double* out_r = out + r * m;
+    double* out_r = out + r * kLd;
     std::fill(out_r, out_r + m, 0.0);
     for (std::int64_t c = 0; c < cols; ++c) {
       const double weight = w[r * row_stride + c * col_stride];
-      const double* in_c = in + c * m;
+      const double* in_c = in + c * kLd;
       for (std::int64_t i = 0; i < m; ++i) out_r[i] += weight * in_c[i];
     }
   }
 }
 
-/// Forward pass of `m` samples whose inputs are in scratch.x_rows (m × D):
-/// fills acts (feature major) and the outputs acts[L].
+/// dst (cols × kLd, feature major) = the transpose of src (m × cols, sample major).
+GN_VECTOR_CLONES
+void to_feature_major(const double* src, std::int64_t m, std::int64_t cols, double* dst) {
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j < cols; ++j) dst[j * kLd + i] = src[i * cols + j];
+  }
+}
+
+/// dst (m × cols, sample major) = the transpose of src (cols × kLd).
+GN_VECTOR_CLONES
+void to_sample_major(const double* src, std::int64_t m, std::int64_t cols, double* dst) {
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j < cols; ++j) dst[i * cols + j] = src[j * kLd + i];
+  }
+}
+
+/// gw[o, :] += δ[o][i] · a_i and gb[o] += δ[o][i] for i = 0..m−1 in order.
+GN_VECTOR_CLONES
+void accumulate_outer(const double* delta, const double* inputs, std::int64_t m, std::int64_t out,
+                      std::int64_t in, bool bias, double* gw, double* gb) {
+  for (std::int64_t i = 0; i < m; ++i) {
+    const double* ai = inputs + i * in;
+    for (std::int64_t o = 0; o < out; ++o) {
+      const double d = delta[o * kLd + i];
+      double* row = gw + o * in;
+      for (std::int64_t j = 0; j < in; ++j) row[j] += d * ai[j];
+      if (bias) gb[o] += d;
+    }
+  }
+}
+
+/// Forward pass of `m` ≤ kBlockRows samples whose inputs are in
+/// scratch.x_rows (m × D): fills acts (feature major) and the outputs acts[L].
 void forward(const std::vector<LayerShape>& shapes, const double* theta, std::int64_t m,
              Scratch& s) {
-  const std::int64_t d = shapes.front().in;
-  double* a0 = s.acts[0].data();
-  for (std::int64_t i = 0; i < m; ++i) {
-    for (std::int64_t j = 0; j < d; ++j) a0[j * m + i] = s.x_rows[static_cast<std::size_t>(i * d + j)];
-  }
+  to_feature_major(s.x_rows.data(), m, shapes.front().in, s.acts[0].data());
   for (std::size_t l = 0; l < shapes.size(); ++l) {
     const LayerShape& shape = shapes[l];
     const double* w = theta + shape.offset;
-    const double* a = s.acts[l].data();
     double* z = s.acts[l + 1].data();
-    feature_major_product(w, shape.in, 1, shape.out, shape.in, a, z, m);
+    feature_major_product(w, shape.in, 1, shape.out, shape.in, s.acts[l].data(), z, m);
     if (!shape.bias) continue;
     for (std::int64_t o = 0; o < shape.out; ++o) {
       const double bias = w[shape.out * shape.in + o];
-      for (std::int64_t i = 0; i < m; ++i) z[o * m + i] += bias;
+      for (std::int64_t i = 0; i < m; ++i) z[o * kLd + i] += bias;
     }
   }
 }
@@ -215,33 +260,32 @@ void output_errors(const std::vector<LayerShape>& shapes, Loss loss, std::int64_
     double sample_loss = 0;
     if (loss == Loss::squared) {
       for (std::int64_t o = 0; o < k; ++o) {
-        const double e = z[o * m + i] - s.targets[static_cast<std::size_t>(i * k + o)];
-        delta[o * m + i] = e;
+        const double e = z[o * kLd + i] - s.targets[static_cast<std::size_t>(i * k + o)];
+        delta[o * kLd + i] = e;
         sample_loss += 0.5 * e * e;
       }
     } else {
       double top = z[i];
-      for (std::int64_t o = 1; o < k; ++o) top = std::max(top, z[o * m + i]);
+      for (std::int64_t o = 1; o < k; ++o) top = std::max(top, z[o * kLd + i]);
       double total = 0;
       for (std::int64_t o = 0; o < k; ++o) {
-        const double e = std::exp(z[o * m + i] - top);
-        delta[o * m + i] = e;
+        const double e = std::exp(z[o * kLd + i] - top);
+        delta[o * kLd + i] = e;
         total += e;
       }
       const std::int32_t label = s.labels[static_cast<std::size_t>(i)];
-      for (std::int64_t o = 0; o < k; ++o) delta[o * m + i] /= total;
-      delta[label * m + i] -= 1.0;
-      sample_loss = std::log(total) - (z[label * m + i] - top);
+      for (std::int64_t o = 0; o < k; ++o) delta[o * kLd + i] /= total;
+      delta[label * kLd + i] -= 1.0;
+      sample_loss = std::log(total) - (z[label * kLd + i] - top);
     }
     s.losses[static_cast<std::size_t>(i)] = sample_loss;
   }
 }
 
-/// Backward pass and the summed gradient Σ_i g_i of `m` samples into
-/// scratch.grad, after output_errors().
+/// Backward pass of `m` samples after output_errors(), adding their summed
+/// gradient Σ_i g_i to scratch.grad (which the caller zeroes once per batch).
 void backward(const std::vector<LayerShape>& shapes, const double* theta, std::int64_t m,
               Scratch& s) {
-  std::fill(s.grad.begin(), s.grad.end(), 0.0);
   for (std::size_t l = shapes.size(); l-- > 0;) {
     const LayerShape& shape = shapes[l];
     const double* w = theta + shape.offset;
@@ -250,25 +294,11 @@ void backward(const std::vector<LayerShape>& shapes, const double* theta, std::i
     // contiguous multiply-add per sample.
     const double* inputs = s.x_rows.data();
     if (l > 0) {
-      const double* a = s.acts[l].data();
-      for (std::int64_t i = 0; i < m; ++i) {
-        for (std::int64_t j = 0; j < shape.in; ++j) {
-          s.rows_major[static_cast<std::size_t>(i * shape.in + j)] = a[j * m + i];
-        }
-      }
+      to_sample_major(s.acts[l].data(), m, shape.in, s.rows_major.data());
       inputs = s.rows_major.data();
     }
     double* gw = s.grad.data() + shape.offset;
-    double* gb = gw + shape.out * shape.in;
-    for (std::int64_t i = 0; i < m; ++i) {
-      const double* ai = inputs + i * shape.in;
-      for (std::int64_t o = 0; o < shape.out; ++o) {
-        const double d = delta[o * m + i];
-        double* row = gw + o * shape.in;
-        for (std::int64_t j = 0; j < shape.in; ++j) row[j] += d * ai[j];
-        if (shape.bias) gb[o] += d;
-      }
-    }
+    accumulate_outer(delta, inputs, m, shape.out, shape.in, shape.bias, gw, gw + shape.out * shape.in);
     if (l > 0) {
       feature_major_product(w, 1, shape.in, shape.in, shape.out, delta, s.errors[l - 1].data(), m);
     }
@@ -356,7 +386,7 @@ struct Sweep::State {
   double divergence_limit = 0;   // losses above it mean divergence
   std::uint64_t fingerprint = 0;
   int threads = 1;
-  std::int64_t max_rows = 0;     // rows per block in the scratch buffers
+  std::int64_t max_batch = 0;    // the largest batch size (scratch for its draws)
 
   std::vector<double> theta0;
   std::vector<double> theta;     // runs × P
@@ -392,11 +422,11 @@ struct Sweep::State {
   }
   double* theta_of(std::int64_t run) { return theta.data() + run * num_params; }
 
-  /// Draws batch `step` of `run` into scratch.indices, gathers its rows and
-  /// targets (with label noise) into the scratch buffers.
-  void gather_batch(std::int64_t run, std::int64_t step, Scratch& s) {
+  /// Draws batch `step` of `run` into scratch.indices and, with label noise,
+  /// its b·K standard normals into scratch.noise.
+  void draw_batch(std::int64_t run, std::int64_t step, Scratch& s) {
     const std::int64_t b = batch_size_of(run);
-    const std::int64_t n = train.n, d = train.d, k = train.k;
+    const std::int64_t n = train.n;
     const auto replica = static_cast<std::uint32_t>(replica_of(run));
     switch (config.sampling) {
       case Sampling::with_replacement: {
@@ -429,8 +459,18 @@ struct Sweep::State {
         }
         break;
     }
-    for (std::int64_t slot = 0; slot < b; ++slot) {
-      const std::int64_t row = s.indices[static_cast<std::size_t>(slot)];
+    if (config.label_noise > 0) {
+      label_noise_normals(config.seed, replica, static_cast<std::uint32_t>(step), s.noise.data(),
+                          b * train.k);
+    }
+  }
+
+  /// Copies the drawn rows [first, first + m) of the batch and their targets
+  /// (plus label noise) or labels into the block buffers.
+  void gather_block(std::int64_t first, std::int64_t m, Scratch& s) const {
+    const std::int64_t d = train.d, k = train.k;
+    for (std::int64_t slot = 0; slot < m; ++slot) {
+      const std::int64_t row = s.indices[static_cast<std::size_t>(first + slot)];
       std::copy_n(train.x.begin() + row * d, d, s.x_rows.begin() + slot * d);
       if (config.loss == Loss::squared) {
         std::copy_n(train.y.begin() + row * k, k, s.targets.begin() + slot * k);
@@ -439,10 +479,9 @@ struct Sweep::State {
       }
     }
     if (config.label_noise > 0) {
-      label_noise_normals(config.seed, replica, static_cast<std::uint32_t>(step), s.noise.data(),
-                          b * k);
-      for (std::int64_t index = 0; index < b * k; ++index) {
-        s.targets[static_cast<std::size_t>(index)] += config.label_noise * s.noise[static_cast<std::size_t>(index)];
+      for (std::int64_t index = 0; index < m * k; ++index) {
+        s.targets[static_cast<std::size_t>(index)] +=
+            config.label_noise * s.noise[static_cast<std::size_t>(first * k + index)];
       }
     }
   }
@@ -451,14 +490,19 @@ struct Sweep::State {
   /// (mean over the batch, without weight decay); returns the minibatch loss.
   double minibatch_gradient(std::int64_t run, std::int64_t step, Scratch& s) {
     const std::int64_t b = batch_size_of(run);
-    gather_batch(run, step, s);
+    draw_batch(run, step, s);
     const double* w = theta_of(run);
-    forward(shapes, w, b, s);
-    output_errors(shapes, config.loss, b, s);
-    backward(shapes, w, b, s);
-    for (double& g : s.grad) g /= static_cast<double>(b);
+    std::fill(s.grad.begin(), s.grad.end(), 0.0);
     double loss = 0;
-    for (std::int64_t i = 0; i < b; ++i) loss += s.losses[static_cast<std::size_t>(i)];
+    for (std::int64_t first = 0; first < b; first += kBlockRows) {
+      const std::int64_t m = std::min(kBlockRows, b - first);
+      gather_block(first, m, s);
+      forward(shapes, w, m, s);
+      output_errors(shapes, config.loss, m, s);
+      backward(shapes, w, m, s);
+      for (std::int64_t i = 0; i < m; ++i) loss += s.losses[static_cast<std::size_t>(i)];
+    }
+    for (double& g : s.grad) g /= static_cast<double>(b);
     return loss / static_cast<double>(b);
   }
 
@@ -518,8 +562,8 @@ struct Sweep::State {
     const std::int64_t d = data.d, k = data.k;
     double total = 0;
     std::int64_t correct = 0;
-    for (std::int64_t first = 0; first < data.n; first += max_rows) {
-      const std::int64_t m = std::min(max_rows, data.n - first);
+    for (std::int64_t first = 0; first < data.n; first += kBlockRows) {
+      const std::int64_t m = std::min(kBlockRows, data.n - first);
       std::copy_n(data.x.begin() + first * d, m * d, s.x_rows.begin());
       if (config.loss == Loss::squared) {
         std::copy_n(data.y.begin() + first * k, m * k, s.targets.begin());
@@ -534,7 +578,7 @@ struct Sweep::State {
         if (config.loss == Loss::cross_entropy) {
           std::int64_t best = 0;
           for (std::int64_t o = 1; o < k; ++o) {
-            if (z[o * m + i] > z[best * m + i]) best = o;
+            if (z[o * kLd + i] > z[best * kLd + i]) best = o;
           }
           correct += best == s.labels[static_cast<std::size_t>(i)];
         }
@@ -602,7 +646,7 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
   for (std::int64_t step = 0; step < c.steps; step += c.log_every) s.log_steps.push_back(step);
   s.log_steps.push_back(c.steps);
   s.threads = c.threads > 0 ? c.threads : std::max(1, omp_get_max_threads());
-  s.max_rows = std::max<std::int64_t>(256, *std::max_element(c.batch_sizes.begin(), c.batch_sizes.end()));
+  s.max_batch = *std::max_element(c.batch_sizes.begin(), c.batch_sizes.end());
   s.loss_floor = 0.5 * static_cast<double>(train.k) * c.label_noise * c.label_noise;
 
   s.theta0 = initial.flatten();
@@ -622,7 +666,7 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
   s.perm_epoch.assign(static_cast<std::size_t>(s.num_runs), -1);
   s.trajectories.resize(static_cast<std::size_t>(s.grid_points()));
   for (int t = 0; t < s.threads; ++t) {
-    s.scratch.push_back(std::make_unique<Scratch>(s.shapes, s.max_rows, s.num_params));
+    s.scratch.push_back(std::make_unique<Scratch>(s.shapes, s.max_batch, s.num_params));
   }
 
   // The expected loss at the start sets the divergence threshold; a start
@@ -720,7 +764,15 @@ void Sweep::advance() {
   options.device = Device::cpu;
   options.threads = 1;
   std::vector<std::optional<Profile>> profiles(static_cast<std::size_t>(runs));
-  if (c.profile) {
+  std::vector<double> plain_losses(static_cast<std::size_t>(runs), 0.0);
+  if (!c.profile) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
+    for (std::int64_t run = 0; run < runs; ++run) {
+      if (s.diverged[static_cast<std::size_t>(run)] || reasons[static_cast<std::size_t>(run)].bad()) continue;
+      plain_losses[static_cast<std::size_t>(run)] =
+          s.evaluate(s.theta_of(run), s.train, *s.scratch[static_cast<std::size_t>(omp_get_thread_num())]).first;
+    }
+  } else {
     const detail::SingleThreadedBlas one_blas_thread(true);
     std::vector<Model> models(static_cast<std::size_t>(s.threads), s.model);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
@@ -746,7 +798,6 @@ void Sweep::advance() {
     row.replica = s.replica_of(run);
     row.step = step;
     if (!verdict.bad()) {
-      const double* w = s.theta_of(run);
       if (c.profile) {
         const std::optional<Profile>& profile = profiles[static_cast<std::size_t>(run)];
         row.train_loss = profile ? profile->loss + s.loss_floor : std::numeric_limits<double>::quiet_NaN();
@@ -756,7 +807,7 @@ void Sweep::advance() {
           row.noise_scale_simple = profile->noise_scale_simple;
         }
       } else {
-        row.train_loss = s.evaluate(w, s.train, *s.scratch[0]).first + s.loss_floor;
+        row.train_loss = plain_losses[static_cast<std::size_t>(run)] + s.loss_floor;
       }
       std::string reason = s.divergence_reason("the training loss", row.train_loss);
       if (!reason.empty()) verdict = {step, std::move(reason)};
