@@ -36,4 +36,15 @@ Profile profile_cuda_device(const Model&, const DeviceData&, const ProfileOption
   refuse();
 }
 
+void SweepCudaStateDeleter::operator()(SweepCudaState*) const {}
+
+SweepCudaStatePtr sweep_cuda_create(const SweepCudaSetup&) { refuse(); }
+
+std::vector<SweepRunOutcome> sweep_advance_cuda(SweepCudaState&, std::vector<double>&,
+                                                std::vector<double>&,
+                                                const std::vector<std::uint8_t>&, std::int64_t,
+                                                std::int64_t, CUstream_st*) {
+  refuse();
+}
+
 }  // namespace gradnoise

@@ -11,6 +11,12 @@
 // feature major) or across features (gradient rows), never across the terms
 // of one sum, so vectorisation does not reorder anything; the file is built
 // with -ffp-contract=off so no multiply-add is fused either.
+//
+// With SweepConfig::device cuda (or automatic and a GPU) the steps between
+// logged steps run instead on the GPU sweep engine (kernels/sweep_cuda.cu, one
+// thread per run, the same order per sample: kernels/sweep_step.hpp); the
+// logging below (minibatch gradients at logged steps, profiles, losses,
+// replica statistics) stays here.
 #include "gradnoise/sweep.hpp"
 
 #include <omp.h>
@@ -24,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "blas_threads.hpp"
@@ -397,6 +404,8 @@ struct Sweep::State {
   std::vector<std::vector<std::int32_t>> perms;  // per run, without replacement
   std::vector<std::int64_t> perm_epoch;
   std::vector<std::unique_ptr<Scratch>> scratch;  // per thread
+  SweepCudaStatePtr cuda;  // the GPU sweep engine when the steps run there
+  std::string device = "cpu";
 
   std::vector<SweepRow> rows;
   std::vector<std::vector<ReplicaStats>> trajectories;  // per grid point
@@ -700,12 +709,39 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
     hash = fnv1a(hash, data->labels);
   }
   s.fingerprint = fnv1a(hash, s.theta0);
+  // The device is not part of the fingerprint: a checkpoint written on one
+  // resumes on the other (the same bits only where the GPU gives the CPU's).
+
+  const bool small_model = s.num_params <= 4096 && train.d <= 4096 &&
+                           initial.num_layers() <= kSweepCudaMaxLayers;
+  const bool on_gpu = c.device == Device::cuda ||
+                      (c.device == Device::automatic && small_model && cuda_device_count() > 0);
+  if (on_gpu) {
+    SweepCudaSetup setup;
+    setup.model = &initial;
+    setup.train = &train;
+    setup.loss = c.loss;
+    setup.sampling = c.sampling;
+    setup.label_noise = c.label_noise;
+    setup.weight_decay = c.weight_decay;
+    setup.momentum = c.momentum;
+    setup.divergence_limit = s.divergence_limit;
+    setup.seed = c.seed;
+    for (std::int64_t run = 0; run < s.num_runs; ++run) {
+      setup.batch_sizes.push_back(s.batch_size_of(run));
+      setup.lrs.push_back(s.lr_of(run));
+      setup.replicas.push_back(static_cast<std::uint32_t>(s.replica_of(run)));
+    }
+    s.cuda = sweep_cuda_create(setup);  // says clearly when there is no GPU
+    s.device = "cuda: " + cuda_device_name();
+  }
 }
 
 Sweep::~Sweep() = default;
 
 std::int64_t Sweep::num_runs() const { return state_->num_runs; }
 const std::vector<std::int64_t>& Sweep::log_steps() const { return state_->log_steps; }
+const std::string& Sweep::device() const { return state_->device; }
 std::int64_t Sweep::logs_done() const { return state_->logs_done; }
 bool Sweep::done() const {
   return state_->logs_done == static_cast<std::int64_t>(state_->log_steps.size());
@@ -727,12 +763,28 @@ void Sweep::advance() {
   std::vector<std::int64_t> taken(static_cast<std::size_t>(runs), 0);
   if (log_index > 0) {
     const std::int64_t from = s.log_steps[static_cast<std::size_t>(log_index - 1)];
+    if (s.cuda) {
+      const std::vector<SweepRunOutcome> outcomes =
+          sweep_advance_cuda(*s.cuda, s.theta, s.velocity, s.diverged, from, step);
+      for (std::int64_t run = 0; run < runs; ++run) {
+        const SweepRunOutcome& outcome = outcomes[static_cast<std::size_t>(run)];
+        if (s.diverged[static_cast<std::size_t>(run)]) continue;
+        taken[static_cast<std::size_t>(run)] = outcome.steps;
+        if (outcome.diverged_step < 0) continue;
+        std::string why = outcome.loss_diverged
+                              ? s.divergence_reason("the minibatch loss", outcome.loss)
+                              : std::string("the weights are no longer finite");
+        if (why.empty()) why = "the minibatch loss exceeds the limit";  // the GPU's rounding
+        reasons[static_cast<std::size_t>(run)] = {outcome.diverged_step, std::move(why)};
+      }
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
-    for (std::int64_t run = 0; run < runs; ++run) {
-      if (s.diverged[static_cast<std::size_t>(run)]) continue;
-      auto [steps, reason] = s.advance_run(run, from, step, *s.scratch[static_cast<std::size_t>(omp_get_thread_num())]);
-      taken[static_cast<std::size_t>(run)] = steps;
-      reasons[static_cast<std::size_t>(run)] = std::move(reason);
+      for (std::int64_t run = 0; run < runs; ++run) {
+        if (s.diverged[static_cast<std::size_t>(run)]) continue;
+        auto [steps, reason] = s.advance_run(run, from, step, *s.scratch[static_cast<std::size_t>(omp_get_thread_num())]);
+        taken[static_cast<std::size_t>(run)] = steps;
+        reasons[static_cast<std::size_t>(run)] = std::move(reason);
+      }
     }
   }
 
@@ -919,6 +971,7 @@ SweepResult Sweep::result() const {
             [](const Divergence& a, const Divergence& b) { return a.run < b.run; });
   result.elapsed_s = s.elapsed_s;
   result.run_steps = s.run_steps;
+  result.device = s.device;
   for (std::int64_t run = 0; run < s.num_runs; ++run) {
     result.final_weights.emplace_back(s.theta.begin() + run * s.num_params,
                                       s.theta.begin() + (run + 1) * s.num_params);

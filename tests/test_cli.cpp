@@ -26,6 +26,7 @@
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/covariance.hpp"
+#include "gradnoise/cuda.hpp"
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
@@ -774,6 +775,34 @@ TEST_F(Cli, SweepUsageErrors) {
   expect_failure({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--steps", "5", "--batch-sizes", "4",
                   "--lrs", "0.1"},
                  2, "--out");
+  expect_failure(with({"--batch-sizes", "4", "--lrs", "0.1", "--device", "tpu"}), 2, "--device");
+}
+
+TEST_F(Cli, SweepDeviceCudaWithoutGpuIsOneLine) {
+  synth(30, 2, 1);
+  const std::vector<std::string> before = listing();
+  const RunResult result =
+      run({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+           "--steps", "5", "--device", "cuda", "--out", p("runs.csv"), "--summary", p("s.json")});
+  if (result.status == 0) GTEST_SKIP() << "this build has a CUDA backend and a GPU to run it";
+  EXPECT_EQ(result.status, 1) << result.err;
+  const std::vector<std::string> lines = lines_of(result.err);
+  ASSERT_EQ(lines.size(), 1u) << result.err;
+  EXPECT_EQ(lines[0].rfind("gradnoise: error: ", 0), 0u) << lines[0];
+  EXPECT_NE(lines[0].find("--device cuda"), std::string::npos) << lines[0];
+  EXPECT_EQ(listing(), before);
+}
+
+TEST_F(Cli, SweepRecordsItsDevice) {
+  synth(30, 2, 1);
+  const RunResult result =
+      run({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+           "--steps", "5", "--device", "auto", "--summary", p("s.json")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  const nlohmann::json summary = nlohmann::json::parse(read_text(path("s.json")));
+  EXPECT_EQ(summary["config"]["device_requested"].get<std::string>(), "auto");
+  const std::string device = summary["config"]["device"].get<std::string>();
+  EXPECT_EQ(device, cuda_device_count() > 0 ? "cuda: " + cuda_device_name() : std::string("cpu"));
 }
 
 }  // namespace

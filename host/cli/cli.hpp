@@ -144,6 +144,7 @@ struct SweepArgs {
   bool no_profile = false;
   double divergence_factor = 1e6;
   int threads = 0;
+  std::string device = "cpu";  // auto, cpu or cuda: where the SGD steps run
   bool quiet = false;
 };
 

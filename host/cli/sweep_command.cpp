@@ -118,7 +118,9 @@ json summary_json(const SweepResult& result, const SweepConfig& config, const Sw
             {"seed", config.seed},
             {"profile", config.profile},
             {"divergence_factor", config.divergence_factor},
-            {"test_data", args.test || !args.test_x_path.empty()}}},
+            {"test_data", args.test || !args.test_x_path.empty()},
+            {"device_requested", args.device},
+            {"device", result.device}}},
           {"start",
            {{"train_loss", start.loss},
             {"grad_norm_sq", start.grad_norm_sq},
@@ -220,6 +222,10 @@ CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
                       "A run diverged when a loss exceeds this times the starting loss")
       ->capture_default_str();
   command->add_option("--threads", args.threads, "Worker threads (0: all); results do not change");
+  command->add_option("--device", args.device,
+                      "Where the SGD steps run: cpu, cuda (one GPU thread per run) or auto (the "
+                      "GPU for small models when there is one); logging stays on the CPU")
+      ->capture_default_str();
   command->add_flag("--quiet", args.quiet, "No progress bar");
   command->footer(
       "Examples:\n"
@@ -275,6 +281,7 @@ int run_sweep(const SweepArgs& args) {
   config.profile = !args.no_profile;
   config.divergence_factor = args.divergence_factor;
   config.threads = args.threads;
+  config.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
 
   OutputSet outputs;
   if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);

@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "gradnoise/data.hpp"
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "gradnoise/sweep.hpp"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*
 
@@ -70,5 +73,64 @@ struct DeviceData {
 /// through the same pipeline as profile_cuda. No host copies of the data.
 Profile profile_cuda_device(const Model& model, const DeviceData& data,
                             const ProfileOptions& options, CUstream_st* stream = nullptr);
+
+// ---- Sweeps on the GPU (kernels/sweep_cuda.cu) ---------------------------------
+
+/// Layers a model may have for the GPU sweep engine.
+inline constexpr std::int64_t kSweepCudaMaxLayers = 16;
+
+/// What the GPU sweep engine needs: the model's shapes (its weights are not
+/// used), the training data, the options, and per run its batch size,
+/// learning rate and replica index. The engine copies what it needs.
+struct SweepCudaSetup {
+  const Model* model = nullptr;
+  const Dataset* train = nullptr;
+  Loss loss = Loss::squared;
+  Sampling sampling = Sampling::with_replacement;
+  double label_noise = 0;
+  double weight_decay = 0;
+  double momentum = 0;
+  /// A minibatch loss above it (or not finite) stops a run.
+  double divergence_limit = 0;
+  std::uint64_t seed = 0;
+  std::vector<std::int64_t> batch_sizes;  // per run
+  std::vector<double> lrs;                // per run
+  std::vector<std::uint32_t> replicas;    // per run
+};
+
+/// What a segment of steps did to one run, as the CPU engine reports it.
+struct SweepRunOutcome {
+  std::int64_t steps = 0;           // updates made
+  std::int64_t diverged_step = -1;  // −1: still running
+  /// true: the minibatch loss at diverged_step was not finite or too large
+  /// (no update made); false: the weights stopped being finite after it.
+  bool loss_diverged = false;
+  double loss = 0;  // the minibatch loss at diverged_step
+};
+
+/// The device side of a sweep: the training data (float64), per-run
+/// scratch, permutations and random state, kept between segments.
+class SweepCudaState;
+struct SweepCudaStateDeleter {
+  void operator()(SweepCudaState* state) const;
+};
+using SweepCudaStatePtr = std::unique_ptr<SweepCudaState, SweepCudaStateDeleter>;
+
+/// Uploads the data and allocates the runs' device state. Throws
+/// RuntimeError when there is no device (or no CUDA backend), the model has
+/// more than kSweepCudaMaxLayers layers, or device memory runs out.
+SweepCudaStatePtr sweep_cuda_create(const SweepCudaSetup& setup);
+
+/// Advances every run with diverged[run] == 0 from step `from` to step `to`
+/// on the GPU, one thread per run, all runs in one launch: θ and the
+/// velocities (runs × P, run major, host memory; velocity empty without
+/// momentum) are uploaded, updated and downloaded. Work is queued on
+/// `stream` (the default stream when null); returns when the results are on
+/// the host. Runs stop at divergence as on the CPU.
+std::vector<SweepRunOutcome> sweep_advance_cuda(SweepCudaState& state, std::vector<double>& theta,
+                                                std::vector<double>& velocity,
+                                                const std::vector<std::uint8_t>& diverged,
+                                                std::int64_t from, std::int64_t to,
+                                                CUstream_st* stream = nullptr);
 
 }  // namespace gradnoise

@@ -22,6 +22,7 @@
 
 #include "gradnoise/data.hpp"
 #include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
 
 namespace gradnoise {
 
@@ -73,6 +74,14 @@ struct SweepConfig {
   /// Worker threads for the runs (0: one per hardware thread). Results do not
   /// depend on it.
   int threads = 0;
+  /// Where the SGD steps run: cpu (the default); cuda (the GPU sweep engine,
+  /// one thread per run; RuntimeError without a device); automatic (the GPU
+  /// when there is one and the model is small: P ≤ 4096, D ≤ 4096, at most
+  /// kSweepCudaMaxLayers layers). Profiles, losses and statistics at logged
+  /// steps are computed on the CPU either way. On the GPU the squared loss
+  /// without label noise gives the CPU's bits; exp, log, sin and cos (cross-
+  /// entropy, label noise) may differ from glibc in the last ulp.
+  Device device = Device::cpu;
 };
 
 /// One run at one logged step. Statistics at θ_t (after t updates); the
@@ -146,6 +155,8 @@ struct SweepResult {
   std::vector<std::vector<double>> final_weights;  // per run (MATH.md flattening)
   double elapsed_s = 0;
   std::int64_t run_steps = 0;  // SGD steps taken, all runs together
+  /// Where the SGD steps ran: "cpu", or "cuda: " and the GPU's name.
+  std::string device;
 };
 
 /// A sweep in progress. Runs are numbered grid point major:
@@ -167,6 +178,8 @@ class Sweep {
   /// Log points done so far (0 before the first; log_steps().size() at the end).
   std::int64_t logs_done() const;
   bool done() const;
+  /// Where the SGD steps run: "cpu", or "cuda: " and the GPU's name.
+  const std::string& device() const;
 
   /// Advances every run to the next logged step and records it.
   void advance();

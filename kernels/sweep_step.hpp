@@ -1,0 +1,473 @@
+// One sweep run's SGD arithmetic as __host__ __device__ functions: the
+// minibatch draws (Philox streams 1–3, docs/SWEEP.md "Randomness and
+// reproducibility"), the per-sample forward and backward pass, the mean
+// gradient and the (heavy-ball) update, with the divergence rule of the CPU
+// engine. The GPU sweep engine (kernels/sweep_cuda.cu) runs these with one
+// thread per run; tests/test_sweep_cuda.cpp runs them on the CPU against the
+// CPU engine (host/sweep.cpp), bit for bit.
+//
+// Order of operations: exactly the CPU engine's and the plain reference loop's
+// (tests/test_sweep.cpp reference_run), one sample at a time: z_o = Σ_j W_oj a_j
+// over j ascending from 0.0, then + b_o; δ_{l−1,j} = Σ_o W_oj δ_{l,o} over o
+// ascending from 0.0; every gradient entry summed over the batch in draw order
+// from 0.0, then divided by b; then + WD·θ, then v ← μv + g, θ ← θ − λv (or
+// θ ← θ − λg). Compile with -ffp-contract=off (host) and -fmad=false (nvcc)
+// so that no multiply-add is fused.
+//
+// Scratch is fixed-size and passed in by the caller as strided views, so the
+// GPU can interleave the runs (entry i of run r at [i·runs + r]: neighbouring
+// threads touch neighbouring addresses) while the CPU uses stride 1.
+#pragma once
+
+#include <Random123/philox.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "gradnoise/model.hpp"
+#include "gradnoise/sweep.hpp"
+
+#if defined(__CUDACC__)
+#define GN_HOST_DEVICE __host__ __device__
+#else
+#define GN_HOST_DEVICE
+#endif
+
+namespace gradnoise::sweep_step {
+
+/// Layers a run may have (the shapes travel by value in the kernel's
+/// parameters).
+constexpr int kMaxLayers = 16;
+
+// Counter words: {replica, tag | stream, step or epoch, block}, as host/sweep.cpp.
+constexpr std::uint32_t kSweepTag = 0x53570000u;  // "SW"
+constexpr std::uint32_t kStreamIndices = 1, kStreamPermutation = 2, kStreamLabelNoise = 3;
+
+/// Element i at base[i · stride].
+template <typename T>
+struct Strided {
+  T* base = nullptr;
+  std::int64_t stride = 1;
+  GN_HOST_DEVICE T& operator[](std::int64_t i) const { return base[i * stride]; }
+};
+
+struct LayerDims {
+  std::int64_t in = 0, out = 0;
+  std::int64_t offset = 0;  // of W in θ; b (when bias) follows W
+  bool bias = false;
+};
+
+struct ModelDims {
+  int num_layers = 0;
+  LayerDims layers[kMaxLayers];
+  std::int64_t num_params = 0;
+  /// a_l of one sample (l ≥ 1; a_0 is read from the data) starts at
+  /// act_offset[l] of the activation scratch; act_size is the total.
+  std::int64_t act_offset[kMaxLayers + 1] = {};
+  std::int64_t act_size = 0;
+  std::int64_t widest = 0;  // the widest layer output, the δ buffers' size
+};
+
+/// Fills the derived sizes from the layers' shapes (num_layers and layers set).
+inline void finish_dims(ModelDims& dims) {
+  dims.num_params = 0;
+  dims.act_size = 0;
+  dims.widest = 0;
+  for (int l = 0; l < dims.num_layers; ++l) {
+    LayerDims& layer = dims.layers[l];
+    layer.offset = dims.num_params;
+    dims.num_params += layer.in * layer.out + (layer.bias ? layer.out : 0);
+    dims.act_offset[l + 1] = dims.act_size;
+    dims.act_size += layer.out;
+    if (layer.out > dims.widest) dims.widest = layer.out;
+  }
+}
+
+/// The shapes of `model`, which must have at most kMaxLayers layers.
+inline ModelDims model_dims(const Model& model) {
+  ModelDims dims;
+  dims.num_layers = static_cast<int>(model.num_layers());
+  for (int l = 0; l < dims.num_layers; ++l) {
+    const Layer& layer = model.layers[static_cast<std::size_t>(l)];
+    dims.layers[l].in = layer.in;
+    dims.layers[l].out = layer.out;
+    dims.layers[l].bias = layer.has_bias();
+  }
+  finish_dims(dims);
+  return dims;
+}
+
+/// Everything the runs share: the model's shapes, the training data (row
+/// major, float64), the options.
+struct Problem {
+  ModelDims model;
+  const double* x = nullptr;             // n × d
+  const double* y = nullptr;             // n × k (squared loss)
+  const std::int32_t* labels = nullptr;  // n (cross-entropy)
+  std::int64_t n = 0, d = 0, k = 0;
+  Loss loss = Loss::squared;
+  Sampling sampling = Sampling::with_replacement;
+  double label_noise = 0, weight_decay = 0, momentum = 0;
+  /// A minibatch loss above it (or not finite) stops the run.
+  double divergence_limit = 0;
+  std::uint64_t seed = 0;
+};
+
+struct RunSpec {
+  std::int64_t batch_size = 0;
+  double lr = 0;
+  std::uint32_t replica = 0;
+};
+
+/// One run's buffers: act_size, widest, widest and P entries, and n for the
+/// permutation (without replacement only).
+struct RunScratch {
+  Strided<double> acts, delta, delta_prev, grad;
+  Strided<std::int32_t> perm;
+};
+
+enum class Stop : int { none = 0, minibatch_loss = 1, weights = 2 };
+
+/// What a segment of steps did to one run.
+struct Outcome {
+  std::int64_t steps = 0;  // updates made
+  std::int64_t step = -1;  // where it diverged, or −1
+  Stop why = Stop::none;
+  double loss = 0;         // the minibatch loss at that step
+};
+
+GN_HOST_DEVICE inline bool is_finite(double value) { return std::isfinite(value); }
+
+// ---- Randomness ---------------------------------------------------------------
+
+GN_HOST_DEVICE inline r123::Philox4x32::ctr_type philox(std::uint64_t seed, std::uint32_t replica,
+                                                        std::uint32_t stream, std::uint32_t step,
+                                                        std::uint32_t block) {
+  const r123::Philox4x32 generator;
+  const r123::Philox4x32::key_type key = {
+      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
+  const r123::Philox4x32::ctr_type counter = {{replica, kSweepTag | stream, step, block}};
+  return generator(counter, key);
+}
+
+/// The 64-bit word `half` (0 or 1) of a Philox block.
+GN_HOST_DEVICE inline std::uint64_t word(const r123::Philox4x32::ctr_type& bits, int half) {
+  return std::uint64_t{bits[2 * half]} << 32 | bits[2 * half + 1];
+}
+
+/// floor(bits · n / 2⁶⁴).
+GN_HOST_DEVICE inline std::uint64_t below(std::uint64_t bits, std::uint64_t n) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(bits, n);
+#else
+  __extension__ using uint128 = unsigned __int128;  // GCC and Clang
+  return static_cast<std::uint64_t>((static_cast<uint128>(bits) * n) >> 64);
+#endif
+}
+
+/// The permutation of epoch `epoch`: Fisher–Yates, draw p (p = 0..n−2)
+/// swapping position n−1−p with ⌊u·(n−p)/2⁶⁴⌋.
+GN_HOST_DEVICE inline void epoch_permutation(std::uint64_t seed, std::uint32_t replica,
+                                             std::uint32_t epoch, Strided<std::int32_t> perm,
+                                             std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) perm[i] = static_cast<std::int32_t>(i);
+  r123::Philox4x32::ctr_type bits{};
+  for (std::int64_t p = 0; p + 1 < n; ++p) {
+    if (p % 2 == 0) {
+      bits = philox(seed, replica, kStreamPermutation, epoch, static_cast<std::uint32_t>(p / 2));
+    }
+    const std::int64_t i = n - 1 - p;
+    const auto j = static_cast<std::int64_t>(
+        below(word(bits, static_cast<int>(p % 2)), static_cast<std::uint64_t>(i + 1)));
+    const std::int32_t held = perm[i];
+    perm[i] = perm[j];
+    perm[j] = held;
+  }
+}
+
+/// Makes `perm` hold the permutation of the epoch of `step` (without
+/// replacement); `perm_epoch` is the epoch it holds now (−1: none).
+GN_HOST_DEVICE inline void ensure_permutation(const Problem& p, const RunSpec& run,
+                                              std::int64_t step, Strided<std::int32_t> perm,
+                                              std::int64_t& perm_epoch) {
+  const std::int64_t epoch = step / (p.n / run.batch_size);
+  if (perm_epoch == epoch) return;
+  epoch_permutation(p.seed, run.replica, static_cast<std::uint32_t>(epoch), perm, p.n);
+  perm_epoch = epoch;
+}
+
+/// The row of slot `slot` of batch `step` (after ensure_permutation without
+/// replacement).
+GN_HOST_DEVICE inline std::int64_t batch_row(const Problem& p, const RunSpec& run, std::int64_t step,
+                                             std::int64_t slot, Strided<std::int32_t> perm) {
+  const std::int64_t b = run.batch_size;
+  switch (p.sampling) {
+    case Sampling::with_replacement: {
+      const auto bits = philox(p.seed, run.replica, kStreamIndices, static_cast<std::uint32_t>(step),
+                               static_cast<std::uint32_t>(slot / 2));
+      return static_cast<std::int64_t>(
+          below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(p.n)));
+    }
+    case Sampling::without_replacement:
+      return perm[(step % (p.n / b)) * b + slot];
+    case Sampling::fixed:
+      break;
+  }
+  return (step * b + slot) % p.n;
+}
+
+/// Label-noise normals of one step, one Box–Muller pair per Philox block
+/// (normal m = slot·K + output is the cosine (m even) or sine (m odd) of
+/// block m/2), the last pair kept. On the GPU sqrt/log/sin/cos are CUDA's,
+/// which may differ from glibc's in the last ulp.
+struct NormalPairs {
+  std::int64_t block = -1;
+  double even = 0, odd = 0;
+
+  GN_HOST_DEVICE double get(std::uint64_t seed, std::uint32_t replica, std::int64_t step,
+                            std::int64_t m) {
+    if (m / 2 != block) {
+      block = m / 2;
+      constexpr double kTwoToMinus53 = 1.0 / 9007199254740992.0;
+      constexpr double kPi = 3.141592653589793;  // std::numbers::pi
+      const auto bits = philox(seed, replica, kStreamLabelNoise, static_cast<std::uint32_t>(step),
+                               static_cast<std::uint32_t>(block));
+      const double u_radius = static_cast<double>((word(bits, 0) >> 11) + 1) * kTwoToMinus53;
+      const double u_angle = static_cast<double>(word(bits, 1) >> 11) * kTwoToMinus53;
+      const double radius = std::sqrt(-2.0 * std::log(u_radius));
+      const double angle = 2.0 * kPi * u_angle;
+      even = radius * std::cos(angle);
+      odd = radius * std::sin(angle);
+    }
+    return m % 2 == 0 ? even : odd;
+  }
+};
+
+// ---- One sample ---------------------------------------------------------------------
+
+/// Forward and backward pass of sample `row` (slot `slot` of batch `step`) at
+/// θ: adds its gradient to s.grad and returns its loss (½‖f − y‖² or the
+/// softmax cross-entropy; y with label noise when asked).
+GN_HOST_DEVICE inline double sample_gradient(const Problem& p, const RunSpec& run,
+                                             Strided<double> theta, std::int64_t step,
+                                             std::int64_t slot, std::int64_t row,
+                                             NormalPairs& noise, RunScratch& s) {
+  const ModelDims& m = p.model;
+  const double* x_row = p.x + row * p.d;
+  const int last = m.num_layers - 1;
+
+  // Forward: a_{l+1} = W_l a_l (+ b_l), a_0 the sample's inputs.
+  for (int l = 0; l < m.num_layers; ++l) {
+    const LayerDims& layer = m.layers[l];
+    const std::int64_t in_at = m.act_offset[l];
+    const std::int64_t out_at = m.act_offset[l + 1];
+    for (std::int64_t o = 0; o < layer.out; ++o) {
+      double z = 0.0;
+      const std::int64_t w_row = layer.offset + o * layer.in;
+      if (l == 0) {
+        for (std::int64_t j = 0; j < layer.in; ++j) z += theta[w_row + j] * x_row[j];
+      } else {
+        for (std::int64_t j = 0; j < layer.in; ++j) z += theta[w_row + j] * s.acts[in_at + j];
+      }
+      if (layer.bias) z += theta[layer.offset + layer.out * layer.in + o];
+      s.acts[out_at + o] = z;
+    }
+  }
+
+  // Output errors δ_L and the loss.
+  const std::int64_t k = p.k;
+  const std::int64_t f_at = m.act_offset[last + 1];
+  Strided<double> delta = s.delta, previous = s.delta_prev;
+  double loss = 0;
+  if (p.loss == Loss::squared) {
+    for (std::int64_t o = 0; o < k; ++o) {
+      double target = p.y[row * k + o];
+      if (p.label_noise > 0) target += p.label_noise * noise.get(p.seed, run.replica, step, slot * k + o);
+      const double e = s.acts[f_at + o] - target;
+      delta[o] = e;
+      loss += 0.5 * e * e;
+    }
+  } else {
+    double top = s.acts[f_at];
+    for (std::int64_t o = 1; o < k; ++o) {
+      const double z = s.acts[f_at + o];
+      top = top < z ? z : top;  // std::max(top, z)
+    }
+    double total = 0;
+    for (std::int64_t o = 0; o < k; ++o) {
+      const double e = std::exp(s.acts[f_at + o] - top);
+      delta[o] = e;
+      total += e;
+    }
+    const std::int32_t label = p.labels[row];
+    for (std::int64_t o = 0; o < k; ++o) delta[o] /= total;
+    delta[label] -= 1.0;
+    loss = std::log(total) - (s.acts[f_at + label] - top);
+  }
+
+  // Backward: the layer's gradient += δ_l a_lᵀ (and δ_l for the bias), then
+  // δ_{l−1} = W_lᵀ δ_l.
+  for (int l = last; l >= 0; --l) {
+    const LayerDims& layer = m.layers[l];
+    const std::int64_t in_at = m.act_offset[l];
+    for (std::int64_t o = 0; o < layer.out; ++o) {
+      const double d = delta[o];
+      const std::int64_t g_row = layer.offset + o * layer.in;
+      if (l == 0) {
+        for (std::int64_t j = 0; j < layer.in; ++j) s.grad[g_row + j] += d * x_row[j];
+      } else {
+        for (std::int64_t j = 0; j < layer.in; ++j) s.grad[g_row + j] += d * s.acts[in_at + j];
+      }
+      if (layer.bias) s.grad[layer.offset + layer.out * layer.in + o] += d;
+    }
+    if (l == 0) break;
+    for (std::int64_t j = 0; j < layer.in; ++j) {
+      double sum = 0.0;
+      for (std::int64_t o = 0; o < layer.out; ++o) sum += theta[layer.offset + o * layer.in + j] * delta[o];
+      previous[j] = sum;
+    }
+    const Strided<double> held = delta;
+    delta = previous;
+    previous = held;
+  }
+  return loss;
+}
+
+// ---- One step -------------------------------------------------------------------------
+
+/// The minibatch gradient of batch `step` at θ into s.grad (the mean over the
+/// batch, without weight decay); returns the minibatch loss.
+GN_HOST_DEVICE inline double minibatch_gradient(const Problem& p, const RunSpec& run,
+                                                Strided<double> theta, std::int64_t step,
+                                                RunScratch& s, std::int64_t& perm_epoch) {
+  const std::int64_t b = run.batch_size;
+  for (std::int64_t q = 0; q < p.model.num_params; ++q) s.grad[q] = 0.0;
+  if (p.sampling == Sampling::without_replacement) ensure_permutation(p, run, step, s.perm, perm_epoch);
+  NormalPairs noise;
+  double loss = 0;
+  for (std::int64_t slot = 0; slot < b; ++slot) {
+    const std::int64_t row = batch_row(p, run, step, slot, s.perm);
+    loss += sample_gradient(p, run, theta, step, slot, row, noise, s);
+  }
+  const auto count = static_cast<double>(b);
+  for (std::int64_t q = 0; q < p.model.num_params; ++q) s.grad[q] /= count;
+  return loss / count;
+}
+
+/// θ ← θ − λ(g + WD·θ), or with momentum v ← μv + (g + WD·θ), θ ← θ − λv
+/// (velocity.base is null without momentum); returns ‖θ‖² after the update.
+GN_HOST_DEVICE inline double sgd_update(const Problem& p, double lr, Strided<double> theta,
+                                        Strided<double> velocity, Strided<double> grad) {
+  double norm_sq = 0;
+  for (std::int64_t q = 0; q < p.model.num_params; ++q) {
+    double g = grad[q];
+    if (p.weight_decay != 0) g += p.weight_decay * theta[q];
+    if (velocity.base != nullptr) {
+      velocity[q] = p.momentum * velocity[q] + g;
+      theta[q] -= lr * velocity[q];
+    } else {
+      theta[q] -= lr * g;
+    }
+    norm_sq += theta[q] * theta[q];
+  }
+  return norm_sq;
+}
+
+/// Steps [from, to) of one run, stopping at the first sign of divergence as
+/// the CPU engine does: a minibatch loss that is not finite or exceeds the
+/// limit stops the run before that step's update; a non-finite ‖θ‖² after an
+/// update stops it after.
+GN_HOST_DEVICE inline Outcome advance_run(const Problem& p, const RunSpec& run,
+                                          Strided<double> theta, Strided<double> velocity,
+                                          std::int64_t from, std::int64_t to, RunScratch& s,
+                                          std::int64_t& perm_epoch) {
+  Outcome outcome;
+  for (std::int64_t step = from; step < to; ++step) {
+    const double loss = minibatch_gradient(p, run, theta, step, s, perm_epoch);
+    if (!is_finite(loss) || loss > p.divergence_limit) {
+      outcome.steps = step - from;
+      outcome.step = step;
+      outcome.why = Stop::minibatch_loss;
+      outcome.loss = loss;
+      return outcome;
+    }
+    const double norm_sq = sgd_update(p, run.lr, theta, velocity, s.grad);
+    if (!is_finite(norm_sq)) {
+      outcome.steps = step + 1 - from;
+      outcome.step = step;
+      outcome.why = Stop::weights;
+      outcome.loss = loss;
+      return outcome;
+    }
+  }
+  outcome.steps = to - from;
+  return outcome;
+}
+
+// ---- All runs, interleaved (the GPU engine's layout) -------------------------------
+
+/// Scratch doubles per run: activations, two δ buffers, the gradient.
+GN_HOST_DEVICE inline std::int64_t scratch_per_run(const ModelDims& dims) {
+  return dims.act_size + 2 * dims.widest + dims.num_params;
+}
+
+/// Every run's state, interleaved: entry i of run r at [i·runs + r] in θ, the
+/// velocities (null without momentum), the scratch (scratch_per_run entries
+/// per run) and the permutations (n per run; null unless without
+/// replacement). perm_epochs[r] is the epoch run r's permutation holds (−1:
+/// none yet); it persists across segments.
+struct InterleavedRuns {
+  const RunSpec* specs = nullptr;
+  std::int64_t runs = 0;
+  double* theta = nullptr;
+  double* velocity = nullptr;
+  double* scratch = nullptr;
+  std::int32_t* perms = nullptr;
+  std::int64_t* perm_epochs = nullptr;
+  const std::uint8_t* diverged = nullptr;  // runs with 1 are left alone
+  Outcome* outcomes = nullptr;
+};
+
+/// Steps [from, to) of run `run` of `all` (what one GPU thread does).
+GN_HOST_DEVICE inline void advance_interleaved(const Problem& p, const InterleavedRuns& all,
+                                               std::int64_t run, std::int64_t from,
+                                               std::int64_t to) {
+  if (all.diverged[run] != 0) {
+    all.outcomes[run] = Outcome{};
+    return;
+  }
+  const std::int64_t runs = all.runs;
+  const ModelDims& dims = p.model;
+  RunScratch s;
+  std::int64_t at = 0;
+  s.acts = {all.scratch + at * runs + run, runs};
+  at += dims.act_size;
+  s.delta = {all.scratch + at * runs + run, runs};
+  at += dims.widest;
+  s.delta_prev = {all.scratch + at * runs + run, runs};
+  at += dims.widest;
+  s.grad = {all.scratch + at * runs + run, runs};
+  s.perm = {all.perms == nullptr ? nullptr : all.perms + run, runs};
+  const Strided<double> theta{all.theta + run, runs};
+  const Strided<double> velocity{all.velocity == nullptr ? nullptr : all.velocity + run, runs};
+  std::int64_t perm_epoch = all.perm_epochs[run];
+  all.outcomes[run] = advance_run(p, all.specs[run], theta, velocity, from, to, s, perm_epoch);
+  all.perm_epochs[run] = perm_epoch;
+}
+
+/// Run major (run · P + q) to interleaved (q · runs + run), and back.
+inline void interleave(const double* by_run, double* by_param, std::int64_t runs,
+                       std::int64_t params) {
+  for (std::int64_t run = 0; run < runs; ++run) {
+    for (std::int64_t q = 0; q < params; ++q) by_param[q * runs + run] = by_run[run * params + q];
+  }
+}
+
+inline void deinterleave(const double* by_param, double* by_run, std::int64_t runs,
+                         std::int64_t params) {
+  for (std::int64_t run = 0; run < runs; ++run) {
+    for (std::int64_t q = 0; q < params; ++q) by_run[run * params + q] = by_param[q * runs + run];
+  }
+}
+
+}  // namespace gradnoise::sweep_step
