@@ -91,7 +91,7 @@ struct ProfileArgs {
   bool curve_loss = false;
   std::string batch_sizes = "all";
   std::string param_stats_path;
-  std::int64_t chunk_rows = 4096;
+  std::int64_t chunk_rows = 0;  // 0: the device's default (kCpuChunkRows / kGpuChunkRows)
   // The noise's shape.
   std::int64_t spectrum = 0;        // top eigenpairs of Σ and H; 0: none
   bool exact_trace_sq = false;      // tr(Σ²) exactly even when it is costly

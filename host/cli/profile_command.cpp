@@ -21,6 +21,13 @@
 namespace gradnoise::cli {
 namespace {
 
+// Default chunks: on the CPU a chunk's inputs and their centred copy should
+// stay in cache across the passes the engine makes over them (1024 rows ran
+// Fashion-MNIST 1.6-2x faster than 4096 on a 2-core EPYC); on a GPU a chunk
+// should keep the device busy.
+constexpr std::int64_t kCpuChunkRows = 1024;
+constexpr std::int64_t kGpuChunkRows = std::int64_t{1} << 16;
+
 void check_combinations(const ProfileArgs& args) {
   check_data_model_combinations(args.inputs, /*seed_also_samples=*/false);
   if (args.curve_path.empty()) {
@@ -29,7 +36,9 @@ void check_combinations(const ProfileArgs& args) {
       throw InputError("--batch-sizes chooses the rows of --curve (or --tests-csv); give one of them too.");
     }
   }
-  if (args.chunk_rows < 1) throw InputError("--chunk-rows must be at least 1.");
+  if (args.chunk_rows < 0) {
+    throw InputError("--chunk-rows must be at least 1 (or 0 for the device's default).");
+  }
   if (args.spectrum < 0) throw InputError("--spectrum must be a number of eigenvalues ≥ 1 (or 0 for none).");
   if (args.spectrum == 0) {
     if (args.exact_trace_sq) throw InputError("--exact-trace-sq belongs to --spectrum; give --spectrum K too.");
@@ -103,7 +112,9 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
   command->add_option("--param-stats", args.param_stats_path,
                       "Write a P x 2 float64 .npy of (param_mean, param_var) per parameter")
       ->type_name("FILE");
-  command->add_option("--chunk-rows", args.chunk_rows, "Rows per streamed chunk")
+  command->add_option("--chunk-rows", args.chunk_rows,
+                      "Rows per streamed chunk (0: " + std::to_string(kCpuChunkRows) +
+                          " on the CPU, " + std::to_string(kGpuChunkRows) + " on a GPU)")
       ->capture_default_str();
   command->add_option("--spectrum", args.spectrum,
                       "Top K eigenvalues of the gradient covariance Σ (model and per layer) and "
@@ -149,7 +160,14 @@ int run_profile(const ProfileArgs& args) {
   ProfileOptions options;
   options.loss = loss;
   options.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
-  options.chunk_rows = args.chunk_rows;
+  const bool on_gpu = options.device == Device::cuda ||
+                      (options.device == Device::automatic && cuda_device_count() > 0);
+  const std::int64_t chunk_rows =
+      args.chunk_rows > 0 ? args.chunk_rows : on_gpu ? kGpuChunkRows : kCpuChunkRows;
+  options.chunk_rows = chunk_rows;
+  // The noise's shape is computed on the CPU (some of it on the GPU too,
+  // with its own chunking), so it takes the CPU's default.
+  const std::int64_t cpu_chunk_rows = args.chunk_rows > 0 ? args.chunk_rows : kCpuChunkRows;
   options.param_stats = !args.param_stats_path.empty();
 
   OutputSet outputs;
@@ -183,7 +201,7 @@ int run_profile(const ProfileArgs& args) {
     current_stage = "finding the covariance spectrum";
     SpectrumOptions spectrum_options;
     spectrum_options.k = std::min(args.spectrum, model.num_params());
-    spectrum_options.chunk_rows = args.chunk_rows;
+    spectrum_options.chunk_rows = cpu_chunk_rows;
     spectrum_options.keep_vectors = false;
     spectrum_options.exact_trace_sq = args.exact_trace_sq;
     shape.spectrum = covariance_spectrum(model, loaded.data, loss, result, spectrum_options);
@@ -206,7 +224,7 @@ int run_profile(const ProfileArgs& args) {
     CurvatureOptions curvature_options;
     curvature_options.k = std::min(args.spectrum, model.num_params());
     curvature_options.gauss_newton = args.hessian == "gn";
-    curvature_options.chunk_rows = args.chunk_rows;
+    curvature_options.chunk_rows = cpu_chunk_rows;
     std::optional<double> trace_sq;
     if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
     ExternalOperator hessian;
@@ -229,13 +247,13 @@ int run_profile(const ProfileArgs& args) {
       covariance.device = result.device;
     }
     shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes,
-                              args.chunk_rows, covariance);
+                              cpu_chunk_rows, covariance);
   }
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";
     shape.estimators = mentioning("--estimators", args.estimators, [&] {
       return two_batch_estimators(model, loaded.data, loss, result, estimator_spec[0],
-                                  estimator_spec[1], estimator_spec[2], args.inputs.seed, args.chunk_rows);
+                                  estimator_spec[1], estimator_spec[2], args.inputs.seed, cpu_chunk_rows);
     });
   }
 
@@ -245,7 +263,7 @@ int run_profile(const ProfileArgs& args) {
   context.model = model_description;
   context.data = loaded.description;
   context.options = {{"device_requested", args.device},
-                     {"chunk_rows", args.chunk_rows},
+                     {"chunk_rows", chunk_rows},
                      {"param_stats", options.param_stats},
                      {"spectrum", args.spectrum},
                      {"hessian", args.hessian},
