@@ -8,11 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define GN_HOST_DEVICE __host__ __device__
-#else
-#define GN_HOST_DEVICE
-#endif
+#include "host_device.hpp"
 
 namespace gradnoise::detail {
 

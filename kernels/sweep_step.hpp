@@ -27,11 +27,7 @@
 #include "gradnoise/model.hpp"
 #include "gradnoise/sweep.hpp"
 
-#if defined(__CUDACC__)
-#define GN_HOST_DEVICE __host__ __device__
-#else
-#define GN_HOST_DEVICE
-#endif
+#include "host_device.hpp"
 
 namespace gradnoise::sweep_step {
 

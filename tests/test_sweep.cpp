@@ -16,6 +16,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
+#include "sweep_cases.hpp"
 #include "test_util.hpp"
 
 namespace gradnoise {
@@ -164,16 +165,7 @@ std::vector<double> reference_run(Model model, const Dataset& data, const SweepC
   return model.flatten();
 }
 
-struct LoopCase {
-  const char* name;
-  std::vector<std::int64_t> widths;
-  bool bias;
-  Loss loss;
-  Sampling sampling;
-  double label_noise, weight_decay, momentum;
-};
-
-void PrintTo(const LoopCase& test, std::ostream* out) { *out << test.name; }
+using LoopCase = testing::SweepCase;
 
 class SweepAgainstReferenceLoop : public ::testing::TestWithParam<LoopCase> {};
 
@@ -182,20 +174,7 @@ TEST_P(SweepAgainstReferenceLoop, EveryRunIsBitIdentical) {
   const std::int64_t n = 37, k = test.widths.back();
   const Dataset data = random_dataset(n, test.widths.front(), k, test.loss, 5);
   const Model model = random_model(test.widths, test.bias, 6, 0.5);
-  SweepConfig config;
-  config.loss = test.loss;
-  config.batch_sizes = {1, 5};
-  config.lrs = {0.05, 0.01};
-  config.replicas = 2;
-  config.first_replica = 3;
-  config.steps = 23;  // crosses several epochs without replacement
-  config.log_every = 10;
-  config.sampling = test.sampling;
-  config.label_noise = test.label_noise;
-  config.weight_decay = test.weight_decay;
-  config.momentum = test.momentum;
-  config.seed = 0x1234567890abcdefULL;
-  config.threads = 2;
+  const SweepConfig config = testing::sweep_case_config(test);
   Sweep sweep(model, data, nullptr, config);
   sweep.run();
   const SweepResult result = sweep.result();
@@ -214,14 +193,7 @@ TEST_P(SweepAgainstReferenceLoop, EveryRunIsBitIdentical) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Models, SweepAgainstReferenceLoop,
-    ::testing::Values(
-        LoopCase{"linear_mse_with", {4, 3}, true, Loss::squared, Sampling::with_replacement, 0, 0, 0},
-        LoopCase{"linear_mse_noise_decay", {4, 2}, true, Loss::squared, Sampling::without_replacement, 0.7, 0.01, 0},
-        LoopCase{"linear_ce_fixed_momentum", {5, 4}, false, Loss::cross_entropy, Sampling::fixed, 0, 0, 0.9},
-        LoopCase{"two_layer_ce_without", {4, 6, 3}, true, Loss::cross_entropy, Sampling::without_replacement, 0, 0.001, 0.5},
-        LoopCase{"deep_mse_with_noise", {3, 4, 5, 2}, false, Loss::squared, Sampling::with_replacement, 0.3, 0, 0}),
+INSTANTIATE_TEST_SUITE_P(Models, SweepAgainstReferenceLoop, ::testing::ValuesIn(testing::sweep_cases()),
     [](const auto& info) { return std::string(info.param.name); });
 
 // ---- Reproducibility -------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
+#include "sweep_cases.hpp"
 #include "sweep_step.hpp"
 #include "test_util.hpp"
 
@@ -37,49 +38,9 @@ namespace {
 using testing::random_dataset;
 using testing::random_model;
 
-struct StepCase {
-  const char* name;
-  std::vector<std::int64_t> widths;
-  bool bias;
-  Loss loss;
-  Sampling sampling;
-  double label_noise, weight_decay, momentum;
-};
-
-void PrintTo(const StepCase& test, std::ostream* out) { *out << test.name; }
-
-const std::vector<StepCase>& step_cases() {
-  static const std::vector<StepCase> cases = {
-      {"linear_mse_with", {4, 3}, true, Loss::squared, Sampling::with_replacement, 0, 0, 0},
-      {"linear_mse_without_decay_momentum", {4, 2}, true, Loss::squared,
-       Sampling::without_replacement, 0, 0.01, 0.9},
-      {"deep_mse_fixed", {3, 4, 5, 2}, false, Loss::squared, Sampling::fixed, 0, 0, 0},
-      {"linear_mse_noise_decay", {4, 2}, true, Loss::squared, Sampling::without_replacement, 0.7, 0.01, 0},
-      {"linear_ce_fixed_momentum", {5, 4}, false, Loss::cross_entropy, Sampling::fixed, 0, 0, 0.9},
-      {"two_layer_ce_without", {4, 6, 3}, true, Loss::cross_entropy, Sampling::without_replacement,
-       0, 0.001, 0.5},
-      {"deep_mse_with_noise", {3, 4, 5, 2}, false, Loss::squared, Sampling::with_replacement, 0.3, 0, 0},
-  };
-  return cases;
-}
-
-SweepConfig config_for(const StepCase& test) {
-  SweepConfig config;
-  config.loss = test.loss;
-  config.batch_sizes = {1, 5};
-  config.lrs = {0.05, 0.01};
-  config.replicas = 2;
-  config.first_replica = 3;
-  config.steps = 23;  // crosses several epochs without replacement
-  config.log_every = 10;
-  config.sampling = test.sampling;
-  config.label_noise = test.label_noise;
-  config.weight_decay = test.weight_decay;
-  config.momentum = test.momentum;
-  config.seed = 0x1234567890abcdefULL;
-  config.threads = 2;
-  return config;
-}
+using StepCase = testing::SweepCase;
+const auto& step_cases = testing::sweep_cases;
+const auto& config_for = testing::sweep_case_config;
 
 std::uint64_t bits_of(double value) { return std::bit_cast<std::uint64_t>(value); }
 
