@@ -201,7 +201,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=None,
                         help="rows per chunk for ghost and vmap_chunked (default: gradnoise's own chunk, "
-                             "4096 on the CPU, 65536 on the GPU)")
+                             "1024 on the CPU, 65536 on the GPU)")
     parser.add_argument("--latency", action="store_true", help="also time small linear problems back to back")
     parser.add_argument("--latency-reps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -243,7 +243,7 @@ def main():
     if "gradnoise" not in methods:
         die("--methods must include gradnoise: every baseline is checked against it.")
     # The smoke check's N = 512 spans three chunks of 200.
-    chunk = 200 if args.smoke else args.chunk or (4096 if args.device == "cpu" else 1 << 16)
+    chunk = 200 if args.smoke else args.chunk or (1024 if args.device == "cpu" else 1 << 16)
     if chunk < 1:
         die("--chunk must be at least 1.")
     losses = parse_list(args.loss if not args.smoke else "mse,ce", "--loss", ("mse", "ce"))
