@@ -24,6 +24,7 @@
 #include <string>
 
 #include "chunk_pass.hpp"
+#include "hessian_host.hpp"
 #include "gradnoise/error.hpp"
 #include "moments.hpp"
 
@@ -109,150 +110,21 @@ BlockOperator HessianOperator::as_block_operator() const {
   return [this](const double* in, double* out, std::int64_t cols) { apply(in, out, cols); };
 }
 
-// Layer l (0-based) has input a_l (view.inputs[l]) and output error δ_l
-// (view.errors[l]); the direction's parts are V_l (out×in) and c_l (out).
+// The R-operator, per layer l (0-based) with input a_l, output error δ_l
+// and the direction's parts V_l (out×in) and c_l (out):
 // Forward:  R a_{l+1} = a_l V_lᵀ + R a_l W_lᵀ + c_l            (R a_0 = 0)
 // Loss:     R δ_{L−1} = H_ℓ R f
 // Backward: R δ_{l−1} = R δ_l W_l [+ δ_l V_l]                  (full only)
 // Product:  (Hv)_{W_l} = (1/N) Σ_i R δ_{l,i} a_{l,i}ᵀ [+ δ_{l,i} (R a_{l,i})ᵀ],
 //           (Hv)_{b_l} = (1/N) Σ_i R δ_{l,i}.
-// Per-column buffers are sample-major, [i][c][unit], so "all rows of all
-// columns times W" and "a_l times all columns' V_lᵀ" are each one GEMM.
+// The steps are kernels/hessian_pass.hpp's, the GPU's own sequence of GEMMs
+// over all columns of the block at once, run here through row-major BLAS.
 void HessianOperator::apply(const double* in, double* out, std::int64_t cols) const {
   if (cols <= 0) return;
   ++passes_;
-  const std::int64_t p = dim_;
-  const std::int64_t num_layers = model_.num_layers();
-  const std::int64_t k = model_.output_dim();
-  const bool full = !gauss_newton_;
-
-  struct LayerBlock {
-    std::vector<double> v_stack;  // [c][r][s]: every column's V_l, stacked
-    std::vector<double> v_hcat;   // [r][c][s]: side by side (full, l > 0)
-    std::vector<double> c_stack;  // [c][r]: every column's c_l
-    std::vector<double> hw;       // [c][r][s]: Σ_i R δ a_lᵀ
-    std::vector<double> hwt;      // [r][c][s]: Σ_i δ (R a_l)ᵀ (full, l > 0)
-    std::vector<double> hb;       // [c][r]:    Σ_i R δ
-  };
-  std::vector<LayerBlock> blocks(static_cast<std::size_t>(num_layers));
-  std::int64_t width_sum = 0;
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    const Layer& layer = model_.layers[l];
-    const std::int64_t o = layer.out, ni = layer.in, off = model_.param_offset(l);
-    LayerBlock& b = blocks[l];
-    b.v_stack.resize(static_cast<std::size_t>(cols * o * ni));
-    for (std::int64_t c = 0; c < cols; ++c) std::copy_n(in + c * p + off, o * ni, b.v_stack.data() + c * o * ni);
-    if (full && l > 0) {
-      b.v_hcat.resize(b.v_stack.size());
-      for (std::int64_t r = 0; r < o; ++r) {
-        for (std::int64_t c = 0; c < cols; ++c) {
-          std::copy_n(in + c * p + off + r * ni, ni, b.v_hcat.data() + (r * cols + c) * ni);
-        }
-      }
-      b.hwt.assign(b.v_stack.size(), 0.0);
-    }
-    if (layer.has_bias()) {
-      b.c_stack.resize(static_cast<std::size_t>(cols * o));
-      for (std::int64_t c = 0; c < cols; ++c) std::copy_n(in + c * p + off + o * ni, o, b.c_stack.data() + c * o);
-      b.hb.assign(b.c_stack.size(), 0.0);
-    }
-    b.hw.assign(b.v_stack.size(), 0.0);
-    width_sum += o;
-  }
-
-  const std::int64_t rows = rows_for_budget(2 * cols * width_sum, chunk_rows_);
-  // r_act[l]: R a_l for l = 1..L (r_act[L] = R f); r_delta[l]: R δ_l.
-  std::vector<std::vector<double>> r_act(static_cast<std::size_t>(num_layers + 1));
-  std::vector<std::vector<double>> r_delta(static_cast<std::size_t>(num_layers));
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    const std::int64_t o = model_.layers[l].out;
-    r_act[l + 1].resize(static_cast<std::size_t>(rows * cols * o));
-    r_delta[l].resize(static_cast<std::size_t>(rows * cols * o));
-  }
-  std::vector<double> prob(static_cast<std::size_t>(k));
-
-  detail::for_each_chunk(model_, data_, loss_, rows, [&](const detail::ChunkView& view) {
-    const std::int64_t m = view.rows;
-    for (std::int64_t l = 0; l < num_layers; ++l) {
-      const Layer& layer = model_.layers[l];
-      const std::int64_t o = layer.out, ni = layer.in;
-      double* next = r_act[l + 1].data();
-      gemm(false, true, m, cols * o, ni, 1.0, view.inputs[l], ni, blocks[l].v_stack.data(), ni, 0.0,
-           next, cols * o);
-      if (l > 0) {
-        gemm(false, true, m * cols, o, ni, 1.0, r_act[l].data(), ni, layer.weight.data(), ni, 1.0,
-             next, o);
-      }
-      if (layer.has_bias()) {
-        const double* cs = blocks[l].c_stack.data();
-        for (std::int64_t i = 0; i < m; ++i) {
-          double* row = next + i * cols * o;
-          for (std::int64_t j = 0; j < cols * o; ++j) row[j] += cs[j];
-        }
-      }
-    }
-    // Loss Hessian: I (squared) or diag(p) − ppᵀ (cross-entropy), per row and column.
-    const double* rf = r_act[num_layers].data();
-    double* rd = r_delta[num_layers - 1].data();
-    if (loss_ == Loss::squared) {
-      std::copy_n(rf, m * cols * k, rd);
-    } else {
-      for (std::int64_t i = 0; i < m; ++i) {
-        softmax(view.outputs + i * k, k, prob.data());
-        for (std::int64_t c = 0; c < cols; ++c) {
-          const double* z = rf + (i * cols + c) * k;
-          double* d = rd + (i * cols + c) * k;
-          const double pz = dot(prob.data(), z, k);
-          for (std::int64_t r = 0; r < k; ++r) d[r] = prob[r] * (z[r] - pz);
-        }
-      }
-    }
-    for (std::int64_t l = num_layers - 1; l >= 0; --l) {
-      const Layer& layer = model_.layers[l];
-      const std::int64_t o = layer.out, ni = layer.in;
-      LayerBlock& b = blocks[l];
-      const double* rdl = r_delta[l].data();
-      gemm(true, false, cols * o, ni, m, 1.0, rdl, cols * o, view.inputs[l], ni, 1.0, b.hw.data(), ni);
-      if (full && l > 0) {
-        gemm(true, false, o, cols * ni, m, 1.0, view.errors[l], o, r_act[l].data(), cols * ni, 1.0,
-             b.hwt.data(), cols * ni);
-      }
-      if (layer.has_bias()) {
-        for (std::int64_t i = 0; i < m; ++i) {
-          const double* row = rdl + i * cols * o;
-          for (std::int64_t j = 0; j < cols * o; ++j) b.hb[j] += row[j];
-        }
-      }
-      if (l > 0) {
-        gemm(false, false, m * cols, ni, o, 1.0, rdl, o, layer.weight.data(), ni, 0.0,
-             r_delta[l - 1].data(), ni);
-        if (full) {
-          gemm(false, false, m, cols * ni, o, 1.0, view.errors[l], o, b.v_hcat.data(), cols * ni,
-               1.0, r_delta[l - 1].data(), cols * ni);
-        }
-      }
-    }
-  });
-
-  const double inv_n = 1.0 / static_cast<double>(data_.num_samples());
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    const Layer& layer = model_.layers[l];
-    const std::int64_t o = layer.out, ni = layer.in, off = model_.param_offset(l);
-    const LayerBlock& b = blocks[l];
-    for (std::int64_t c = 0; c < cols; ++c) {
-      double* dst = out + c * p + off;
-      for (std::int64_t r = 0; r < o; ++r) {
-        for (std::int64_t s = 0; s < ni; ++s) {
-          double v = b.hw[(c * o + r) * ni + s];
-          if (!b.hwt.empty()) v += b.hwt[(r * cols + c) * ni + s];
-          dst[r * ni + s] = v * inv_n;
-        }
-      }
-      if (layer.has_bias()) {
-        for (std::int64_t r = 0; r < o; ++r) dst[o * ni + r] = b.hb[c * o + r] * inv_n;
-      }
-    }
-  }
+  const std::int64_t rows = rows_for_budget(detail::hessian_doubles_per_row(model_, cols), chunk_rows_);
+  detail::RowMajorBlasExec exec;
+  detail::hessian_apply_host(exec, model_, data_, loss_, gauss_newton_, rows, in, out, cols);
 }
 
 // ---- Curvature report -------------------------------------------------------

@@ -78,7 +78,10 @@ struct CudaExec {
   cublasHandle_t cublas = nullptr;
   cudaStream_t stream = nullptr;
 
-  void gemm(const detail::ColumnMajorGemm& g, const double* first, const double* second, double* c) {
+  void gemm(const detail::RowMajorGemm& row_major, const double* a, const double* b, double* c) {
+    const detail::ColumnMajorGemm g = detail::column_major(row_major);
+    const double* first = b;  // column-major, a row-major product's operands swap
+    const double* second = a;
     GN_CUBLAS_CHECK(cublasDgemm(cublas, g.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N,
                                 g.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(g.m),
                                 blas_int(g.n), blas_int(g.k), &g.alpha, first, blas_int(g.ld_first),

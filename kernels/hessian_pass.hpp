@@ -1,10 +1,8 @@
-// The per-chunk steps of a block Hessian-vector product on the GPU
-// (kernels/curvature_cuda.cu), written once against an executor so that a
-// CPU test runs exactly the GPU's sequence of column-major GEMM calls (with
-// the same transposes, dimensions and leading dimensions, through BLAS) and
-// the same row arithmetic, and compares the result with the CPU
-// HessianOperator (host/curvature.cpp), whose R-operator this mirrors step
-// for step. Plain C++: compiles with and without nvcc, includes no CUDA header.
+// The per-chunk steps of a block Hessian-vector product, written once
+// against an executor: the GPU runs them with cuBLAS (kernels/curvature_cuda.cu),
+// the CPU HessianOperator with row-major BLAS (host/hessian_host.hpp), and a
+// CPU test with column-major BLAS and exactly cuBLAS's arguments, which it
+// compares with the CPU operator. Plain C++: compiles with and without nvcc, includes no CUDA header.
 #pragma once
 
 #include <algorithm>
@@ -197,8 +195,10 @@ struct HessianLayerBuffers {
   double* r_delta = nullptr;        // R δ_l,     [i][c][r], m × cols × out
 };
 
-/// The executor's operations, as the GPU provides them:
-///   gemm(const ColumnMajorGemm&, const double* first, const double* second, double* c);
+/// The executor's operations (the GPU's in curvature_cuda.cu, the CPU's in
+/// host/hessian_host.hpp):
+///   gemm(const RowMajorGemm&, const double* a, const double* b, double* c): a
+///     column-major executor (cuBLAS) runs column_major(g) with first = b, second = a;
 ///   add_rows(double* rows, const double* vec, m, width): rows[i][j] += vec[j];
 ///   copy(double* dst, const double* src, count);
 ///   softmax_rows(const double* z, m, k, double* prob): softmax_row per row;
@@ -208,10 +208,11 @@ template <class Exec>
 void row_major_gemm(Exec& exec, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
                     std::int64_t k, double alpha, const double* a, std::int64_t lda,
                     const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
-  exec.gemm(column_major({trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc}), b, a, c);
+  exec.gemm(RowMajorGemm{trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc}, a, b, c);
 }
 
-/// HessianOperator::apply's chunk body (host/curvature.cpp), step for step:
+/// One chunk of a block Hessian-vector product (the CPU HessianOperator runs
+/// it too, through host/hessian_host.hpp):
 /// Forward:  R a_{l+1} = a_l V_lᵀ + R a_l W_lᵀ + c_l            (R a_0 = 0)
 /// Loss:     R δ_{L−1} = H_ℓ R f   (I, or diag(p) − ppᵀ per row and column)
 /// Backward: R δ_{l−1} = R δ_l W_l [+ δ_l V_l]                  (full only)

@@ -23,6 +23,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/report.hpp"
+#include "hessian_host.hpp"
 #include "hessian_pass.hpp"
 #include "test_util.hpp"
 
@@ -48,28 +49,17 @@ std::vector<double> directions(std::int64_t p, std::int64_t cols, double phase) 
 
 // ---- The GPU's GEMM sequence through column-major BLAS ------------------------
 
-/// hessian_pass.hpp's executor on the CPU: cblas_dgemm(CblasColMajor, …) with
-/// exactly the arguments cublasDgemm gets, and the kernels' index arithmetic.
-struct ColumnMajorBlasExec {
-  void gemm(const detail::ColumnMajorGemm& g, const double* first, const double* second, double* c) {
+/// hessian_pass.hpp's executor on the CPU as the GPU runs it: each row-major
+/// GEMM turned into cblas_dgemm(CblasColMajor, …) with exactly the arguments
+/// cublasDgemm gets, and the kernels' index arithmetic.
+struct ColumnMajorBlasExec : detail::HostRowOps {
+  void gemm(const detail::RowMajorGemm& row_major, const double* a, const double* b, double* c) {
+    const detail::ColumnMajorGemm g = detail::column_major(row_major);
     cblas_dgemm(CblasColMajor, g.trans_first ? CblasTrans : CblasNoTrans,
                 g.trans_second ? CblasTrans : CblasNoTrans, static_cast<int>(g.m),
-                static_cast<int>(g.n), static_cast<int>(g.k), g.alpha, first,
-                static_cast<int>(g.ld_first), second, static_cast<int>(g.ld_second), g.beta, c,
+                static_cast<int>(g.n), static_cast<int>(g.k), g.alpha, b,
+                static_cast<int>(g.ld_first), a, static_cast<int>(g.ld_second), g.beta, c,
                 static_cast<int>(g.ldc));
-  }
-  void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
-    for (std::int64_t j = 0; j < m * width; ++j) rows[j] += vec[j % width];
-  }
-  void copy(double* dst, const double* src, std::int64_t count) { std::copy_n(src, count, dst); }
-  void softmax_rows(const double* z, std::int64_t m, std::int64_t k, double* prob) {
-    for (std::int64_t i = 0; i < m; ++i) detail::softmax_row(z + i * k, k, prob + i * k);
-  }
-  void softmax_hessian_rows(const double* prob, const double* rz, std::int64_t m, std::int64_t cols,
-                            std::int64_t k, double* rd) {
-    for (std::int64_t j = 0; j < m * cols; ++j) {
-      detail::softmax_hessian_row(prob + (j / cols) * k, rz + j * k, k, rd + j * k);
-    }
   }
 };
 
@@ -77,38 +67,8 @@ struct ColumnMajorBlasExec {
 /// with host buffers and ColumnMajorBlasExec in place of the device.
 void emulated_gpu_hessian(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
                           std::int64_t chunk, const double* in, double* out, std::int64_t cols) {
-  const bool full = !gauss_newton, labels = loss == Loss::cross_entropy;
-  const std::int64_t k = model.output_dim(), num_layers = model.num_layers();
-  detail::HessianBlock block = detail::pack_hessian_block(model, in, cols, full);
-  std::vector<std::vector<double>> r_out(static_cast<std::size_t>(num_layers)), r_delta(r_out.size());
-  std::vector<detail::HessianLayerBuffers> buffers(r_out.size());
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    detail::HessianBlock::LayerPart& part = block.layers[l];
-    r_out[l].assign(static_cast<std::size_t>(chunk * cols * model.layers[l].out), NAN);
-    r_delta[l].assign(r_out[l].size(), NAN);
-    detail::HessianLayerBuffers& b = buffers[l];
-    b.weight = model.layers[l].weight.data();
-    b.v_stack = part.v_stack.data();
-    b.v_hcat = part.v_hcat.empty() ? nullptr : part.v_hcat.data();
-    b.c_stack = part.c_stack.empty() ? nullptr : part.c_stack.data();
-    b.hw = part.hw.data();
-    b.hwt = part.hwt.empty() ? nullptr : part.hwt.data();
-    b.hb = part.hb.empty() ? nullptr : part.hb.data();
-    b.r_out = r_out[l].data();
-    b.r_delta = r_delta[l].data();
-  }
-  std::vector<double> prob(labels ? static_cast<std::size_t>(chunk * k) : 0);
-  std::vector<double> ones(static_cast<std::size_t>(chunk), 1.0);
   ColumnMajorBlasExec exec;
-  detail::for_each_chunk(model, data, loss, chunk, [&](const detail::ChunkView& view) {
-    for (std::int64_t l = 0; l < num_layers; ++l) {
-      buffers[l].input = view.inputs[l];
-      buffers[l].error = view.errors[l];
-    }
-    detail::hessian_chunk(exec, model, buffers, view.outputs, prob.data(), ones.data(), labels, full,
-                          view.rows, cols);
-  });
-  detail::unpack_hessian_block(model, block, cols, 1.0 / static_cast<double>(data.num_samples()), out);
+  detail::hessian_apply_host(exec, model, data, loss, gauss_newton, chunk, in, out, cols);
 }
 
 TEST(HessianPass, ColumnMajorMappingMatchesRowMajorBlas) {

@@ -1,0 +1,91 @@
+// Block Hessian-vector products on host buffers through the GEMM sequence of
+// kernels/hessian_pass.hpp: the CPU HessianOperator runs it with row-major
+// BLAS; a test runs the same sequence through column-major BLAS with the
+// arguments cuBLAS gets, so the two routes check each other.
+#pragma once
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "chunk_pass.hpp"
+#include "hessian_pass.hpp"
+
+namespace gradnoise::detail {
+
+/// The row operations of hessian_chunk's executor, on the host.
+struct HostRowOps {
+  void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (std::int64_t j = 0; j < width; ++j) rows[i * width + j] += vec[j];
+    }
+  }
+  void copy(double* dst, const double* src, std::int64_t count) { std::copy_n(src, count, dst); }
+  void softmax_rows(const double* z, std::int64_t m, std::int64_t k, double* prob) {
+    for (std::int64_t i = 0; i < m; ++i) softmax_row(z + i * k, k, prob + i * k);
+  }
+  void softmax_hessian_rows(const double* prob, const double* rz, std::int64_t m, std::int64_t cols,
+                            std::int64_t k, double* rd) {
+    for (std::int64_t j = 0; j < m * cols; ++j) {
+      softmax_hessian_row(prob + (j / cols) * k, rz + j * k, k, rd + j * k);
+    }
+  }
+};
+
+/// hessian_chunk's executor for the CPU: every GEMM as the row-major call it is.
+struct RowMajorBlasExec : HostRowOps {
+  void gemm(const RowMajorGemm& g, const double* a, const double* b, double* c) {
+    cblas_dgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans,
+                g.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(g.m), static_cast<int>(g.n),
+                static_cast<int>(g.k), g.alpha, a, static_cast<int>(g.lda), b,
+                static_cast<int>(g.ldb), g.beta, c, static_cast<int>(g.ldc));
+  }
+};
+
+/// out = H · in for `cols` column-major directions of length P (MATH.md
+/// flattening), one pass over `data` in chunks of `chunk` rows: pack the
+/// directions, run hessian_chunk on each chunk with `exec`, unpack scaled by
+/// 1/N. The R a and R δ buffers start as NaN, so a GEMM that reads them
+/// before writing them (a wrong beta) shows in the result.
+template <class Exec>
+void hessian_apply_host(Exec& exec, const Model& model, const DataSource& data, Loss loss,
+                        bool gauss_newton, std::int64_t chunk, const double* in, double* out,
+                        std::int64_t cols) {
+  const bool full = !gauss_newton, labels = loss == Loss::cross_entropy;
+  const std::int64_t k = model.output_dim(), num_layers = model.num_layers();
+  HessianBlock block = pack_hessian_block(model, in, cols, full);
+  std::vector<std::vector<double>> r_out(static_cast<std::size_t>(num_layers)), r_delta(r_out.size());
+  std::vector<HessianLayerBuffers> buffers(r_out.size());
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    HessianBlock::LayerPart& part = block.layers[l];
+    r_out[l].assign(static_cast<std::size_t>(chunk * cols * model.layers[l].out),
+                    std::numeric_limits<double>::quiet_NaN());
+    r_delta[l].assign(r_out[l].size(), std::numeric_limits<double>::quiet_NaN());
+    HessianLayerBuffers& b = buffers[l];
+    b.weight = model.layers[l].weight.data();
+    b.v_stack = part.v_stack.data();
+    b.v_hcat = part.v_hcat.empty() ? nullptr : part.v_hcat.data();
+    b.c_stack = part.c_stack.empty() ? nullptr : part.c_stack.data();
+    b.hw = part.hw.data();
+    b.hwt = part.hwt.empty() ? nullptr : part.hwt.data();
+    b.hb = part.hb.empty() ? nullptr : part.hb.data();
+    b.r_out = r_out[l].data();
+    b.r_delta = r_delta[l].data();
+  }
+  std::vector<double> prob(labels ? static_cast<std::size_t>(chunk * k) : 0);
+  std::vector<double> ones(static_cast<std::size_t>(chunk), 1.0);
+  for_each_chunk(model, data, loss, chunk, [&](const ChunkView& view) {
+    for (std::int64_t l = 0; l < num_layers; ++l) {
+      buffers[l].input = view.inputs[l];
+      buffers[l].error = view.errors[l];
+    }
+    hessian_chunk(exec, model, buffers, view.outputs, prob.data(), ones.data(), labels, full,
+                  view.rows, cols);
+  });
+  unpack_hessian_block(model, block, cols, 1.0 / static_cast<double>(data.num_samples()), out);
+}
+
+}  // namespace gradnoise::detail
