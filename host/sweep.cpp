@@ -720,13 +720,8 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
     SweepCudaSetup setup;
     setup.model = &initial;
     setup.train = &train;
-    setup.loss = c.loss;
-    setup.sampling = c.sampling;
-    setup.label_noise = c.label_noise;
-    setup.weight_decay = c.weight_decay;
-    setup.momentum = c.momentum;
+    setup.config = &c;
     setup.divergence_limit = s.divergence_limit;
-    setup.seed = c.seed;
     for (std::int64_t run = 0; run < s.num_runs; ++run) {
       setup.batch_sizes.push_back(s.batch_size_of(run));
       setup.lrs.push_back(s.lr_of(run));

@@ -71,15 +71,16 @@ class SweepCudaState {
                          std::to_string(kSweepCudaMaxLayers) + " layers, not " +
                          std::to_string(model.num_layers()) + "; use --device cpu");
     }
+    const SweepConfig& config = *setup.config;
     runs_ = static_cast<std::int64_t>(setup.batch_sizes.size());
-    problem_.model = sweep_step::model_dims(model);
+    problem_ = sweep_step::make_problem(model, train, config, setup.divergence_limit);
     const sweep_step::ModelDims& dims = problem_.model;
     params_ = dims.num_params;
 
     x_ = cuda::DeviceBuffer<double>(train.x.size());
     GN_CUDA_CHECK(cudaMemcpy(x_.data(), train.x.data(), train.x.size() * sizeof(double),
                              cudaMemcpyHostToDevice));
-    if (setup.loss == Loss::squared) {
+    if (config.loss == Loss::squared) {
       y_ = cuda::DeviceBuffer<double>(train.y.size());
       GN_CUDA_CHECK(cudaMemcpy(y_.data(), train.y.data(), train.y.size() * sizeof(double),
                                cudaMemcpyHostToDevice));
@@ -88,19 +89,9 @@ class SweepCudaState {
       GN_CUDA_CHECK(cudaMemcpy(labels_.data(), train.labels.data(),
                                train.labels.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
     }
-    problem_.x = x_.data();
+    problem_.x = x_.data();  // the device copies in place of the host arrays
     problem_.y = y_.data();
     problem_.labels = labels_.data();
-    problem_.n = train.n;
-    problem_.d = train.d;
-    problem_.k = train.k;
-    problem_.loss = setup.loss;
-    problem_.sampling = setup.sampling;
-    problem_.label_noise = setup.label_noise;
-    problem_.weight_decay = setup.weight_decay;
-    problem_.momentum = setup.momentum;
-    problem_.divergence_limit = setup.divergence_limit;
-    problem_.seed = setup.seed;
 
     std::vector<RunSpec> specs(static_cast<std::size_t>(runs_));
     for (std::size_t run = 0; run < specs.size(); ++run) {
@@ -112,10 +103,10 @@ class SweepCudaState {
 
     const auto state_size = static_cast<std::size_t>(runs_ * params_);
     theta_ = cuda::DeviceBuffer<double>(state_size);
-    if (setup.momentum > 0) velocity_ = cuda::DeviceBuffer<double>(state_size);
+    if (config.momentum > 0) velocity_ = cuda::DeviceBuffer<double>(state_size);
     scratch_ = cuda::DeviceBuffer<double>(
         static_cast<std::size_t>(runs_ * sweep_step::scratch_per_run(dims)));
-    if (setup.sampling == Sampling::without_replacement) {
+    if (config.sampling == Sampling::without_replacement) {
       perms_ = cuda::DeviceBuffer<std::int32_t>(static_cast<std::size_t>(runs_ * train.n));
     }
     perm_epochs_ = cuda::DeviceBuffer<std::int64_t>(static_cast<std::size_t>(runs_));

@@ -109,6 +109,28 @@ struct Problem {
   std::uint64_t seed = 0;
 };
 
+/// The Problem of a sweep of `model` on `data` with `config`, pointing at
+/// the data's host arrays (the GPU engine points it at its device copies).
+inline Problem make_problem(const Model& model, const Dataset& data, const SweepConfig& config,
+                            double divergence_limit) {
+  Problem p;
+  p.model = model_dims(model);
+  p.x = data.x.data();
+  p.y = data.y.empty() ? nullptr : data.y.data();
+  p.labels = data.labels.empty() ? nullptr : data.labels.data();
+  p.n = data.n;
+  p.d = data.d;
+  p.k = data.k;
+  p.loss = config.loss;
+  p.sampling = config.sampling;
+  p.label_noise = config.label_noise;
+  p.weight_decay = config.weight_decay;
+  p.momentum = config.momentum;
+  p.divergence_limit = divergence_limit;
+  p.seed = config.seed;
+  return p;
+}
+
 struct RunSpec {
   std::int64_t batch_size = 0;
   double lr = 0;

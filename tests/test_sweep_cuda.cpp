@@ -55,21 +55,7 @@ struct StepRun {
 StepRun run_step_functions(const Model& model, const Dataset& data, const SweepConfig& c,
                            double divergence_limit, std::int64_t b, double lr,
                            std::uint32_t replica) {
-  sweep_step::Problem p;
-  p.model = sweep_step::model_dims(model);
-  p.x = data.x.data();
-  p.y = data.y.empty() ? nullptr : data.y.data();
-  p.labels = data.labels.empty() ? nullptr : data.labels.data();
-  p.n = data.n;
-  p.d = data.d;
-  p.k = data.k;
-  p.loss = c.loss;
-  p.sampling = c.sampling;
-  p.label_noise = c.label_noise;
-  p.weight_decay = c.weight_decay;
-  p.momentum = c.momentum;
-  p.divergence_limit = divergence_limit;
-  p.seed = c.seed;
+  const sweep_step::Problem p = sweep_step::make_problem(model, data, c, divergence_limit);
   const sweep_step::ModelDims& dims = p.model;
   EXPECT_EQ(dims.num_params, model.num_params());
 
@@ -233,21 +219,7 @@ struct EmulatedSweep {
 
 EmulatedSweep emulate_gpu_engine(const Model& model, const Dataset& data, const SweepConfig& c,
                                  double limit) {
-  sweep_step::Problem p;
-  p.model = sweep_step::model_dims(model);
-  p.x = data.x.data();
-  p.y = data.y.empty() ? nullptr : data.y.data();
-  p.labels = data.labels.empty() ? nullptr : data.labels.data();
-  p.n = data.n;
-  p.d = data.d;
-  p.k = data.k;
-  p.loss = c.loss;
-  p.sampling = c.sampling;
-  p.label_noise = c.label_noise;
-  p.weight_decay = c.weight_decay;
-  p.momentum = c.momentum;
-  p.divergence_limit = limit;
-  p.seed = c.seed;
+  const sweep_step::Problem p = sweep_step::make_problem(model, data, c, limit);
   const auto runs = static_cast<std::int64_t>(c.batch_sizes.size() * c.lrs.size()) * c.replicas;
   const std::int64_t params = p.model.num_params;
   std::vector<sweep_step::RunSpec> specs;

@@ -85,14 +85,9 @@ inline constexpr std::int64_t kSweepCudaMaxLayers = 16;
 struct SweepCudaSetup {
   const Model* model = nullptr;
   const Dataset* train = nullptr;
-  Loss loss = Loss::squared;
-  Sampling sampling = Sampling::with_replacement;
-  double label_noise = 0;
-  double weight_decay = 0;
-  double momentum = 0;
+  const SweepConfig* config = nullptr;  // loss, sampling, noise, decay, momentum, seed
   /// A minibatch loss above it (or not finite) stops a run.
   double divergence_limit = 0;
-  std::uint64_t seed = 0;
   std::vector<std::int64_t> batch_sizes;  // per run
   std::vector<double> lrs;                // per run
   std::vector<std::uint32_t> replicas;    // per run
