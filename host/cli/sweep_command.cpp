@@ -81,15 +81,14 @@ json summary_json(const SweepResult& result, const SweepConfig& config, const Sw
                      last ? optional_json(last->test_accuracy_mean) : json(nullptr)},
                     {"trajectory", trajectory}});
   }
+  // A row of each run, for the grid point and replica of its divergence.
+  std::vector<const SweepRow*> row_of(result.final_weights.size(), nullptr);
+  for (const SweepRow& row : result.rows) {
+    if (!row_of[static_cast<std::size_t>(row.run)]) row_of[static_cast<std::size_t>(row.run)] = &row;
+  }
   json divergences = json::array();
   for (const Divergence& d : result.divergences) {
-    const SweepRow* any = nullptr;
-    for (const SweepRow& row : result.rows) {
-      if (row.run == d.run) {
-        any = &row;
-        break;
-      }
-    }
+    const SweepRow* any = row_of[static_cast<std::size_t>(d.run)];
     divergences.push_back({{"run", d.run},
                            {"batch_size", any ? any->batch_size : 0},
                            {"lr", any ? any->lr : 0.0},
