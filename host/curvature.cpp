@@ -117,7 +117,7 @@ BlockOperator HessianOperator::as_block_operator() const {
 // Backward: R δ_{l−1} = R δ_l W_l [+ δ_l V_l]                  (full only)
 // Product:  (Hv)_{W_l} = (1/N) Σ_i R δ_{l,i} a_{l,i}ᵀ [+ δ_{l,i} (R a_{l,i})ᵀ],
 //           (Hv)_{b_l} = (1/N) Σ_i R δ_{l,i}.
-// The steps are kernels/hessian_pass.hpp's, the GPU's own sequence of GEMMs
+// The steps are core/hessian_pass.hpp's, the GPU's own sequence of GEMMs
 // over all columns of the block at once, run here through row-major BLAS.
 void HessianOperator::apply(const double* in, double* out, std::int64_t cols) const {
   if (cols <= 0) return;

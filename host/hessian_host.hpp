@@ -1,5 +1,5 @@
 // Block Hessian-vector products on host buffers through the GEMM sequence of
-// kernels/hessian_pass.hpp: the CPU HessianOperator runs it with row-major
+// core/hessian_pass.hpp: the CPU HessianOperator runs it with row-major
 // BLAS; a test runs the same sequence through column-major BLAS with the
 // arguments cuBLAS gets, so the two routes check each other.
 #pragma once

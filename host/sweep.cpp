@@ -14,7 +14,7 @@
 //
 // With SweepConfig::device cuda (or automatic and a GPU) the steps between
 // logged steps run instead on the GPU sweep engine (kernels/sweep_cuda.cu, one
-// thread per run, the same order per sample: kernels/sweep_step.hpp); the
+// thread per run, the same order per sample: core/sweep_step.hpp); the
 // logging below (minibatch gradients at logged steps, profiles, losses,
 // replica statistics) stays here.
 #include "gradnoise/sweep.hpp"

@@ -5,7 +5,7 @@
 // R-operator's forward pass, the loss Hessian and its backward pass run as
 // cuBLAS DGEMMs over all columns at once, with two small kernels for the
 // softmax loss Hessian and one for the bias directions. The order of the
-// steps and every GEMM's operands are kernels/hessian_pass.hpp's, which a CPU
+// steps and every GEMM's operands are core/hessian_pass.hpp's, which a CPU
 // test runs through column-major BLAS against the CPU operator.
 //
 // The directions are packed per layer on the host, copied in once per call,

@@ -1,6 +1,6 @@
 // The GPU sweep engine for small models: every live run of a sweep advanced
 // from one logged step to the next in one launch, one thread per run, each
-// thread running the CPU-tested step functions of kernels/sweep_step.hpp.
+// thread running the CPU-tested step functions of core/sweep_step.hpp.
 //
 // Bits: this file is compiled with -fmad=false (CMakeLists.txt), so no
 // multiply-add is fused and +, ×, / round as on the CPU (nvcc's default

@@ -2,7 +2,7 @@
 // (hessian_operator_cuda) and the GPU-backed curvature report and batch tests.
 //
 // On every machine: the exact sequence of column-major GEMM calls and row
-// arithmetic that the GPU runs (kernels/hessian_pass.hpp) is executed through
+// arithmetic that the GPU runs (core/hessian_pass.hpp) is executed through
 // BLAS in column-major form, as cuBLAS would take it, and must reproduce the
 // CPU HessianOperator; the external-operator paths of curvature() and
 // batch_tests() are checked with CPU operators. On a GPU machine: the GPU

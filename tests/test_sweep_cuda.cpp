@@ -1,7 +1,7 @@
 // The GPU sweep engine's arithmetic and the engine itself.
 //
 // SweepStepOnCpu.*: the __host__ __device__ step functions of
-// kernels/sweep_step.hpp (what every GPU thread runs for its run) run here on
+// core/sweep_step.hpp (what every GPU thread runs for its run) run here on
 // the CPU, in segments as the GPU runs them — one run at a time, and all runs
 // interleaved as in device memory through the kernel's per-thread body — and
 // must give the CPU engine's final weights bit for bit (this file is built with -ffp-contract=off, and
@@ -44,7 +44,7 @@ const auto& config_for = testing::sweep_case_config;
 
 std::uint64_t bits_of(double value) { return std::bit_cast<std::uint64_t>(value); }
 
-/// One run through kernels/sweep_step.hpp on the CPU, in segments of
+/// One run through core/sweep_step.hpp on the CPU, in segments of
 /// log_every steps (the permutation kept between them, as on the GPU).
 struct StepRun {
   std::vector<double> theta;
