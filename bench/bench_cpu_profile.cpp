@@ -55,8 +55,6 @@ const std::vector<ModelSpec>& model_specs() {
   return specs;
 }
 
-const char* loss_name(Loss loss) { return loss == Loss::squared ? "mse" : "ce"; }
-
 Model bench_model(const ModelSpec& spec) {
   return gradnoise::make_model(spec.widths, /*bias=*/true, gradnoise::Init::gaussian, kSeed);
 }

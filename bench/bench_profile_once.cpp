@@ -96,9 +96,11 @@ Options parse_options(int argc, char** argv) {
       }
     } else if (flag == "--n") o.n = parse_int("--n", value);
     else if (flag == "--loss") {
-      if (!std::strcmp(value, "mse")) o.loss = Loss::squared;
-      else if (!std::strcmp(value, "ce")) o.loss = Loss::cross_entropy;
-      else usage_error(std::string("--loss expects mse or ce, got '") + value + "'.");
+      try {
+        o.loss = gradnoise::parse_loss(value);
+      } catch (const gradnoise::InputError& e) {
+        usage_error(e.what());
+      }
     } else if (flag == "--seed") o.seed = static_cast<std::uint32_t>(parse_int("--seed", value));
     else if (flag == "--device") {
       o.device = value;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gradnoise/model.hpp"
+#include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
 
@@ -48,29 +49,6 @@ inline ColumnMajorGemm column_major(const RowMajorGemm& g) {
   return {g.trans_b, g.trans_a, g.n, g.m, g.k, g.alpha, g.ldb, g.lda, g.beta, g.ldc};
 }
 
-// ---- Row arithmetic of the loss Hessian ----------------------------------------
-
-/// p = softmax(z) for one row of K logits, in the CPU operator's order of operations.
-GN_HOST_DEVICE inline void softmax_row(const double* z, std::int64_t k, double* p) {
-  double z_max = z[0];
-  for (std::int64_t c = 1; c < k; ++c) z_max = z[c] > z_max ? z[c] : z_max;
-  double total = 0;
-  for (std::int64_t c = 0; c < k; ++c) {
-    p[c] = exp(z[c] - z_max);
-    total += p[c];
-  }
-  for (std::int64_t c = 0; c < k; ++c) p[c] /= total;
-}
-
-/// d = (diag(p) − ppᵀ) z = p ∘ (z − pᵀz): the cross-entropy loss Hessian on one
-/// column of one row (d must not alias z).
-GN_HOST_DEVICE inline void softmax_hessian_row(const double* p, const double* z, std::int64_t k,
-                                               double* d) {
-  double pz = 0;
-  for (std::int64_t c = 0; c < k; ++c) pz += p[c] * z[c];
-  for (std::int64_t c = 0; c < k; ++c) d[c] = p[c] * (z[c] - pz);
-}
-
 // ---- Buffers and chunk size ----------------------------------------------------
 
 /// Doubles per row of a chunk that a block of `cols` products keeps: R a_{l+1}
@@ -82,12 +60,15 @@ inline std::int64_t hessian_doubles_per_row(const Model& model, std::int64_t col
 }
 
 /// Device bytes of a block product on top of the profile pipeline's own
-/// footprint: per row R a, R δ, the softmax row (CE) and a ones entry; fixed
-/// the packed directions and the accumulated products.
-inline ChunkFootprint hessian_chunk_footprint(const Model& model, bool labels, std::int64_t cols) {
+/// footprint: per row R a, R δ, the loss's Hessian state (K doubles unless
+/// H_ℓ = I) and a ones entry; fixed the packed directions and the accumulated
+/// products.
+inline ChunkFootprint hessian_chunk_footprint(const Model& model, Loss loss, std::int64_t cols) {
+  const bool labels = losses::visit_loss(loss, [](auto l) { return decltype(l)::targets == TargetKind::labels; });
+  const bool state = !losses::visit_loss(loss, [](auto l) { return decltype(l)::unit_hessian; });
   ChunkFootprint fp = chunk_footprint(model, labels, false);
   const std::int64_t k = model.output_dim();
-  fp.per_row += 8 * (hessian_doubles_per_row(model, cols) + (labels ? k : 0) + 1);
+  fp.per_row += 8 * (hessian_doubles_per_row(model, cols) + (state ? k : 0) + 1);
   // v_stack, v_hcat, hw, hwt (each cols·out·in) and c_stack, hb (cols·out), per layer.
   fp.fixed += 8 * 4 * cols * model.num_params();
   return fp;
@@ -201,9 +182,10 @@ struct HessianLayerBuffers {
 ///     column-major executor (cuBLAS) runs column_major(g) with first = b, second = a;
 ///   add_rows(double* rows, const double* vec, m, width): rows[i][j] += vec[j];
 ///   copy(double* dst, const double* src, count);
-///   softmax_rows(const double* z, m, k, double* prob): softmax_row per row;
-///   softmax_hessian_rows(const double* prob, const double* rz, m, cols, k, double* rd):
-///     softmax_hessian_row on every (row, column), rz and rd [i][c][r].
+///   loss_state_rows(Loss, const double* z, m, k, double* state): the loss's
+///     hessian_state per row;
+///   loss_hessian_rows(Loss, const double* state, const double* rz, m, cols, k, double* rd):
+///     the loss's hessian_row on every (row, column), rz and rd [i][c][r].
 template <class Exec>
 void row_major_gemm(Exec& exec, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
                     std::int64_t k, double alpha, const double* a, std::int64_t lda,
@@ -214,14 +196,14 @@ void row_major_gemm(Exec& exec, bool trans_a, bool trans_b, std::int64_t m, std:
 /// One chunk of a block Hessian-vector product (the CPU HessianOperator runs
 /// it too, through host/hessian_host.hpp):
 /// Forward:  R a_{l+1} = a_l V_lᵀ + R a_l W_lᵀ + c_l            (R a_0 = 0)
-/// Loss:     R δ_{L−1} = H_ℓ R f   (I, or diag(p) − ppᵀ per row and column)
+/// Loss:     R δ_{L−1} = H_ℓ R f   (the loss's rows; a copy when H_ℓ = I)
 /// Backward: R δ_{l−1} = R δ_l W_l [+ δ_l V_l]                  (full only)
 /// Products: hw_l += Σ_i R δ_l a_lᵀ, hwt_l += Σ_i δ_l (R a_l)ᵀ, hb_l += Σ_i R δ_l
 /// (the last as R δ_lᵀ · ones, a GEMM, so no reduction kernel is needed).
-/// `outputs` is f (m × K), `prob` m × K scratch (cross-entropy), `ones` m ones.
+/// `outputs` is f (m × K), `state` m × K scratch (unless H_ℓ = I), `ones` m ones.
 template <class Exec>
 void hessian_chunk(Exec& exec, const Model& model, const std::vector<HessianLayerBuffers>& b,
-                   const double* outputs, double* prob, const double* ones, bool cross_entropy,
+                   const double* outputs, double* state, const double* ones, Loss loss,
                    bool full, std::int64_t m, std::int64_t cols) {
   const std::int64_t num_layers = model.num_layers();
   const std::int64_t k = model.output_dim();
@@ -238,11 +220,11 @@ void hessian_chunk(Exec& exec, const Model& model, const std::vector<HessianLaye
   }
   const double* rf = b[num_layers - 1].r_out;
   double* rd = b[num_layers - 1].r_delta;
-  if (cross_entropy) {
-    exec.softmax_rows(outputs, m, k, prob);
-    exec.softmax_hessian_rows(prob, rf, m, cols, k, rd);
-  } else {
+  if (losses::visit_loss(loss, [](auto l) { return decltype(l)::unit_hessian; })) {
     exec.copy(rd, rf, m * cols * k);
+  } else {
+    exec.loss_state_rows(loss, outputs, m, k, state);
+    exec.loss_hessian_rows(loss, state, rf, m, cols, k, rd);
   }
   for (std::int64_t l = num_layers - 1; l >= 0; --l) {
     const Layer& layer = model.layers[l];

@@ -1,5 +1,5 @@
-// The arithmetic shared by the CPU engine and the CUDA kernels: per-sample
-// output errors, the chunk-centred sums of squares and Chan's merge. Written
+// The arithmetic shared by the CPU engine and the CUDA kernels: the
+// chunk-centred sums of squares and Chan's merge. Written
 // once as __host__ __device__ functions so the CPU tests exercise exactly the
 // formulas the GPU runs (docs/DEFINITIONS.md "Numerics" derives them).
 // Plain C++: compiles with and without nvcc, includes no CUDA header.
@@ -113,35 +113,6 @@ GN_HOST_DEVICE inline double merge_slot(double& mean, double* m2, double chunk_m
   mean += diff * w.weight;
   if (m2 != nullptr) *m2 += chunk_m2 + diff * diff * w.cross;
   return diff * diff;
-}
-
-/// Output error δ_L and loss ℓ for one sample with K outputs z.
-/// Squared: δ = z − y, ℓ = ½‖δ‖². Cross-entropy: δ = softmax(z) − onehot(label),
-/// ℓ = log Σ exp(z − max z) + max z − z_label (stable for any z).
-GN_HOST_DEVICE inline double squared_error_row(const double* z, const double* y, std::int64_t k,
-                                               double* delta) {
-  double sq = 0;
-  for (std::int64_t c = 0; c < k; ++c) {
-    const double e = z[c] - y[c];
-    delta[c] = e;
-    sq += e * e;
-  }
-  return 0.5 * sq;
-}
-
-GN_HOST_DEVICE inline double softmax_error_row(const double* z, std::int32_t label, std::int64_t k,
-                                               double* delta) {
-  double z_max = z[0];
-  for (std::int64_t c = 1; c < k; ++c) z_max = z[c] > z_max ? z[c] : z_max;
-  double total = 0;
-  for (std::int64_t c = 0; c < k; ++c) {
-    delta[c] = exp(z[c] - z_max);
-    total += delta[c];
-  }
-  const double inv = 1.0 / total;
-  for (std::int64_t c = 0; c < k; ++c) delta[c] *= inv;
-  delta[label] -= 1.0;
-  return log(total) + z_max - z[label];
 }
 
 /// Blocks of `block` items covering `count` items (64-bit: N·D can pass 2³¹).

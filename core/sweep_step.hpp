@@ -28,6 +28,7 @@
 #include "gradnoise/sweep.hpp"
 
 #include "host_device.hpp"
+#include "losses.hpp"
 
 namespace gradnoise::sweep_step {
 
@@ -38,14 +39,6 @@ constexpr int kMaxLayers = 16;
 // Counter words: {replica, tag | stream, step or epoch, block}, as host/sweep.cpp.
 constexpr std::uint32_t kSweepTag = 0x53570000u;  // "SW"
 constexpr std::uint32_t kStreamIndices = 1, kStreamPermutation = 2, kStreamLabelNoise = 3;
-
-/// Element i at base[i · stride].
-template <typename T>
-struct Strided {
-  T* base = nullptr;
-  std::int64_t stride = 1;
-  GN_HOST_DEVICE T& operator[](std::int64_t i) const { return base[i * stride]; }
-};
 
 struct LayerDims {
   std::int64_t in = 0, out = 0;
@@ -292,36 +285,26 @@ GN_HOST_DEVICE inline double sample_gradient(const Problem& p, const RunSpec& ru
     }
   }
 
-  // Output errors δ_L and the loss.
+  // Output errors δ_L and the loss, by the loss's own error row; real
+  // targets (with label noise when asked) wait in `previous`, which the
+  // backward pass does not need yet.
   const std::int64_t k = p.k;
-  const std::int64_t f_at = m.act_offset[last + 1];
+  const Strided<double> f{&s.acts[m.act_offset[last + 1]], s.acts.stride};
   Strided<double> delta = s.delta, previous = s.delta_prev;
-  double loss = 0;
-  if (p.loss == Loss::squared) {
-    for (std::int64_t o = 0; o < k; ++o) {
-      double target = p.y[row * k + o];
-      if (p.label_noise > 0) target += p.label_noise * noise.get(p.seed, run.replica, step, slot * k + o);
-      const double e = s.acts[f_at + o] - target;
-      delta[o] = e;
-      loss += 0.5 * e * e;
+  const double loss = losses::visit_loss(p.loss, [&](auto l) {
+    using L = decltype(l);
+    std::int32_t label = 0;
+    if constexpr (L::targets == TargetKind::real) {
+      for (std::int64_t o = 0; o < k; ++o) {
+        double target = p.y[row * k + o];
+        if (p.label_noise > 0) target += p.label_noise * noise.get(p.seed, run.replica, step, slot * k + o);
+        previous[o] = target;
+      }
+    } else {
+      label = p.labels[row];
     }
-  } else {
-    double top = s.acts[f_at];
-    for (std::int64_t o = 1; o < k; ++o) {
-      const double z = s.acts[f_at + o];
-      top = top < z ? z : top;  // std::max(top, z)
-    }
-    double total = 0;
-    for (std::int64_t o = 0; o < k; ++o) {
-      const double e = std::exp(s.acts[f_at + o] - top);
-      delta[o] = e;
-      total += e;
-    }
-    const std::int32_t label = p.labels[row];
-    for (std::int64_t o = 0; o < k; ++o) delta[o] /= total;
-    delta[label] -= 1.0;
-    loss = std::log(total) - (s.acts[f_at + label] - top);
-  }
+    return L::error_row(f, previous, label, k, delta);
+  });
 
   // Backward: the layer's gradient += δ_l a_lᵀ (and δ_l for the bias), then
   // δ_{l−1} = W_lᵀ δ_l.

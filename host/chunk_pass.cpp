@@ -7,9 +7,31 @@
 #include <string>
 
 #include "gradnoise/error.hpp"
-#include "moments.hpp"
+#include "losses.hpp"
 
 namespace gradnoise::detail {
+
+std::int64_t first_bad_target_column(Loss loss, const double* y, std::int64_t k) {
+  return losses::visit_loss(loss, [&](auto l) {
+    for (std::int64_t c = 0; c < k; ++c) {
+      if (!decltype(l)::target_ok(y + c, 0, 1)) return c;
+    }
+    return std::int64_t{-1};
+  });
+}
+
+InputError bad_target(Loss loss, std::int64_t row, const double* y, std::int32_t label,
+                      std::int64_t k) {
+  if (loss_targets(loss) == TargetKind::labels) {
+    return InputError("sample " + std::to_string(row) + " has label " + std::to_string(label) +
+                      " but the model has " + std::to_string(k) +
+                      " outputs; expected labels in [0, " + std::to_string(k) + ")");
+  }
+  const std::int64_t c = std::max<std::int64_t>(first_bad_target_column(loss, y, k), 0);
+  return InputError("sample " + std::to_string(row) + " has target " + std::to_string(y[c]) +
+                    " in column " + std::to_string(c) + " but --loss " + loss_name(loss) +
+                    " expects " + loss_expected_targets(loss));
+}
 
 ChunkForward::ChunkForward(const Model& model, Loss loss, std::int64_t chunk_rows)
     : model_(model), loss_(loss) {
@@ -23,7 +45,7 @@ ChunkForward::ChunkForward(const Model& model, Loss loss, std::int64_t chunk_row
   }
   output_.resize(static_cast<std::size_t>(chunk * k));
   losses_.resize(static_cast<std::size_t>(chunk));
-  if (loss == Loss::squared) {
+  if (loss_targets(loss) == TargetKind::real) {
     y_.resize(static_cast<std::size_t>(chunk * k));
   } else {
     labels_.resize(static_cast<std::size_t>(chunk));
@@ -57,25 +79,22 @@ const ChunkView& ChunkForward::run(const DataSource& data, std::int64_t first, s
   // Output errors and losses; a non-finite output means a non-finite input or
   // weight reached it.
   double* delta = errors_[num_layers - 1].data();
-  for (std::int64_t i = 0; i < m; ++i) {
-    const double* z = output_.data() + i * k;
-    for (std::int64_t c = 0; c < k; ++c) {
-      if (!std::isfinite(z[c])) {
-        throw InputError("sample " + std::to_string(first + i) +
-                         " gives a non-finite model output; expected finite inputs and weights");
+  losses::visit_loss(loss_, [&](auto loss) {
+    using L = decltype(loss);
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double* z = output_.data() + i * k;
+      for (std::int64_t c = 0; c < k; ++c) {
+        if (!std::isfinite(z[c])) {
+          throw InputError("sample " + std::to_string(first + i) +
+                           " gives a non-finite model output; expected finite inputs and weights");
+        }
       }
+      const double* y = y_.empty() ? nullptr : y_.data() + i * k;
+      const std::int32_t label = labels_.empty() ? 0 : labels_[i];
+      if (!L::target_ok(y, label, k)) throw bad_target(loss_, first + i, y, label, k);
+      losses_[i] = L::error_row(z, y, label, k, delta + i * k);
     }
-    if (loss_ == Loss::squared) {
-      losses_[i] = squared_error_row(z, y_.data() + i * k, k, delta + i * k);
-    } else {
-      if (labels_[i] < 0 || labels_[i] >= k) {
-        throw InputError("sample " + std::to_string(first + i) + " has label " +
-                         std::to_string(labels_[i]) + " but the model has " + std::to_string(k) +
-                         " outputs; expected labels in [0, " + std::to_string(k) + ")");
-      }
-      losses_[i] = softmax_error_row(z, labels_[i], k, delta + i * k);
-    }
-  }
+  });
   // Backward: δ_{l-1} = δ_l W_l.
   for (std::int64_t l = num_layers - 1; l > 0; --l) {
     const Layer& layer = model_.layers[l];

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gradnoise/data.hpp"
+#include "gradnoise/error.hpp"
 #include "gradnoise/model.hpp"
 
 namespace gradnoise::detail {
@@ -49,6 +50,15 @@ class ChunkForward {
   std::vector<std::int32_t> labels_;
   ChunkView view_;
 };
+
+/// The first of a row's K real targets that `loss` rejects (each checked
+/// alone), or −1 when all are valid.
+std::int64_t first_bad_target_column(Loss loss, const double* y, std::int64_t k);
+
+/// The InputError for sample `row`, whose target (y, K values, or label)
+/// the loss rejects: one sentence naming the value and what was expected.
+InputError bad_target(Loss loss, std::int64_t row, const double* y, std::int32_t label,
+                      std::int64_t k);
 
 /// Runs the model over `data` in chunks of `chunk_rows` rows, in order, and
 /// calls `visit` for each. Throws InputError for a label outside [0, K) or a

@@ -25,6 +25,7 @@
 
 #include "chunk_pass.hpp"
 #include "hessian_host.hpp"
+#include "losses.hpp"
 #include "gradnoise/error.hpp"
 #include "moments.hpp"
 
@@ -43,18 +44,6 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
   cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
               static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-}
-
-/// p = softmax(z), stably.
-void softmax(const double* z, std::int64_t k, double* p) {
-  double z_max = z[0];
-  for (std::int64_t c = 1; c < k; ++c) z_max = std::max(z_max, z[c]);
-  double total = 0;
-  for (std::int64_t c = 0; c < k; ++c) {
-    p[c] = std::exp(z[c] - z_max);
-    total += p[c];
-  }
-  for (std::int64_t c = 0; c < k; ++c) p[c] /= total;
 }
 
 double dot(const double* a, const double* b, std::int64_t count) {
@@ -152,32 +141,23 @@ double trace_hessian_pass(const Model& model, const DataSource& data, Loss loss,
       prod = std::move(below);
     }
   }
-  std::vector<double> q_trace(static_cast<std::size_t>(num_layers), 0.0);
-  for (std::int64_t l = 0; l < num_layers; ++l) {
-    for (std::int64_t c = 0; c < k; ++c) q_trace[l] += q[l][c * k + c];
-  }
-  std::vector<double> prob(static_cast<std::size_t>(k)), qp(static_cast<std::size_t>(k));
+  std::vector<double> state(static_cast<std::size_t>(k));
   double total = 0;
-  detail::for_each_chunk(model, data, loss, chunk_rows, [&](const detail::ChunkView& view) {
-    double chunk_total = 0;
-    for (std::int64_t i = 0; i < view.rows; ++i) {
-      if (loss == Loss::cross_entropy) softmax(view.outputs + i * k, k, prob.data());
-      for (std::int64_t l = 0; l < num_layers; ++l) {
-        const Layer& layer = model.layers[l];
-        const double* a = view.inputs[l] + i * layer.in;
-        const double weight = dot(a, a, layer.in) + (layer.has_bias() ? 1.0 : 0.0);
-        double loss_part = q_trace[l];
-        if (loss == Loss::cross_entropy) {
-          // ⟨diag(p) − ppᵀ, Q⟩ = Σ_c p_c Q_cc − pᵀ Q p.
-          cblas_dgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(k), static_cast<int>(k), 1.0,
-                      q[l].data(), static_cast<int>(k), prob.data(), 1, 0.0, qp.data(), 1);
-          loss_part = -dot(prob.data(), qp.data(), k);
-          for (std::int64_t c = 0; c < k; ++c) loss_part += prob[c] * q[l][c * k + c];
+  losses::visit_loss(loss, [&](auto loss_type) {
+    using L = decltype(loss_type);
+    detail::for_each_chunk(model, data, loss, chunk_rows, [&](const detail::ChunkView& view) {
+      double chunk_total = 0;
+      for (std::int64_t i = 0; i < view.rows; ++i) {
+        L::hessian_state(view.outputs + i * k, k, state.data());
+        for (std::int64_t l = 0; l < num_layers; ++l) {
+          const Layer& layer = model.layers[l];
+          const double* a = view.inputs[l] + i * layer.in;
+          const double weight = dot(a, a, layer.in) + (layer.has_bias() ? 1.0 : 0.0);
+          chunk_total += weight * L::hessian_inner(state.data(), q[l].data(), k);
         }
-        chunk_total += weight * loss_part;
       }
-    }
-    total += chunk_total;
+      total += chunk_total;
+    });
   });
   return total / static_cast<double>(data.num_samples());
 }

@@ -223,9 +223,10 @@ void check_profile_inputs(const Model& model, const DataSource& data, const Prof
                      " inputs");
   }
   const std::int64_t k = model.output_dim();
-  if (options.loss == Loss::squared) {
+  if (loss_targets(options.loss) == TargetKind::real) {
     if (data.target_kind() != TargetKind::real) {
-      throw InputError("squared loss needs real targets; the data carries class labels");
+      throw InputError(loss_summary(options.loss) + " (" + loss_name(options.loss) +
+                       ") needs real targets; the data carries class labels");
     }
     if (data.num_targets() != k) {
       throw InputError("the targets have " + std::to_string(data.num_targets()) +
@@ -233,7 +234,8 @@ void check_profile_inputs(const Model& model, const DataSource& data, const Prof
     }
   } else {
     if (data.target_kind() != TargetKind::labels) {
-      throw InputError("cross-entropy needs integer class labels; the data carries real targets");
+      throw InputError(loss_summary(options.loss) + " (" + loss_name(options.loss) +
+                       ") needs integer class labels; the data carries real targets");
     }
     if (data.num_targets() > k) {
       throw InputError("the labels name " + std::to_string(data.num_targets()) +

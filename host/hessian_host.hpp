@@ -24,14 +24,18 @@ struct HostRowOps {
     }
   }
   void copy(double* dst, const double* src, std::int64_t count) { std::copy_n(src, count, dst); }
-  void softmax_rows(const double* z, std::int64_t m, std::int64_t k, double* prob) {
-    for (std::int64_t i = 0; i < m; ++i) softmax_row(z + i * k, k, prob + i * k);
+  void loss_state_rows(Loss loss, const double* z, std::int64_t m, std::int64_t k, double* state) {
+    losses::visit_loss(loss, [&](auto l) {
+      for (std::int64_t i = 0; i < m; ++i) decltype(l)::hessian_state(z + i * k, k, state + i * k);
+    });
   }
-  void softmax_hessian_rows(const double* prob, const double* rz, std::int64_t m, std::int64_t cols,
-                            std::int64_t k, double* rd) {
-    for (std::int64_t j = 0; j < m * cols; ++j) {
-      softmax_hessian_row(prob + (j / cols) * k, rz + j * k, k, rd + j * k);
-    }
+  void loss_hessian_rows(Loss loss, const double* state, const double* rz, std::int64_t m,
+                         std::int64_t cols, std::int64_t k, double* rd) {
+    losses::visit_loss(loss, [&](auto l) {
+      for (std::int64_t j = 0; j < m * cols; ++j) {
+        decltype(l)::hessian_row(state + (j / cols) * k, rz + j * k, k, rd + j * k);
+      }
+    });
   }
 };
 
@@ -54,7 +58,8 @@ template <class Exec>
 void hessian_apply_host(Exec& exec, const Model& model, const DataSource& data, Loss loss,
                         bool gauss_newton, std::int64_t chunk, const double* in, double* out,
                         std::int64_t cols) {
-  const bool full = !gauss_newton, labels = loss == Loss::cross_entropy;
+  const bool full = !gauss_newton;
+  const bool unit_hessian = losses::visit_loss(loss, [](auto l) { return decltype(l)::unit_hessian; });
   const std::int64_t k = model.output_dim(), num_layers = model.num_layers();
   HessianBlock block = pack_hessian_block(model, in, cols, full);
   std::vector<std::vector<double>> r_out(static_cast<std::size_t>(num_layers)), r_delta(r_out.size());
@@ -75,14 +80,14 @@ void hessian_apply_host(Exec& exec, const Model& model, const DataSource& data, 
     b.r_out = r_out[l].data();
     b.r_delta = r_delta[l].data();
   }
-  std::vector<double> prob(labels ? static_cast<std::size_t>(chunk * k) : 0);
+  std::vector<double> state(unit_hessian ? 0 : static_cast<std::size_t>(chunk * k));
   std::vector<double> ones(static_cast<std::size_t>(chunk), 1.0);
   for_each_chunk(model, data, loss, chunk, [&](const ChunkView& view) {
     for (std::int64_t l = 0; l < num_layers; ++l) {
       buffers[l].input = view.inputs[l];
       buffers[l].error = view.errors[l];
     }
-    hessian_chunk(exec, model, buffers, view.outputs, prob.data(), ones.data(), labels, full,
+    hessian_chunk(exec, model, buffers, view.outputs, state.data(), ones.data(), loss, full,
                   view.rows, cols);
   });
   unpack_hessian_block(model, block, cols, 1.0 / static_cast<double>(data.num_samples()), out);

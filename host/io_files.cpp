@@ -16,6 +16,7 @@
 #include <limits>
 #include <string>
 
+#include "chunk_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
 #include "text.hpp"
@@ -192,7 +193,7 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
   }
   data.x = std::move(x.values);
 
-  if (loss == Loss::cross_entropy) {
+  if (loss_targets(loss) == TargetKind::labels) {
     if (y.cols() != 1) {
       throw InputError("Y file " + quoted(y_path) + " has shape " + shape_string(y) +
                        " but cross-entropy needs one integer label per sample (shape " +
@@ -217,6 +218,16 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
     data.k = y.cols();  // 1-D Y is N×1
     if (data.k == 0) throw InputError("Y file " + quoted(y_path) + " has no target columns");
     data.y = std::move(y.values);
+    for (std::int64_t i = 0; i < data.n; ++i) {
+      const double* row = data.y.data() + i * data.k;
+      const std::int64_t c = detail::first_bad_target_column(loss, row, data.k);
+      if (c >= 0) {
+        throw InputError("Y file " + quoted(y_path) + " holds " + format_number(row[c]) +
+                         " at row " + std::to_string(i) + ", column " + std::to_string(c) +
+                         " (0-based) but --loss " + loss_name(loss) + " needs " +
+                         loss_expected_targets(loss));
+      }
+    }
   }
 
   const std::string what = "the data from " + quoted(x_path) + " and " + quoted(y_path);

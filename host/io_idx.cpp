@@ -224,7 +224,7 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
   data.k = kFashionMnistClasses;
   data.x = std::move(images.values);
   for (double& pixel : data.x) pixel /= 255.0;
-  if (loss == Loss::cross_entropy) {
+  if (loss_targets(loss) == TargetKind::labels) {
     data.labels.resize(labels.values.size());
   } else {
     data.y.assign(labels.values.size() * static_cast<std::size_t>(kFashionMnistClasses), 0.0);
@@ -235,7 +235,7 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
       throw InputError(quoted(labels_path) + " holds label " + std::to_string(label) +
                        " at index " + std::to_string(i) + "; expected labels in [0, 10)");
     }
-    if (loss == Loss::cross_entropy) {
+    if (loss_targets(loss) == TargetKind::labels) {
       data.labels[i] = label;
     } else {
       data.y[i * kFashionMnistClasses + label] = 1.0;  // one-hot targets for squared loss

@@ -55,10 +55,6 @@ std::vector<std::int64_t> powers_of_two_and_n(std::int64_t n) {
 
 const char* version() { return GRADNOISE_VERSION; }
 
-const char* loss_kind_name(Loss loss) {
-  return loss == Loss::cross_entropy ? "ce" : "mse";
-}
-
 nlohmann::ordered_json model_json(const Model& model) {
   nlohmann::ordered_json widths = nlohmann::ordered_json::array();
   nlohmann::ordered_json bias = nlohmann::ordered_json::array();
@@ -121,7 +117,7 @@ nlohmann::ordered_json report_json(const Profile& profile, const ReportContext& 
       {"gradnoise_version", version()},
       {"n", profile.n},
       {"num_params", profile.num_params},
-      {"loss_kind", loss_kind_name(context.loss)},
+      {"loss_kind", loss_name(context.loss)},
       {"loss", profile.loss},
       {"loss_var", profile.loss_var},
       {"grad_norm_sq", profile.grad_norm_sq},
@@ -201,7 +197,7 @@ std::string summary_text(const Profile& profile, const ReportContext& context) {
   if (context.data.contains("description") && context.data["description"].is_string()) {
     data_line += " " + context.data["description"].get<std::string>() + ",";
   }
-  data_line += " n = " + std::to_string(profile.n) + ", loss " + loss_kind_name(context.loss);
+  data_line += " n = " + std::to_string(profile.n) + ", loss " + loss_name(context.loss);
   line(data_line);
 
   std::string model_line = "model   ";

@@ -34,6 +34,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "blas_threads.hpp"
+#include "losses.hpp"
 #include "random.hpp"
 
 namespace gradnoise {
@@ -257,36 +258,19 @@ void forward(const std::vector<LayerShape>& shapes, const double* theta, std::in
 }
 
 /// Output errors δ_L (errors.back()) and per-sample losses of `m` samples
-/// after forward(): squared ½‖f − y‖² against scratch.targets (m × K), or
-/// softmax cross-entropy against scratch.labels.
+/// after forward(), against scratch.targets (m × K, real targets) or
+/// scratch.labels: the loss's own error row on feature-major columns.
 void output_errors(const std::vector<LayerShape>& shapes, Loss loss, std::int64_t m, Scratch& s) {
   const std::int64_t k = shapes.back().out;
   const double* z = s.acts.back().data();
   double* delta = s.errors.back().data();
-  for (std::int64_t i = 0; i < m; ++i) {
-    double sample_loss = 0;
-    if (loss == Loss::squared) {
-      for (std::int64_t o = 0; o < k; ++o) {
-        const double e = z[o * kLd + i] - s.targets[static_cast<std::size_t>(i * k + o)];
-        delta[o * kLd + i] = e;
-        sample_loss += 0.5 * e * e;
-      }
-    } else {
-      double top = z[i];
-      for (std::int64_t o = 1; o < k; ++o) top = std::max(top, z[o * kLd + i]);
-      double total = 0;
-      for (std::int64_t o = 0; o < k; ++o) {
-        const double e = std::exp(z[o * kLd + i] - top);
-        delta[o * kLd + i] = e;
-        total += e;
-      }
-      const std::int32_t label = s.labels[static_cast<std::size_t>(i)];
-      for (std::int64_t o = 0; o < k; ++o) delta[o * kLd + i] /= total;
-      delta[label * kLd + i] -= 1.0;
-      sample_loss = std::log(total) - (z[label * kLd + i] - top);
+  losses::visit_loss(loss, [&](auto l) {
+    for (std::int64_t i = 0; i < m; ++i) {
+      s.losses[static_cast<std::size_t>(i)] = decltype(l)::error_row(
+          Strided<const double>{z + i, kLd}, s.targets.data() + i * k,
+          s.labels[static_cast<std::size_t>(i)], k, Strided<double>{delta + i, kLd});
     }
-    s.losses[static_cast<std::size_t>(i)] = sample_loss;
-  }
+  });
 }
 
 /// Backward pass of `m` samples after output_errors(), adding their summed
@@ -481,7 +465,7 @@ struct Sweep::State {
     for (std::int64_t slot = 0; slot < m; ++slot) {
       const std::int64_t row = s.indices[static_cast<std::size_t>(first + slot)];
       std::copy_n(train.x.begin() + row * d, d, s.x_rows.begin() + slot * d);
-      if (config.loss == Loss::squared) {
+      if (loss_targets(config.loss) == TargetKind::real) {
         std::copy_n(train.y.begin() + row * k, k, s.targets.begin() + slot * k);
       } else {
         s.labels[static_cast<std::size_t>(slot)] = train.labels[static_cast<std::size_t>(row)];
@@ -574,7 +558,7 @@ struct Sweep::State {
     for (std::int64_t first = 0; first < data.n; first += kBlockRows) {
       const std::int64_t m = std::min(kBlockRows, data.n - first);
       std::copy_n(data.x.begin() + first * d, m * d, s.x_rows.begin());
-      if (config.loss == Loss::squared) {
+      if (loss_targets(config.loss) == TargetKind::real) {
         std::copy_n(data.y.begin() + first * k, m * k, s.targets.begin());
       } else {
         std::copy_n(data.labels.begin() + first, m, s.labels.begin());
@@ -584,7 +568,7 @@ struct Sweep::State {
       const double* z = s.acts.back().data();
       for (std::int64_t i = 0; i < m; ++i) {
         total += s.losses[static_cast<std::size_t>(i)];
-        if (config.loss == Loss::cross_entropy) {
+        if (loss_targets(config.loss) == TargetKind::labels) {
           std::int64_t best = 0;
           for (std::int64_t o = 1; o < k; ++o) {
             if (z[o * kLd + i] > z[best * kLd + i]) best = o;
@@ -594,7 +578,9 @@ struct Sweep::State {
       }
     }
     const auto n = static_cast<double>(data.n);
-    if (config.loss == Loss::cross_entropy) return {total / n, static_cast<double>(correct) / n};
+    if (loss_targets(config.loss) == TargetKind::labels) {
+      return {total / n, static_cast<double>(correct) / n};
+    }
     return {total / n, std::nullopt};
   }
 };
@@ -685,7 +671,7 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
   s.divergence_limit = start_loss > 0 ? c.divergence_factor * start_loss
                                       : std::numeric_limits<double>::infinity();
 
-  json identity = {{"loss", c.loss == Loss::squared ? "mse" : "ce"},
+  json identity = {{"loss", loss_name(c.loss)},
                    {"batch_sizes", c.batch_sizes},
                    {"lrs", c.lrs},
                    {"replicas", c.replicas},

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "gradnoise/error.hpp"
+#include "gradnoise/loss.hpp"
 
 namespace gradnoise::cuda {
 
@@ -59,19 +60,24 @@ class OutOfMemory : public RuntimeError {
 /// Kernels flag the first bad row with atomicMin; kNoRow means none.
 constexpr unsigned long long kNoRow = ~0ull;
 
-/// Throws an InputError for the earliest flagged row: a label outside [0, k)
-/// or a non-finite output or loss (a non-finite input, target or weight).
+/// Throws an InputError for the earliest flagged row: a target the loss
+/// rejects (a label outside [0, k), a BCE target outside [0, 1]) or a
+/// non-finite output or loss (a non-finite input, target or weight).
 inline void throw_if_flagged(unsigned long long bad_label_row, unsigned long long non_finite_row,
-                             std::int64_t k) {
+                             std::int64_t k, Loss loss) {
   if (non_finite_row != kNoRow && non_finite_row <= bad_label_row) {
     throw InputError("sample " + std::to_string(non_finite_row) +
                      " gives a non-finite model output or loss; expected finite inputs, targets "
                      "and weights");
   }
-  if (bad_label_row != kNoRow) {
+  if (bad_label_row != kNoRow && loss_targets(loss) == TargetKind::labels) {
     throw InputError("sample " + std::to_string(bad_label_row) +
                      " has a label outside [0, " + std::to_string(k) +
                      "); expected labels below the model's number of outputs");
+  }
+  if (bad_label_row != kNoRow) {
+    throw InputError("sample " + std::to_string(bad_label_row) + " has a target that --loss " +
+                     loss_name(loss) + " does not take; expected " + loss_expected_targets(loss));
   }
 }
 

@@ -22,6 +22,7 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "hessian_pass.hpp"
+#include "losses.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise {
@@ -39,21 +40,24 @@ __global__ void add_rows_kernel(double* rows, const double* vec, std::int64_t m,
   }
 }
 
-/// One thread per row: prob_i = softmax(z_i).
-__global__ void softmax_rows_kernel(const double* z, std::int64_t m, std::int64_t k, double* prob) {
+/// One thread per row: state_i = the loss's Hessian state of z_i (softmax p_i, ...).
+template <class L>
+__global__ void loss_state_rows_kernel(const double* z, std::int64_t m, std::int64_t k,
+                                       double* state) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < m;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    detail::softmax_row(z + i * k, k, prob + i * k);
+    L::hessian_state(z + i * k, k, state + i * k);
   }
 }
 
-/// One thread per (row i, column c), j = i·cols + c: rd_j = (diag(p_i) − p_i p_iᵀ) rz_j.
-__global__ void softmax_hessian_rows_kernel(const double* prob, const double* rz, std::int64_t m,
-                                            std::int64_t cols, std::int64_t k, double* rd) {
+/// One thread per (row i, column c), j = i·cols + c: rd_j = H_ℓ(z_i) rz_j.
+template <class L>
+__global__ void loss_hessian_rows_kernel(const double* state, const double* rz, std::int64_t m,
+                                         std::int64_t cols, std::int64_t k, double* rd) {
   const std::int64_t count = m * cols;
   for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
        j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    detail::softmax_hessian_row(prob + (j / cols) * k, rz + j * k, k, rd + j * k);
+    L::hessian_row(state + (j / cols) * k, rz + j * k, k, rd + j * k);
   }
 }
 
@@ -95,13 +99,18 @@ struct CudaExec {
     GN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(double),
                                   cudaMemcpyDeviceToDevice, stream));
   }
-  void softmax_rows(const double* z, std::int64_t m, std::int64_t k, double* prob) {
-    softmax_rows_kernel<<<grid_for(m), kThreads, 0, stream>>>(z, m, k, prob);
+  void loss_state_rows(Loss loss, const double* z, std::int64_t m, std::int64_t k, double* state) {
+    losses::visit_loss(loss, [&](auto l) {
+      loss_state_rows_kernel<decltype(l)><<<grid_for(m), kThreads, 0, stream>>>(z, m, k, state);
+    });
     GN_CUDA_CHECK(cudaGetLastError());
   }
-  void softmax_hessian_rows(const double* prob, const double* rz, std::int64_t m, std::int64_t cols,
-                            std::int64_t k, double* rd) {
-    softmax_hessian_rows_kernel<<<grid_for(m * cols), kThreads, 0, stream>>>(prob, rz, m, cols, k, rd);
+  void loss_hessian_rows(Loss loss, const double* state, const double* rz, std::int64_t m,
+                         std::int64_t cols, std::int64_t k, double* rd) {
+    losses::visit_loss(loss, [&](auto l) {
+      loss_hessian_rows_kernel<decltype(l)><<<grid_for(m * cols), kThreads, 0, stream>>>(
+          state, rz, m, cols, k, rd);
+    });
     GN_CUDA_CHECK(cudaGetLastError());
   }
 };
@@ -129,8 +138,8 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
                   std::int64_t chunk, const double* in, double* out, std::int64_t cols) {
   const std::int64_t n = data.num_samples(), k = model.output_dim();
   const std::int64_t num_layers = model.num_layers();
-  const bool labels = loss == Loss::cross_entropy;
   const bool full = !gauss_newton;
+  const bool unit_hessian = losses::visit_loss(loss, [](auto l) { return decltype(l)::unit_hessian; });
 
   Stream stream;
   detail::HessianBlock block = detail::pack_hessian_block(model, in, cols, full);
@@ -161,7 +170,7 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
     b.r_out = d.r_out.data();
     b.r_delta = d.r_delta.data();
   }
-  DeviceBuffer<double> prob(labels ? static_cast<std::size_t>(chunk * k) : 0);
+  DeviceBuffer<double> state(unit_hessian ? 0 : static_cast<std::size_t>(chunk * k));
   DeviceBuffer<double> ones(static_cast<std::size_t>(chunk));
   fill_kernel<<<grid_for(chunk), kThreads, 0, stream.get()>>>(ones.data(), chunk, 1.0);
   GN_CUDA_CHECK(cudaGetLastError());
@@ -175,7 +184,7 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
       buffers[l].input = view.inputs[l];
       buffers[l].error = view.errors[l];
     }
-    detail::hessian_chunk(exec, model, buffers, view.outputs, prob.data(), ones.data(), labels, full,
+    detail::hessian_chunk(exec, model, buffers, view.outputs, state.data(), ones.data(), loss, full,
                           view.rows, cols);
   });
 
@@ -194,12 +203,11 @@ void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool g
                    std::int64_t chunk_rows, const double* in, double* out, std::int64_t cols) {
   if (cols <= 0) return;
   const std::int64_t n = data.num_samples();
-  const bool labels = loss == Loss::cross_entropy;
   std::size_t free_bytes = 0, total_bytes = 0;
   GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const std::int64_t wanted = detail::hessian_chunk_rows(model, cols, chunk_rows, n, kBlockBudgetDoubles);
   // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
-  std::int64_t chunk = detail::plan_chunk_rows(detail::hessian_chunk_footprint(model, labels, cols),
+  std::int64_t chunk = detail::plan_chunk_rows(detail::hessian_chunk_footprint(model, loss, cols),
                                                static_cast<std::int64_t>(free_bytes / 10 * 9),
                                                wanted, n);
   for (;;) {

@@ -19,6 +19,7 @@
 
 #include "gradnoise/error.hpp"
 #include "linear_fused.cuh"
+#include "losses.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise::cuda {
@@ -38,7 +39,6 @@ constexpr std::size_t kStaticSharedReserve = 16 << 10;
 struct FusedArgs {
   std::int64_t d;
   int k;
-  bool cross_entropy;
   bool bias;
   bool param_stats;
   const double* weight;  // K×D
@@ -54,7 +54,8 @@ struct FusedArgs {
   unsigned long long* first_non_finite;
 };
 
-template <typename T>
+/// L: the loss type (core/losses.hpp), whose error row lane 0 runs per sample.
+template <typename T, class L>
 __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, const T* y,
                                                                 const std::int32_t* labels,
                                                                 FusedArgs a) {
@@ -109,18 +110,20 @@ __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, cons
         bool ok = finite;
         if (!finite) {
           atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
-        } else if (a.cross_entropy) {
-          const std::int32_t label = labels[first + i];
-          ok = label >= 0 && label < a.k;
+        } else {
+          double target[kFusedMaxOutputs];
+          std::int32_t label = 0;
+          if constexpr (L::targets == TargetKind::real) {
+            for (int c = 0; c < a.k; ++c) target[c] = static_cast<double>(y[(first + i) * a.k + c]);
+          } else {
+            label = labels[first + i];
+          }
+          ok = L::target_ok(target, label, a.k);
           if (ok) {
-            loss = detail::softmax_error_row(z, label, a.k, delta);
+            loss = L::error_row(z, target, label, a.k, delta);
           } else {
             atomicMin(a.first_bad_label, static_cast<unsigned long long>(row));
           }
-        } else {
-          double target[kFusedMaxOutputs];
-          for (int c = 0; c < a.k; ++c) target[c] = static_cast<double>(y[(first + i) * a.k + c]);
-          loss = detail::squared_error_row(z, target, a.k, delta);
         }
         if (ok && !isfinite(loss)) {  // a non-finite target (device data is not pre-validated)
           atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
@@ -286,12 +289,15 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   slots_ = layer.num_params();
   shared_bytes_ = static_cast<std::size_t>(layer.in) * sizeof(double);
   if (shared_bytes_ > (48u << 10)) {
-    GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<float>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(shared_bytes_)));
-    GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<double>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(shared_bytes_)));
+    losses::visit_loss(options.loss, [&](auto loss) {
+      using L = decltype(loss);
+      GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<float, L>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(shared_bytes_)));
+      GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<double, L>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(shared_bytes_)));
+    });
   }
   weight_ = DeviceBuffer<double>(layer.weight.size());
   GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), layer.weight.data(),
@@ -325,7 +331,6 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
   FusedArgs args{};
   args.d = layer.in;
   args.k = static_cast<int>(layer.out);
-  args.cross_entropy = options_.loss == Loss::cross_entropy;
   args.bias = layer.has_bias();
   args.param_stats = options_.param_stats;
   args.weight = weight_.data();
@@ -339,7 +344,10 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
   args.block_scalars = block_scalars_.data();
   args.first_bad_label = flags_.data();
   args.first_non_finite = flags_.data() + 1;
-  fused_linear_kernel<T><<<num_blocks_, kThreads, shared_bytes_, stream_>>>(x, y, labels, args);
+  losses::visit_loss(options_.loss, [&](auto loss) {
+    fused_linear_kernel<T, decltype(loss)><<<num_blocks_, kThreads, shared_bytes_, stream_>>>(
+        x, y, labels, args);
+  });
   GN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -376,7 +384,7 @@ void FusedLinear::finish(Profile& result) {
                                   cudaMemcpyDeviceToHost, stream_));
   }
   GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  throw_if_flagged(flags[0], flags[1], model_.output_dim());
+  throw_if_flagged(flags[0], flags[1], model_.output_dim(), options_.loss);
 
   const double inv_n = 1.0 / static_cast<double>(scalars.count);
   result.n = scalars.count;

@@ -24,6 +24,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/krylov.hpp"
 #include "linear_fused.cuh"
+#include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
 #include "reduce.cuh"
@@ -72,10 +73,11 @@ __global__ void add_bias_kernel(double* rows, const double* bias, std::int64_t m
   }
 }
 
-/// Per-sample output error and loss; flags the first row with a bad label or a
-/// non-finite output (atomicMin keeps the smallest index, so the message is
-/// deterministic).
-__global__ void output_error_kernel(bool cross_entropy, const double* z, const double* y,
+/// Per-sample output error and loss by the loss L's own error row; flags the
+/// first row with a target L rejects or a non-finite output (atomicMin keeps
+/// the smallest index, so the message is deterministic).
+template <class L>
+__global__ void output_error_kernel(const double* z, const double* y,
                                     const std::int32_t* labels, std::int64_t m, std::int64_t k,
                                     std::int64_t first_row, double* delta, double* sample_loss,
                                     unsigned long long* first_bad_label,
@@ -91,18 +93,15 @@ __global__ void output_error_kernel(bool cross_entropy, const double* z, const d
       for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
       continue;
     }
-    if (cross_entropy) {
-      const std::int32_t label = labels[i];
-      if (label < 0 || label >= k) {
-        atomicMin(first_bad_label, static_cast<unsigned long long>(first_row + i));
-        sample_loss[i] = 0;
-        for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
-        continue;
-      }
-      sample_loss[i] = detail::softmax_error_row(zi, label, k, delta + i * k);
-    } else {
-      sample_loss[i] = detail::squared_error_row(zi, y + i * k, k, delta + i * k);
+    const double* yi = y != nullptr ? y + i * k : nullptr;
+    const std::int32_t label = labels != nullptr ? labels[i] : 0;
+    if (!L::target_ok(yi, label, k)) {
+      atomicMin(first_bad_label, static_cast<unsigned long long>(first_row + i));
+      sample_loss[i] = 0;
+      for (std::int64_t c = 0; c < k; ++c) delta[i * k + c] = 0;
+      continue;
     }
+    sample_loss[i] = L::error_row(zi, yi, label, k, delta + i * k);
     if (!isfinite(sample_loss[i])) {  // a non-finite target (device data is not pre-validated)
       atomicMin(first_non_finite, static_cast<unsigned long long>(first_row + i));
       sample_loss[i] = 0;
@@ -428,10 +427,11 @@ class Pipeline {
         GN_CUDA_CHECK(cudaGetLastError());
       }
     }
-    output_error_kernel<<<grid_for(m), kThreads, 0, stream_>>>(
-        options_.loss == Loss::cross_entropy, output_.data(), chunk.y, chunk.labels, m, k,
-        first_row, errors_[num_layers - 1].data(), sample_loss_.data(), flags_.data(),
-        flags_.data() + 1);
+    losses::visit_loss(options_.loss, [&](auto loss) {
+      output_error_kernel<decltype(loss)><<<grid_for(m), kThreads, 0, stream_>>>(
+          output_.data(), chunk.y, chunk.labels, m, k, first_row, errors_[num_layers - 1].data(),
+          sample_loss_.data(), flags_.data(), flags_.data() + 1);
+    });
     GN_CUDA_CHECK(cudaGetLastError());
     // Backward: δ_{l-1} = δ_l W_l.
     for (std::int64_t l = num_layers - 1; l > 0; --l) {
@@ -459,7 +459,7 @@ class Pipeline {
     unsigned long long flags[2];
     GN_CUDA_CHECK(cudaMemcpyAsync(flags, flags_.data(), sizeof(flags), cudaMemcpyDeviceToHost, stream_));
     GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    throw_if_flagged(flags[0], flags[1], model_.output_dim());
+    throw_if_flagged(flags[0], flags[1], model_.output_dim(), options_.loss);
   }
 
   /// Copies the merged moments back and fills the report.
@@ -756,7 +756,7 @@ void covariance_apply(const Model& model, const DataSource& data, Loss loss,
                       const std::vector<double>& mean_grad, std::int64_t chunk_rows, const double* in,
                       double* out, std::int64_t cols) {
   const std::int64_t n = data.num_samples(), p = model.num_params();
-  const bool labels = loss == Loss::cross_entropy;
+  const bool labels = loss_targets(loss) == TargetKind::labels;
   ProfileOptions options;
   options.loss = loss;
   const std::int64_t chunk = std::max<std::int64_t>(1, std::min({chunk_rows, n, detail::kMaxChunkRows}));
@@ -826,7 +826,7 @@ void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss
                            std::int64_t chunk, cudaStream_t stream,
                            const std::function<void(const DeviceChunkView&)>& visit) {
   const std::int64_t n = data.num_samples();
-  const bool labels = loss == Loss::cross_entropy;
+  const bool labels = loss_targets(loss) == TargetKind::labels;
   ProfileOptions options;
   options.loss = loss;
   Pipeline pipeline(model, options, chunk, labels, stream);
@@ -885,7 +885,7 @@ template <typename MakeFeeder>
 Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileOptions& options,
                      cudaStream_t stream, MakeFeeder make_feeder, const DeviceData* direct = nullptr) {
   const auto start = std::chrono::steady_clock::now();
-  const bool labels = options.loss == Loss::cross_entropy;
+  const bool labels = loss_targets(options.loss) == TargetKind::labels;
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
   std::size_t free_bytes = 0, total_bytes = 0;
   GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -968,7 +968,7 @@ Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOp
                      CUstream_st* stream) {
   check_profile_inputs(model, data, options);
   require_device();
-  const bool labels = options.loss == Loss::cross_entropy;
+  const bool labels = loss_targets(options.loss) == TargetKind::labels;
   return cuda::plan_and_run(model, data, options, stream, [&](std::int64_t chunk) {
     return cuda::HostFeeder(data, chunk, model.output_dim(), labels);
   });

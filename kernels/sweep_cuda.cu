@@ -80,7 +80,7 @@ class SweepCudaState {
     x_ = cuda::DeviceBuffer<double>(train.x.size());
     GN_CUDA_CHECK(cudaMemcpy(x_.data(), train.x.data(), train.x.size() * sizeof(double),
                              cudaMemcpyHostToDevice));
-    if (config.loss == Loss::squared) {
+    if (loss_targets(config.loss) == TargetKind::real) {
       y_ = cuda::DeviceBuffer<double>(train.y.size());
       GN_CUDA_CHECK(cudaMemcpy(y_.data(), train.y.data(), train.y.size() * sizeof(double),
                                cudaMemcpyHostToDevice));

@@ -155,7 +155,7 @@ TEST(HessianPass, ChunkRowsRespectBudgetRequestAndN) {
                                        std::int64_t{1} << 50),
             detail::kMaxChunkRows);
   const detail::ChunkFootprint base = detail::chunk_footprint(model, true, false);
-  const detail::ChunkFootprint fp = detail::hessian_chunk_footprint(model, true, 5);
+  const detail::ChunkFootprint fp = detail::hessian_chunk_footprint(model, Loss::cross_entropy, 5);
   EXPECT_EQ(fp.per_row, base.per_row + 8 * (110 + 3 + 1));
   EXPECT_EQ(fp.fixed, base.fixed + 8 * 4 * 5 * model.num_params());
 }

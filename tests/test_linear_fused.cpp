@@ -14,6 +14,7 @@
 #include "brute_force.hpp"
 #include "gradnoise/profile.hpp"
 #include "linear_fused.hpp"
+#include "losses.hpp"
 #include "test_util.hpp"
 
 namespace gradnoise {
@@ -59,9 +60,10 @@ Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_ro
         partial_row_dots(x + i * d, layer.weight.data(), d, k, 0, 1, z, x_sq[i]);
         for (int c = 0; c < k; ++c) z[c] += bias ? layer.bias[c] : 0.0;
         double* delta = u.data() + i * kFusedMaxOutputs;
-        loss_i[i] = loss == Loss::squared
-                        ? squared_error_row(z, data.y.data() + (first + i) * k, k, delta)
-                        : softmax_error_row(z, data.labels[first + i], k, delta);
+        const double* y = data.y.empty() ? nullptr : data.y.data() + (first + i) * k;
+        const std::int32_t label = data.labels.empty() ? 0 : data.labels[first + i];
+        loss_i[i] = losses::visit_loss(
+            loss, [&](auto l) { return decltype(l)::error_row(z, y, label, k, delta); });
         delta_sq[i] = 0;
         for (int c = 0; c < k; ++c) delta_sq[i] += delta[c] * delta[c];
       }

@@ -125,7 +125,8 @@ std::vector<double> reference_run(Model model, const Dataset& data, const SweepC
         const double top = *std::max_element(f.begin(), f.end());
         double total = 0;
         for (std::size_t o = 0; o < f.size(); ++o) total += (delta[o] = std::exp(f[o] - top));
-        for (double& p : delta) p /= total;
+        const double inv = 1.0 / total;  // softmax as e·(1/Σe), as core/losses/ computes it
+        for (double& p : delta) p *= inv;
         delta[static_cast<std::size_t>(data.labels[static_cast<std::size_t>(row)])] -= 1.0;
       }
       for (std::size_t l = layers; l-- > 0;) {

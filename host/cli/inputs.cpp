@@ -104,6 +104,14 @@ Model load_layers(const std::vector<std::string>& specs, nlohmann::ordered_json&
 
 }  // namespace
 
+std::string loss_choices() {
+  std::string text;
+  for (Loss loss : all_losses()) {
+    text += (text.empty() ? "" : ", ") + loss_name(loss) + " (" + loss_summary(loss) + ")";
+  }
+  return text;
+}
+
 std::vector<std::int64_t> parse_hidden(const std::string& spec) {
   std::vector<std::int64_t> widths;
   std::size_t start = 0;
@@ -128,12 +136,6 @@ std::vector<std::int64_t> parse_hidden(const std::string& spec) {
   return widths;
 }
 
-Loss parse_loss(const std::string& name) {
-  if (name == "mse") return Loss::squared;
-  if (name == "ce") return Loss::cross_entropy;
-  throw InputError("--loss must be mse (squared loss) or ce (softmax cross-entropy), not '" + name +
-                   "'.");
-}
 
 
 namespace {
@@ -208,7 +210,7 @@ void check_fit(const Model& model, const std::string& model_source, LoadedData& 
                      " inputs but " + loaded.source + " has " + std::to_string(data.d) +
                      " features per sample.");
   }
-  if (loss == Loss::squared) {
+  if (loss_targets(loss) == TargetKind::real) {
     if (model.output_dim() != data.k) {
       throw InputError(model_source + " has " + std::to_string(model.output_dim()) +
                        " outputs but " + loaded.target_source + " has " + std::to_string(data.k) +
@@ -273,9 +275,10 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
   command->add_option("--x", args.x_path, "Inputs X, N x D (.npy or .csv)")
       ->type_name("FILE");
   command->add_option("--y", args.y_path,
-                      "Targets: N x K reals (--loss mse) or N integer labels (--loss ce)")
+                      "Targets: N x K reals (--loss mse), N x K reals in [0, 1] (--loss bce) or N integer "
+                      "labels (--loss ce)")
       ->type_name("FILE");
-  command->add_option("--loss", args.loss, "mse (squared) or ce (softmax cross-entropy)")
+  command->add_option("--loss", args.loss, loss_choices())
       ->capture_default_str();
   command->add_option("--layer", args.layers,
                       "A layer W.npy[:b.npy], input to output; repeat for deeper models. W is "

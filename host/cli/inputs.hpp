@@ -47,7 +47,9 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
 /// with --layer files.
 void check_data_model_combinations(const DataModelArgs& args, bool seed_also_samples);
 
-Loss parse_loss(const std::string& name);
+/// "mse (squared error), ce (...), bce (...)": --loss's help, from the registry.
+std::string loss_choices();
+
 std::vector<std::int64_t> parse_hidden(const std::string& spec);
 
 struct LoadedData {

@@ -99,7 +99,7 @@ json summary_json(const SweepResult& result, const SweepConfig& config, const Sw
   const double rate = result.elapsed_s > 0 ? static_cast<double>(result.run_steps) / result.elapsed_s : 0;
   return {{"gradnoise_version", version()},
           {"command", "sweep"},
-          {"loss", config.loss == Loss::squared ? "mse" : "ce"},
+          {"loss", loss_name(config.loss)},
           {"data", train.description},
           {"model", model.description},
           {"num_params", result.num_params},

@@ -7,12 +7,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "gradnoise/loss.hpp"
+
 namespace gradnoise {
-
-enum class Loss { squared, cross_entropy };
-
-/// What kind of targets a source carries.
-enum class TargetKind { real, labels };
 
 /// Streaming access to a data set, row-major.
 class DataSource {

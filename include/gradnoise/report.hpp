@@ -23,9 +23,6 @@ namespace gradnoise {
 /// The version written into reports and printed by `gradnoise --version`.
 const char* version();
 
-/// "mse" for squared loss, "ce" for softmax cross-entropy (the CLI's names).
-const char* loss_kind_name(Loss loss);
-
 /// Where the numbers came from, copied into the report as is.
 struct ReportContext {
   Loss loss = Loss::squared;
