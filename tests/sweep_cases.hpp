@@ -23,7 +23,7 @@ struct SweepCase {
 
 inline void PrintTo(const SweepCase& test, std::ostream* out) { *out << test.name; }
 
-/// Linear, two-layer and deep; squared and cross-entropy; all three
+/// Linear, two-layer and deep; squared, cross-entropy and BCE; all three
 /// samplings; label noise, weight decay and momentum.
 inline const std::vector<SweepCase>& sweep_cases() {
   static const std::vector<SweepCase> cases = {
@@ -36,6 +36,8 @@ inline const std::vector<SweepCase>& sweep_cases() {
       {"two_layer_ce_without", {4, 6, 3}, true, Loss::cross_entropy, Sampling::without_replacement,
        0, 0.001, 0.5},
       {"deep_mse_with_noise", {3, 4, 5, 2}, false, Loss::squared, Sampling::with_replacement, 0.3, 0, 0},
+      {"two_layer_bce_with_decay", {4, 5, 3}, true, Loss::binary_cross_entropy,
+       Sampling::with_replacement, 0, 0.001, 0},
   };
   return cases;
 }

@@ -478,6 +478,46 @@ TEST_F(Cli, LabelOutOfRangeForCrossEntropy) {
   expect_failure(args, 2, "labels10.npy");
 }
 
+// The third loss end to end: profile (with the noise's shape) and sweep on
+// multi-label targets in [0, 1] give the library's numbers; a target outside
+// [0, 1] is one sentence naming the file, and no output is left.
+TEST_F(Cli, BinaryCrossEntropyMatchesLibraryAndChecksTargets) {
+  const std::int64_t n = 40, d = 4, k = 3;
+  std::vector<double> x(n * d), y(n * k);
+  for (std::int64_t j = 0; j < n * d; ++j) x[j] = std::sin(0.37 * static_cast<double>(j * j % 97));
+  for (std::int64_t j = 0; j < n * k; ++j) y[j] = (j * 7 % 5) / 4.0;  // 0, ¼, ½, ¾, 1
+  write_npy(path("Xb.npy"), {n, d}, x);
+  write_npy(path("Yb.npy"), {n, k}, y);
+  const RunResult result =
+      run({"profile", "--x", p("Xb.npy"), "--y", p("Yb.npy"), "--loss", "bce", "--hidden", "2",
+           "--seed", "5", "--device", "cpu", "--spectrum", "2", "--theta", "0.5", "--out",
+           p("report.json")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  const Dataset data = load_xy(path("Xb.npy"), path("Yb.npy"), Loss::binary_cross_entropy);
+  const Model model = make_model(std::vector<std::int64_t>{d, 2, k}, true, Init::gaussian, 5);
+  ProfileOptions options;
+  options.loss = Loss::binary_cross_entropy;
+  options.device = Device::cpu;
+  const Profile expected = profile(model, data, options);
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("report.json")));
+  expect_report_matches(report, expected);
+  EXPECT_EQ(report["loss_kind"], "bce");
+
+  const RunResult swept =
+      run({"sweep", "--x", p("Xb.npy"), "--y", p("Yb.npy"), "--loss", "bce", "--batch-sizes",
+           "4,8", "--lrs", "0.1", "--steps", "10", "--log-every", "5", "--out", p("runs.csv"),
+           "--summary", p("summary.json")});
+  ASSERT_EQ(swept.status, 0) << swept.err;
+  EXPECT_EQ(nlohmann::json::parse(read_text(path("summary.json")))["loss"], "bce");
+
+  y[3 * k + 1] = 1.5;
+  write_npy(path("Yb_out.npy"), {n, k}, y);
+  std::vector<std::string> args = {"profile", "--x", p("Xb.npy"), "--y", p("Yb_out.npy"),
+                                   "--loss", "bce"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "Yb_out.npy");
+}
+
 TEST_F(Cli, NaNInData) {
   synth(10, 2, 1);
   std::vector<double> x(20, 0.5);

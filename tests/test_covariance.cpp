@@ -273,7 +273,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"two_layer_mse_nobias", {5, 4, 3}, false, Loss::squared, 43, 3},
                       Case{"two_layer_ce_bias", {5, 4, 3}, true, Loss::cross_entropy, 39, 4},
                       Case{"deep_mse_bias", {4, 3, 3, 3, 2}, true, Loss::squared, 45, 5},
-                      Case{"deep_ce_nobias", {5, 4, 3, 3}, false, Loss::cross_entropy, 47, 6}),
+                      Case{"deep_ce_nobias", {5, 4, 3, 3}, false, Loss::cross_entropy, 47, 6},
+                      Case{"linear_bce_bias", {6, 3}, true, Loss::binary_cross_entropy, 41, 7},
+                      Case{"two_layer_bce_nobias", {5, 4, 3}, false, Loss::binary_cross_entropy, 43, 8}),
     case_name);
 
 // ---- Beyond the small cases ------------------------------------------------

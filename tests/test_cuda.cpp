@@ -22,6 +22,7 @@ namespace {
 
 using testing::all_near;
 using testing::max_abs;
+using testing::loss_label;
 using testing::random_dataset;
 using testing::random_model;
 using testing::relative_error;
@@ -126,11 +127,11 @@ std::vector<GpuCase> gpu_cases() {
       {"Deep", {17, 9, 13, 5, 3}},
   };
   for (const auto& [shape, widths] : shapes) {
-    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+    for (const Loss loss : all_losses()) {
       if (loss == Loss::cross_entropy && widths.back() < 2) continue;
       for (const bool bias : {true, false}) {
         // 1 chunk + 1 row exercises the merge with a one-row chunk.
-        const std::string name = shape + (loss == Loss::squared ? "Mse" : "Ce") + (bias ? "Bias" : "NoBias");
+        const std::string name = shape + loss_label(loss) + (bias ? "Bias" : "NoBias");
         cases.push_back({name, widths, loss, bias, 513, 512, true});
         if (widths.size() == 2 && widths.back() <= 16) {
           cases.push_back({name + "Gemm", widths, loss, bias, 513, 512, false});
@@ -150,7 +151,7 @@ INSTANTIATE_TEST_SUITE_P(Models, GpuProfileVsCpu, ::testing::ValuesIn(gpu_cases(
 TEST(GpuProfile, DeviceResidentFloat32Data) {
   GN_REQUIRE_GPU();
   for (const bool fused : {true, false}) {
-    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+    for (const Loss loss : all_losses()) {
       SCOPED_TRACE(std::string(fused ? "fused" : "gemm") + (loss == Loss::squared ? " mse" : " ce"));
       const std::int64_t n = 10007, d = 300, k = 10;
       Dataset data = random_dataset(n, d, k, loss, 9, 1.0);
@@ -213,8 +214,8 @@ TEST(GpuCovariance, ProductMatchesTheCpuOperator) {
   GN_REQUIRE_GPU();
   const std::vector<std::vector<std::int64_t>> shapes = {{9, 3}, {7, 5, 4}, {6, 4, 5, 3}};
   for (const auto& widths : shapes) {
-    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
-      SCOPED_TRACE(std::to_string(widths.size() - 1) + " layers, " + (loss == Loss::squared ? "mse" : "ce"));
+    for (const Loss loss : all_losses()) {
+      SCOPED_TRACE(std::to_string(widths.size() - 1) + " layers, " + loss_name(loss));
       const Model model = random_model(widths, true, 31);
       const Dataset data = random_dataset(777, widths.front(), widths.back(), loss, 32, 0.7);
       ProfileOptions options;

@@ -308,7 +308,7 @@ TEST(Curvature, HessianVectorMatchesFiniteDifferences) {
 }
 
 TEST(Curvature, OneLayerGaussNewtonEqualsFull) {
-  for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+  for (const Loss loss : all_losses()) {
     const Model model = random_model({5, 3}, true, 8);
     const Dataset data = random_dataset(11, 5, 3, loss, 9, 0.3);
     const std::int64_t p = model.num_params(), cols = 4;

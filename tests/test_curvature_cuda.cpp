@@ -107,7 +107,7 @@ struct PassCase {
 std::vector<PassCase> pass_cases() {
   std::vector<PassCase> cases;
   for (const auto& widths : std::vector<std::vector<std::int64_t>>{{9, 3}, {7, 5, 4}, {6, 4, 5, 3}}) {
-    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+    for (const Loss loss : all_losses()) {
       for (const bool bias : {true, false}) cases.push_back({widths, loss, bias});
     }
   }
@@ -116,7 +116,7 @@ std::vector<PassCase> pass_cases() {
 
 std::string case_name(const PassCase& c, bool gauss_newton) {
   return std::to_string(c.widths.size() - 1) + " layers, " +
-         (c.loss == Loss::squared ? "mse" : "ce") + (c.bias ? ", bias" : ", no bias") +
+         loss_name(c.loss) + (c.bias ? ", bias" : ", no bias") +
          (gauss_newton ? ", gauss-newton" : ", full");
 }
 
@@ -296,9 +296,9 @@ TEST(GpuHessian, BadLabelsAreInputErrors) {
 // The curvature report with GPU Hessian-vector products against the CPU one.
 TEST(GpuCurvature, ReportMatchesTheCpuReport) {
   GN_REQUIRE_GPU();
-  for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+  for (const Loss loss : all_losses()) {
     for (const bool gauss_newton : {false, true}) {
-      SCOPED_TRACE(std::string(loss == Loss::squared ? "mse" : "ce") + (gauss_newton ? ", gn" : ", full"));
+      SCOPED_TRACE(loss_name(loss) + (gauss_newton ? ", gn" : ", full"));
       const Model model = random_model({10, 6, 4}, true, 21);
       const Dataset data = random_dataset(2000, 10, 4, loss, 22, 0.4);
       ProfileOptions po;
@@ -329,8 +329,8 @@ TEST(GpuCurvature, ReportMatchesTheCpuReport) {
 // ĜᵀΣĜ from one GPU Σ product against the CPU pass, and the tests built on it.
 TEST(GpuBatchTests, MatchTheCpuTests) {
   GN_REQUIRE_GPU();
-  for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
-    SCOPED_TRACE(loss == Loss::squared ? "mse" : "ce");
+  for (const Loss loss : all_losses()) {
+    SCOPED_TRACE(loss_name(loss));
     const Model model = random_model({8, 5, 3}, true, 11);
     const Dataset data = random_dataset(1234, 8, 3, loss, 12, 0.6);
     ProfileOptions po;

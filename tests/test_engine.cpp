@@ -18,6 +18,7 @@ namespace {
 
 using testing::all_near;
 using testing::max_abs;
+using testing::loss_label;
 using testing::random_dataset;
 using testing::random_model;
 using testing::relative_error;
@@ -87,12 +88,12 @@ std::vector<Case> engine_cases() {
       {"TwoLayer", {6, 4, 3}},      {"Deep", {5, 4, 6, 3, 2}},
   };
   for (const auto& [shape_name, widths] : shapes) {
-    for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
+    for (const Loss loss : all_losses()) {
       if (loss == Loss::cross_entropy && widths.back() < 2) continue;
       for (const bool bias : {true, false}) {
         // 37 rows in chunks of 8 exercises the merge and a short last chunk.
         for (const std::int64_t chunk : {std::int64_t{8}, std::int64_t{4096}}) {
-          cases.push_back({shape_name + (loss == Loss::squared ? "Mse" : "Ce") +
+          cases.push_back({shape_name + loss_label(loss) +
                                (bias ? "Bias" : "NoBias") + "Chunk" + std::to_string(chunk),
                            widths, loss, bias, 37, chunk});
         }
@@ -105,8 +106,8 @@ std::vector<Case> engine_cases() {
 INSTANTIATE_TEST_SUITE_P(Models, EngineVsBruteForce, ::testing::ValuesIn(engine_cases()), case_name);
 
 TEST(EngineFiniteDifferences, MeanGradientIsTheLossGradient) {
-  for (const Loss loss : {Loss::squared, Loss::cross_entropy}) {
-    SCOPED_TRACE(loss == Loss::squared ? "mse" : "ce");
+  for (const Loss loss : all_losses()) {
+    SCOPED_TRACE(loss_name(loss));
     Model model = random_model({4, 3, 3}, true, 5);
     const Dataset data = random_dataset(20, 4, 3, loss, 9);
     ProfileOptions options;

@@ -23,6 +23,7 @@ namespace {
 using namespace detail;
 using testing::all_near;
 using testing::max_abs;
+using testing::loss_label;
 using testing::random_dataset;
 using testing::random_model;
 using testing::relative_error;
@@ -141,7 +142,7 @@ struct FusedCase {
 };
 
 void PrintTo(const FusedCase& c, std::ostream* os) {
-  *os << (c.loss == Loss::squared ? "mse" : "ce") << (c.bias ? " bias" : " no bias") << ", tiles of "
+  *os << loss_name(c.loss) << (c.bias ? " bias" : " no bias") << ", tiles of "
       << c.tile_rows << ", " << c.num_blocks << " blocks";
 }
 
@@ -177,11 +178,12 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(FusedCase{Loss::squared, true, 32, 1}, FusedCase{Loss::squared, true, 32, 3},
                       FusedCase{Loss::squared, false, 32, 4}, FusedCase{Loss::cross_entropy, true, 32, 5},
                       FusedCase{Loss::cross_entropy, false, 16, 2},
+                      FusedCase{Loss::binary_cross_entropy, true, 32, 3},
                       FusedCase{Loss::squared, true, 1, 7},     // one-row tiles
                       FusedCase{Loss::squared, true, 32, 40}),  // idle blocks
     [](const auto& info) {
       const FusedCase& c = info.param;
-      return std::string(c.loss == Loss::squared ? "Mse" : "Ce") + (c.bias ? "Bias" : "NoBias") +
+      return testing::loss_label(c.loss) + (c.bias ? "Bias" : "NoBias") +
              "Tile" + std::to_string(c.tile_rows) + "Blocks" + std::to_string(c.num_blocks);
     });
 

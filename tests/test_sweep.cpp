@@ -121,6 +121,13 @@ std::vector<double> reference_run(Model model, const Dataset& data, const SweepC
           }
           delta[o] = f[o] - target;
         }
+      } else if (c.loss == Loss::binary_cross_entropy) {
+        for (std::size_t o = 0; o < f.size(); ++o) {
+          // σ(z) without overflow, as core/losses/ computes it.
+          const double e = std::exp(-std::abs(f[o]));
+          const double sigma = f[o] >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+          delta[o] = sigma - data.y[static_cast<std::size_t>(row * data.k) + o];
+        }
       } else {
         const double top = *std::max_element(f.begin(), f.end());
         double total = 0;

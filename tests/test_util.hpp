@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gradnoise/data.hpp"
@@ -34,7 +35,16 @@ inline Model random_model(const std::vector<std::int64_t>& widths, bool bias, un
   return model;
 }
 
-/// N samples with x ~ offset + N(0, I); real targets N(0, 1) or labels uniform in [0, k).
+/// "Mse", "Ce", "Bce": a loss's name as test names spell it.
+inline std::string loss_label(Loss loss) {
+  std::string name = loss_name(loss);
+  name[0] = static_cast<char>(name[0] - 'a' + 'A');
+  return name;
+}
+
+/// N samples with x ~ offset + N(0, I); real targets N(0, 1) (squared), labels
+/// uniform in [0, k) (cross-entropy), or targets in [0, 1] for BCE: uniform,
+/// with those below 0.3 set to 0 and above 0.7 to 1 (multi-label, some soft).
 inline Dataset random_dataset(std::int64_t n, std::int64_t d, std::int64_t k, Loss loss,
                               unsigned seed, double offset = 0.0) {
   std::mt19937_64 rng(seed);
@@ -46,6 +56,12 @@ inline Dataset random_dataset(std::int64_t n, std::int64_t d, std::int64_t k, Lo
   for (std::int64_t j = 0; j < n * d; ++j) data.x.push_back(offset + normal(rng));
   if (loss == Loss::squared) {
     for (std::int64_t j = 0; j < n * k; ++j) data.y.push_back(normal(rng));
+  } else if (loss == Loss::binary_cross_entropy) {
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    for (std::int64_t j = 0; j < n * k; ++j) {
+      const double u = uniform(rng);
+      data.y.push_back(u < 0.3 ? 0.0 : u > 0.7 ? 1.0 : u);
+    }
   } else {
     std::uniform_int_distribution<std::int32_t> label(0, static_cast<std::int32_t>(k - 1));
     for (std::int64_t i = 0; i < n; ++i) data.labels.push_back(label(rng));
