@@ -19,7 +19,6 @@
 // threads touch neighbouring addresses) while the CPU uses stride 1.
 #pragma once
 
-#include <Random123/philox.h>
 
 #include <cmath>
 #include <cstdint>
@@ -29,6 +28,7 @@
 
 #include "host_device.hpp"
 #include "losses.hpp"
+#include "random.hpp"
 
 namespace gradnoise::sweep_step {
 
@@ -36,9 +36,6 @@ namespace gradnoise::sweep_step {
 /// parameters).
 constexpr int kMaxLayers = 16;
 
-// Counter words: {replica, tag | stream, step or epoch, block}, as host/sweep.cpp.
-constexpr std::uint32_t kSweepTag = 0x53570000u;  // "SW"
-constexpr std::uint32_t kStreamIndices = 1, kStreamPermutation = 2, kStreamLabelNoise = 3;
 
 struct LayerDims {
   std::int64_t in = 0, out = 0;
@@ -149,52 +146,7 @@ struct Outcome {
 
 GN_HOST_DEVICE inline bool is_finite(double value) { return std::isfinite(value); }
 
-// ---- Randomness ---------------------------------------------------------------
-
-GN_HOST_DEVICE inline r123::Philox4x32::ctr_type philox(std::uint64_t seed, std::uint32_t replica,
-                                                        std::uint32_t stream, std::uint32_t step,
-                                                        std::uint32_t block) {
-  const r123::Philox4x32 generator;
-  const r123::Philox4x32::key_type key = {
-      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
-  const r123::Philox4x32::ctr_type counter = {{replica, kSweepTag | stream, step, block}};
-  return generator(counter, key);
-}
-
-/// The 64-bit word `half` (0 or 1) of a Philox block.
-GN_HOST_DEVICE inline std::uint64_t word(const r123::Philox4x32::ctr_type& bits, int half) {
-  return std::uint64_t{bits[2 * half]} << 32 | bits[2 * half + 1];
-}
-
-/// floor(bits · n / 2⁶⁴).
-GN_HOST_DEVICE inline std::uint64_t below(std::uint64_t bits, std::uint64_t n) {
-#if defined(__CUDA_ARCH__)
-  return __umul64hi(bits, n);
-#else
-  __extension__ using uint128 = unsigned __int128;  // GCC and Clang
-  return static_cast<std::uint64_t>((static_cast<uint128>(bits) * n) >> 64);
-#endif
-}
-
-/// The permutation of epoch `epoch`: Fisher–Yates, draw p (p = 0..n−2)
-/// swapping position n−1−p with ⌊u·(n−p)/2⁶⁴⌋.
-GN_HOST_DEVICE inline void epoch_permutation(std::uint64_t seed, std::uint32_t replica,
-                                             std::uint32_t epoch, Strided<std::int32_t> perm,
-                                             std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) perm[i] = static_cast<std::int32_t>(i);
-  r123::Philox4x32::ctr_type bits{};
-  for (std::int64_t p = 0; p + 1 < n; ++p) {
-    if (p % 2 == 0) {
-      bits = philox(seed, replica, kStreamPermutation, epoch, static_cast<std::uint32_t>(p / 2));
-    }
-    const std::int64_t i = n - 1 - p;
-    const auto j = static_cast<std::int64_t>(
-        below(word(bits, static_cast<int>(p % 2)), static_cast<std::uint64_t>(i + 1)));
-    const std::int32_t held = perm[i];
-    perm[i] = perm[j];
-    perm[j] = held;
-  }
-}
+// ---- Randomness: core/random.hpp's sweep streams, as the CPU engine draws them ----
 
 /// Makes `perm` hold the permutation of the epoch of `step` (without
 /// replacement); `perm_epoch` is the epoch it holds now (−1: none).
@@ -203,7 +155,7 @@ GN_HOST_DEVICE inline void ensure_permutation(const Problem& p, const RunSpec& r
                                               std::int64_t& perm_epoch) {
   const std::int64_t epoch = step / (p.n / run.batch_size);
   if (perm_epoch == epoch) return;
-  epoch_permutation(p.seed, run.replica, static_cast<std::uint32_t>(epoch), perm, p.n);
+  detail::epoch_permutation(p.seed, run.replica, static_cast<std::uint32_t>(epoch), perm, p.n);
   perm_epoch = epoch;
 }
 
@@ -213,12 +165,8 @@ GN_HOST_DEVICE inline std::int64_t batch_row(const Problem& p, const RunSpec& ru
                                              std::int64_t slot, Strided<std::int32_t> perm) {
   const std::int64_t b = run.batch_size;
   switch (p.sampling) {
-    case Sampling::with_replacement: {
-      const auto bits = philox(p.seed, run.replica, kStreamIndices, static_cast<std::uint32_t>(step),
-                               static_cast<std::uint32_t>(slot / 2));
-      return static_cast<std::int64_t>(
-          below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(p.n)));
-    }
+    case Sampling::with_replacement:
+      return detail::replacement_row(p.seed, run.replica, step, slot, p.n);
     case Sampling::without_replacement:
       return perm[(step % (p.n / b)) * b + slot];
     case Sampling::fixed:
@@ -226,33 +174,6 @@ GN_HOST_DEVICE inline std::int64_t batch_row(const Problem& p, const RunSpec& ru
   }
   return (step * b + slot) % p.n;
 }
-
-/// Label-noise normals of one step, one Box–Muller pair per Philox block
-/// (normal m = slot·K + output is the cosine (m even) or sine (m odd) of
-/// block m/2), the last pair kept. On the GPU sqrt/log/sin/cos are CUDA's,
-/// which may differ from glibc's in the last ulp.
-struct NormalPairs {
-  std::int64_t block = -1;
-  double even = 0, odd = 0;
-
-  GN_HOST_DEVICE double get(std::uint64_t seed, std::uint32_t replica, std::int64_t step,
-                            std::int64_t m) {
-    if (m / 2 != block) {
-      block = m / 2;
-      constexpr double kTwoToMinus53 = 1.0 / 9007199254740992.0;
-      constexpr double kPi = 3.141592653589793;  // std::numbers::pi
-      const auto bits = philox(seed, replica, kStreamLabelNoise, static_cast<std::uint32_t>(step),
-                               static_cast<std::uint32_t>(block));
-      const double u_radius = static_cast<double>((word(bits, 0) >> 11) + 1) * kTwoToMinus53;
-      const double u_angle = static_cast<double>(word(bits, 1) >> 11) * kTwoToMinus53;
-      const double radius = std::sqrt(-2.0 * std::log(u_radius));
-      const double angle = 2.0 * kPi * u_angle;
-      even = radius * std::cos(angle);
-      odd = radius * std::sin(angle);
-    }
-    return m % 2 == 0 ? even : odd;
-  }
-};
 
 // ---- One sample ---------------------------------------------------------------------
 
@@ -262,7 +183,7 @@ struct NormalPairs {
 GN_HOST_DEVICE inline double sample_gradient(const Problem& p, const RunSpec& run,
                                              Strided<double> theta, std::int64_t step,
                                              std::int64_t slot, std::int64_t row,
-                                             NormalPairs& noise, RunScratch& s) {
+                                             detail::LabelNoise& noise, RunScratch& s) {
   const ModelDims& m = p.model;
   const double* x_row = p.x + row * p.d;
   const int last = m.num_layers - 1;
@@ -344,7 +265,7 @@ GN_HOST_DEVICE inline double minibatch_gradient(const Problem& p, const RunSpec&
   const std::int64_t b = run.batch_size;
   for (std::int64_t q = 0; q < p.model.num_params; ++q) s.grad[q] = 0.0;
   if (p.sampling == Sampling::without_replacement) ensure_permutation(p, run, step, s.perm, perm_epoch);
-  NormalPairs noise;
+  detail::LabelNoise noise;
   double loss = 0;
   for (std::int64_t slot = 0; slot < b; ++slot) {
     const std::int64_t row = batch_row(p, run, step, slot, s.perm);

@@ -60,66 +60,16 @@ namespace {
 
 using nlohmann::json;
 
-// ---- Counter-based randomness ------------------------------------------------
-
-// Counter words: {replica, tag | kind, step or epoch, block}. The tag keeps
-// these counters apart from the model initialiser's and the synthetic data's
-// (detail::fill_normals, whose second word is the high half of a row index).
-constexpr std::uint32_t kSweepTag = 0x53570000u;  // "SW"
-enum class Stream : std::uint32_t { indices = 1, permutation = 2, label_noise = 3 };
-
-r123::Philox4x32::ctr_type philox(std::uint64_t seed, std::uint32_t replica, Stream stream,
-                                  std::uint32_t step, std::uint32_t block) {
-  const r123::Philox4x32 generator;
-  const r123::Philox4x32::key_type key = {
-      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
-  const r123::Philox4x32::ctr_type counter = {
-      {replica, kSweepTag | static_cast<std::uint32_t>(stream), step, block}};
-  return generator(counter, key);
-}
-
-/// floor(bits · n / 2⁶⁴): uniform on [0, n) up to a bias below n/2⁶⁴.
-std::uint64_t below(std::uint64_t bits, std::uint64_t n) {
-  __extension__ using uint128 = unsigned __int128;  // GCC and Clang; not ISO C++
-  return static_cast<std::uint64_t>((static_cast<uint128>(bits) * n) >> 64);
-}
-
-std::uint64_t word(const r123::Philox4x32::ctr_type& bits, int half) {
-  return std::uint64_t{bits[2 * half]} << 32 | bits[2 * half + 1];
-}
-
-/// The uniform permutation of epoch `epoch` for `replica`: Fisher–Yates, draw
-/// p (p = 0..N−2) swapping position N−1−p with a uniform one at or below it.
-void epoch_permutation(std::uint64_t seed, std::uint32_t replica, std::uint32_t epoch,
-                       std::vector<std::int32_t>& perm) {
-  std::iota(perm.begin(), perm.end(), 0);
-  const auto n = static_cast<std::int64_t>(perm.size());
-  r123::Philox4x32::ctr_type bits{};
-  for (std::int64_t p = 0; p + 1 < n; ++p) {
-    if (p % 2 == 0) {
-      bits = philox(seed, replica, Stream::permutation, epoch, static_cast<std::uint32_t>(p / 2));
-    }
-    const std::int64_t i = n - 1 - p;
-    const auto j = static_cast<std::int64_t>(below(word(bits, static_cast<int>(p % 2)),
-                                                   static_cast<std::uint64_t>(i + 1)));
-    std::swap(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
-  }
-}
+// The sweep's random streams (minibatch rows, epoch permutations, label
+// noise) are core/random.hpp's, the same functions the GPU engine runs.
+using detail::epoch_permutation;
+using detail::replacement_row;
 
 /// Standard normals for `count` = b·K label-noise draws of one step.
 void label_noise_normals(std::uint64_t seed, std::uint32_t replica, std::uint32_t step,
                          double* out, std::int64_t count) {
-  constexpr double kTwoToMinus53 = 1.0 / 9007199254740992.0;
-  for (std::int64_t index = 0; index < count; index += 2) {
-    const auto bits =
-        philox(seed, replica, Stream::label_noise, step, static_cast<std::uint32_t>(index / 2));
-    const double u_radius = static_cast<double>((word(bits, 0) >> 11) + 1) * kTwoToMinus53;
-    const double u_angle = static_cast<double>(word(bits, 1) >> 11) * kTwoToMinus53;
-    const double radius = std::sqrt(-2.0 * std::log(u_radius));
-    const double angle = 2.0 * std::numbers::pi * u_angle;
-    out[index] = radius * std::cos(angle);
-    if (index + 1 < count) out[index + 1] = radius * std::sin(angle);
-  }
+  detail::LabelNoise noise;
+  for (std::int64_t m = 0; m < count; ++m) out[m] = noise.get(seed, replica, step, m);
 }
 
 // ---- The model's arithmetic on a block of samples ---------------------------
@@ -422,24 +372,18 @@ struct Sweep::State {
     const std::int64_t n = train.n;
     const auto replica = static_cast<std::uint32_t>(replica_of(run));
     switch (config.sampling) {
-      case Sampling::with_replacement: {
-        r123::Philox4x32::ctr_type bits{};
+      case Sampling::with_replacement:
         for (std::int64_t slot = 0; slot < b; ++slot) {
-          if (slot % 2 == 0) {
-            bits = philox(config.seed, replica, Stream::indices, static_cast<std::uint32_t>(step),
-                          static_cast<std::uint32_t>(slot / 2));
-          }
-          s.indices[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(
-              below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(n)));
+          s.indices[static_cast<std::size_t>(slot)] =
+              static_cast<std::int32_t>(replacement_row(config.seed, replica, step, slot, n));
         }
         break;
-      }
       case Sampling::without_replacement: {
         const std::int64_t per_epoch = n / b;
         const std::int64_t epoch = step / per_epoch;
         std::vector<std::int32_t>& perm = perms[static_cast<std::size_t>(run)];
         if (perm_epoch[static_cast<std::size_t>(run)] != epoch) {
-          epoch_permutation(config.seed, replica, static_cast<std::uint32_t>(epoch), perm);
+          epoch_permutation(config.seed, replica, static_cast<std::uint32_t>(epoch), perm.data(), n);
           perm_epoch[static_cast<std::size_t>(run)] = epoch;
         }
         const std::int64_t first = (step % per_epoch) * b;

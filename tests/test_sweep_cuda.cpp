@@ -179,15 +179,15 @@ TEST(SweepStepOnCpu, PermutationsAndDrawsFollowTheDocumentedStreams) {
   const std::int64_t n = 11, b = 3;
   std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
   for (std::uint32_t epoch = 0; epoch < 4; ++epoch) {
-    sweep_step::epoch_permutation(42, 7, epoch, {perm.data(), 1}, n);
+    detail::epoch_permutation(42, 7, epoch, Strided<std::int32_t>{perm.data(), 1}, n);
     std::vector<std::int32_t> sorted = perm;
     std::sort(sorted.begin(), sorted.end());
     for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(sorted[static_cast<std::size_t>(i)], i);
   }
   // A strided view reads and writes every stride-th entry only.
   std::vector<std::int32_t> interleaved(static_cast<std::size_t>(3 * n), -5);
-  sweep_step::epoch_permutation(42, 7, 2, {interleaved.data() + 1, 3}, n);
-  sweep_step::epoch_permutation(42, 7, 2, {perm.data(), 1}, n);
+  detail::epoch_permutation(42, 7, 2, Strided<std::int32_t>{interleaved.data() + 1, 3}, n);
+  detail::epoch_permutation(42, 7, 2, Strided<std::int32_t>{perm.data(), 1}, n);
   for (std::int64_t i = 0; i < n; ++i) {
     EXPECT_EQ(interleaved[static_cast<std::size_t>(3 * i + 1)], perm[static_cast<std::size_t>(i)]);
     EXPECT_EQ(interleaved[static_cast<std::size_t>(3 * i)], -5);
