@@ -28,6 +28,7 @@
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 
 namespace {
 

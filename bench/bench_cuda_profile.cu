@@ -21,6 +21,7 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 
 namespace gradnoise {
 namespace {

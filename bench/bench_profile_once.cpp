@@ -35,6 +35,7 @@
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "synthetic_data.hpp"
 
 #ifdef GRADNOISE_HAVE_CUDA

@@ -24,6 +24,7 @@
 #include "chunk_pass.hpp"
 #include "blas_threads.hpp"
 #include "gradnoise/error.hpp"
+#include "backend.hpp"
 
 namespace gradnoise {
 namespace {

@@ -27,6 +27,7 @@
 #include "hessian_host.hpp"
 #include "losses.hpp"
 #include "gradnoise/error.hpp"
+#include "backend.hpp"
 #include "moments.hpp"
 
 namespace gradnoise {

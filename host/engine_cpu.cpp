@@ -31,6 +31,7 @@
 #include "chunk_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "moments.hpp"
 
 namespace gradnoise {

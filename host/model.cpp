@@ -84,13 +84,6 @@ void Model::unflatten(std::span<const double> theta) {
   }
 }
 
-Init parse_init(const std::string& name) {
-  if (name == "zeros") return Init::zeros;
-  if (name == "gaussian") return Init::gaussian;
-  if (name == "lstsq") return Init::lstsq;
-  throw InputError("--init '" + name + "' is not known; expected zeros, gaussian or lstsq");
-}
-
 Model make_model(std::span<const std::int64_t> widths, bool bias, Init init, std::uint64_t seed) {
   if (widths.size() < 2) {
     throw InputError("a model needs at least an input and an output width");

@@ -33,19 +33,12 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "blas_threads.hpp"
 #include "losses.hpp"
 #include "random.hpp"
 
 namespace gradnoise {
-
-Sampling parse_sampling(const std::string& name) {
-  if (name == "with") return Sampling::with_replacement;
-  if (name == "without") return Sampling::without_replacement;
-  if (name == "fixed") return Sampling::fixed;
-  throw InputError("--sampling must be with (replacement), without (random reshuffling) or fixed "
-                   "(the data in order), not '" + name + "'.");
-}
 
 std::string sampling_name(Sampling sampling) {
   switch (sampling) {

@@ -21,6 +21,7 @@
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
+#include "backend.hpp"
 #include "hessian_pass.hpp"
 #include "losses.hpp"
 #include "reduce.cuh"

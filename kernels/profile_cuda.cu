@@ -22,6 +22,7 @@
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
+#include "backend.hpp"
 #include "gradnoise/krylov.hpp"
 #include "linear_fused.cuh"
 #include "losses.hpp"

@@ -14,6 +14,7 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "plan.hpp"
 #include "test_util.hpp"
 

@@ -23,6 +23,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "test_util.hpp"
 
 namespace gradnoise {

@@ -22,6 +22,7 @@
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "gradnoise/report.hpp"
 #include "hessian_host.hpp"
 #include "hessian_pass.hpp"

@@ -11,6 +11,7 @@
 #include "brute_force.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "test_util.hpp"
 
 namespace gradnoise {

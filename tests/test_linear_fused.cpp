@@ -13,6 +13,7 @@
 
 #include "brute_force.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "linear_fused.hpp"
 #include "losses.hpp"
 #include "test_util.hpp"

@@ -5,6 +5,8 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
+#include "cli/inputs.hpp"
 #include "test_util.hpp"
 
 namespace gradnoise {
@@ -59,7 +61,7 @@ TEST(Model, GaussianInitIsSeededAndScaled) {
   EXPECT_FALSE(zeros.layers[0].has_bias());
   for (double w : zeros.flatten()) EXPECT_EQ(w, 0.0);
   EXPECT_THROW(make_model(widths, true, Init::lstsq, 0), InputError);
-  EXPECT_THROW(parse_init("he"), InputError);
+  EXPECT_THROW(cli::parse_init("he"), InputError);  // the CLI's name parser
 }
 
 TEST(Model, LeastSquaresFitZeroesTheGradient) {

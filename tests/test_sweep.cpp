@@ -15,6 +15,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "gradnoise/sweep.hpp"
 #include "sweep_cases.hpp"
 #include "test_util.hpp"

@@ -27,6 +27,7 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "gradnoise/sweep.hpp"
 #include "sweep_cases.hpp"
 #include "sweep_step.hpp"

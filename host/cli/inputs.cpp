@@ -104,6 +104,28 @@ Model load_layers(const std::vector<std::string>& specs, nlohmann::ordered_json&
 
 }  // namespace
 
+Device parse_device(const std::string& name) {
+  if (name == "auto") return Device::automatic;
+  if (name == "cpu") return Device::cpu;
+  if (name == "cuda") return Device::cuda;
+  throw InputError("--device '" + name + "' is not known; expected auto, cpu or cuda");
+}
+
+Init parse_init(const std::string& name) {
+  if (name == "zeros") return Init::zeros;
+  if (name == "gaussian") return Init::gaussian;
+  if (name == "lstsq") return Init::lstsq;
+  throw InputError("--init '" + name + "' is not known; expected zeros, gaussian or lstsq");
+}
+
+Sampling parse_sampling(const std::string& name) {
+  if (name == "with") return Sampling::with_replacement;
+  if (name == "without") return Sampling::without_replacement;
+  if (name == "fixed") return Sampling::fixed;
+  throw InputError("--sampling must be with (replacement), without (random reshuffling) or fixed "
+                   "(the data in order), not '" + name + "'.");
+}
+
 std::string loss_choices() {
   std::string text;
   for (Loss loss : all_losses()) {

@@ -14,6 +14,8 @@
 #include "gradnoise/data.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
+#include "gradnoise/sweep.hpp"
 
 namespace gradnoise::cli {
 
@@ -46,6 +48,12 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
 /// `seed_also_samples`: --seed seeds more than the built model, so it may go
 /// with --layer files.
 void check_data_model_combinations(const DataModelArgs& args, bool seed_also_samples);
+
+/// The CLI's names of the library's enums; each throws InputError naming the
+/// flag and the valid names.
+Device parse_device(const std::string& name);
+Init parse_init(const std::string& name);
+Sampling parse_sampling(const std::string& name);
 
 /// "mse (squared error), ce (...), bce (...)": --loss's help, from the registry.
 std::string loss_choices();

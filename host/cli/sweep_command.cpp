@@ -16,6 +16,7 @@
 #include "cli/cli.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/profile.hpp"
+#include "backend.hpp"
 #include "gradnoise/report.hpp"
 #include "gradnoise/sweep.hpp"
 

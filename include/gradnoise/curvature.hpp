@@ -63,7 +63,7 @@ class HessianOperator {
   std::int64_t passes() const { return passes_; }
 
  private:
-  const Model& model_;
+  Model model_;  // a copy: the operator must not outlive a caller's model
   const DataSource& data_;
   Loss loss_;
   bool gauss_newton_;

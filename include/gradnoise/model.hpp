@@ -45,9 +45,6 @@ struct Model {
 
 enum class Init { zeros, gaussian, lstsq };
 
-/// Parses "zeros" | "gaussian" | "lstsq"; throws InputError otherwise.
-Init parse_init(const std::string& name);
-
 /// A model of the given layer widths: widths = {D, H1, ..., K}. `gaussian`
 /// draws W_l ~ N(0, 1/in_l) from a counter-based generator (Philox), so a seed
 /// gives the same weights on every platform; biases start at zero.

@@ -14,9 +14,6 @@ namespace gradnoise {
 
 enum class Device { automatic, cpu, cuda };
 
-/// Parses "auto" | "cpu" | "cuda"; throws InputError otherwise.
-Device parse_device(const std::string& name);
-
 struct ProfileOptions {
   Loss loss = Loss::squared;
   Device device = Device::automatic;
@@ -59,18 +56,12 @@ struct Profile {
   double elapsed_s = 0;
 };
 
-/// Profiles `model` on `data` in one streaming pass. Throws InputError when the
+/// Profiles `model` on `data` in one streaming pass: a one-shot convenience
+/// over gradnoise::Profiler (gradnoise/session.hpp), which keeps the data and
+/// the device's state between calls. Throws InputError when the
 /// data and the model do not fit together (D, K, labels, N < 2, non-finite
 /// values), RuntimeError when the device cannot be used.
 Profile profile(const Model& model, const DataSource& data, const ProfileOptions& options);
-
-/// Throws InputError unless the model, the data and the options fit together:
-/// N ≥ 2, D and K match the layers, real targets for squared loss and labels
-/// for cross-entropy, finite weights, chunk_rows ≥ 1. Every backend calls it.
-void check_profile_inputs(const Model& model, const DataSource& data, const ProfileOptions& options);
-
-/// The float64 CPU backend itself (what `profile` runs for Device::cpu).
-Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options);
 
 // ---- Every batch size at once -------------------------------------------
 

@@ -39,8 +39,7 @@ enum class Sampling {
   fixed,
 };
 
-/// Parses "with" | "without" | "fixed"; throws InputError otherwise.
-Sampling parse_sampling(const std::string& name);
+/// "with", "without", "fixed": the CLI's and the reports' names.
 std::string sampling_name(Sampling sampling);
 
 struct SweepConfig {

@@ -1,0 +1,88 @@
+// The one place that chooses a device (resolve_device) and builds its
+// backend (make_backend), and the CPU backend.
+#include "backend.hpp"
+
+#include "gradnoise/covariance.hpp"
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/curvature.hpp"
+#include "gradnoise/error.hpp"
+
+namespace gradnoise::detail {
+
+Place resolve_device(Device requested) {
+  switch (requested) {
+    case Device::cpu:
+      return Place::cpu;
+    case Device::cuda:
+      if (!cuda_built()) {
+        throw RuntimeError(
+            "--device cuda was asked for, but this gradnoise was built without the CUDA backend "
+            "(no nvcc at configure time); use --device cpu or --device auto");
+      }
+      if (cuda_device_count() == 0) {
+        throw RuntimeError("--device cuda was asked for, but no CUDA device is present; "
+                           "use --device cpu or --device auto");
+      }
+      return Place::cuda;
+    case Device::automatic:
+      break;
+  }
+  return cuda_device_count() > 0 ? Place::cuda : Place::cpu;
+}
+
+std::unique_ptr<Backend> make_backend(Device requested, std::shared_ptr<const DataSource> data,
+                                      Loss loss, std::int64_t chunk_rows, int threads,
+                                      bool fused_linear) {
+  if (resolve_device(requested) == Place::cuda) {
+    return make_cuda_backend(std::move(data), loss, chunk_rows > 0 ? chunk_rows : kGpuChunkRows,
+                             fused_linear);
+  }
+  return make_cpu_backend(std::move(data), loss, chunk_rows > 0 ? chunk_rows : kCpuChunkRows,
+                          threads);
+}
+
+namespace {
+
+/// The float64 reference: the streaming engine and the exact matrix-free
+/// operators of host/covariance.cpp and host/curvature.cpp.
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(std::shared_ptr<const DataSource> data, Loss loss, std::int64_t chunk_rows, int threads)
+      : data_(std::move(data)), loss_(loss), chunk_rows_(chunk_rows), threads_(threads) {}
+
+  std::string device() const override { return "cpu"; }
+  std::int64_t chunk_rows() const override { return chunk_rows_; }
+
+  Profile profile(const Model& model, const ProfileOptions& options) override {
+    ProfileOptions cpu = options;
+    cpu.loss = loss_;
+    cpu.chunk_rows = chunk_rows_;
+    cpu.threads = threads_;
+    return profile_cpu(model, *data_, cpu);
+  }
+
+  void covariance_apply(const Model& model, const std::vector<double>& mean_grad, const double* in,
+                        double* out, std::int64_t cols) override {
+    CovarianceOperator(model, *data_, loss_, mean_grad, chunk_rows_).apply(in, out, cols);
+  }
+
+  void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
+                     std::int64_t cols) override {
+    HessianOperator(model, *data_, loss_, gauss_newton, chunk_rows_).apply(in, out, cols);
+  }
+
+ private:
+  std::shared_ptr<const DataSource> data_;
+  Loss loss_;
+  std::int64_t chunk_rows_;
+  int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const DataSource> data, Loss loss,
+                                          std::int64_t chunk_rows, int threads) {
+  return std::make_unique<CpuBackend>(std::move(data), loss, chunk_rows, threads);
+}
+
+}  // namespace gradnoise::detail

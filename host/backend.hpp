@@ -1,0 +1,74 @@
+// The backend interface: what a device does with a session's data. Two
+// implementations, the float64 CPU engine (host/backend_cpu.cpp) and the CUDA
+// one (kernels/backend_cuda.cpp; a stub where the CUDA build is off).
+// make_backend is the one place that turns a requested Device into a
+// backend: the profile, the session, the shape analyses and the CLI all go
+// through it and never look at device names.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gradnoise/data.hpp"
+#include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
+
+namespace gradnoise {
+
+/// Throws InputError unless the model, the data and the options fit together:
+/// N ≥ 2, D and K match the layers, the targets the loss takes, finite
+/// weights, chunk_rows ≥ 1. Every backend calls it.
+void check_profile_inputs(const Model& model, const DataSource& data, const ProfileOptions& options);
+
+/// The float64 CPU engine itself (host/engine_cpu.cpp; what the CPU backend runs).
+Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOptions& options);
+
+}  // namespace gradnoise
+
+namespace gradnoise::detail {
+
+/// A device that works on one data set with one loss. Not thread-safe: one
+/// session, one caller at a time.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// "cpu", or the GPU's name.
+  virtual std::string device() const = 0;
+  /// Rows per chunk of a pass, chosen for the device unless the caller fixed it.
+  virtual std::int64_t chunk_rows() const = 0;
+  /// The exact profile at `model` (options.loss, chunk_rows and device are the session's).
+  virtual Profile profile(const Model& model, const ProfileOptions& options) = 0;
+  /// out = Σ·in for `cols` column-major vectors of length P at `model`, whose
+  /// mean gradient is `mean_grad`: the centred all-columns-at-once product
+  /// (docs/MATH.md "Beyond the mean"), one pass over the data.
+  virtual void covariance_apply(const Model& model, const std::vector<double>& mean_grad,
+                                const double* in, double* out, std::int64_t cols) = 0;
+  /// out = H·in (or the Gauss–Newton matrix), one pass over the data.
+  virtual void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
+                             std::int64_t cols) = 0;
+};
+
+/// Where the work runs: Device::automatic is the GPU when one is usable.
+/// Throws RuntimeError for Device::cuda without a CUDA build or a device.
+enum class Place { cpu, cuda };
+Place resolve_device(Device requested);
+
+/// The backend for `requested`, working on `data` (kept alive by the backend).
+/// `chunk_rows` 0 picks the device's default; `threads` 0 is one per core (CPU).
+std::unique_ptr<Backend> make_backend(Device requested, std::shared_ptr<const DataSource> data,
+                                      Loss loss, std::int64_t chunk_rows, int threads,
+                                      bool fused_linear);
+
+/// The two implementations (make_backend chooses between them).
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const DataSource> data, Loss loss,
+                                          std::int64_t chunk_rows, int threads);
+std::unique_ptr<Backend> make_cuda_backend(std::shared_ptr<const DataSource> data, Loss loss,
+                                           std::int64_t chunk_rows, bool fused_linear);
+
+/// Default rows per chunk: cache-sized on the CPU, large on a GPU.
+inline constexpr std::int64_t kCpuChunkRows = 1024;
+inline constexpr std::int64_t kGpuChunkRows = std::int64_t{1} << 16;
+
+}  // namespace gradnoise::detail

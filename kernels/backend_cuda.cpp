@@ -1,0 +1,55 @@
+// The CUDA backend behind a session: the GPU profile and the Σ·V and H·V
+// products of kernels/, on the session's data. Plain C++ (the kernels sit
+// behind the entry points of gradnoise/cuda.hpp); where the CUDA build is off,
+// host/cuda_stub.cpp's entry points refuse with one sentence.
+#include "backend.hpp"
+
+#include "gradnoise/cuda.hpp"
+
+namespace gradnoise::detail {
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<const DataSource> data, Loss loss, std::int64_t chunk_rows,
+              bool fused_linear)
+      : data_(std::move(data)), loss_(loss), chunk_rows_(chunk_rows), fused_linear_(fused_linear),
+        name_(cuda_device_name()) {}
+
+  std::string device() const override { return name_; }
+  std::int64_t chunk_rows() const override { return chunk_rows_; }
+
+  Profile profile(const Model& model, const ProfileOptions& options) override {
+    ProfileOptions gpu = options;
+    gpu.loss = loss_;
+    gpu.chunk_rows = chunk_rows_;
+    gpu.fused_linear = fused_linear_;
+    return profile_cuda(model, *data_, gpu);
+  }
+
+  void covariance_apply(const Model& model, const std::vector<double>& mean_grad, const double* in,
+                        double* out, std::int64_t cols) override {
+    covariance_operator_cuda(model, *data_, loss_, mean_grad, chunk_rows_)(in, out, cols);
+  }
+
+  void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
+                     std::int64_t cols) override {
+    hessian_operator_cuda(model, *data_, loss_, gauss_newton, chunk_rows_)(in, out, cols);
+  }
+
+ private:
+  std::shared_ptr<const DataSource> data_;
+  Loss loss_;
+  std::int64_t chunk_rows_;
+  bool fused_linear_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(std::shared_ptr<const DataSource> data, Loss loss,
+                                           std::int64_t chunk_rows, bool fused_linear) {
+  return std::make_unique<CudaBackend>(std::move(data), loss, chunk_rows, fused_linear);
+}
+
+}  // namespace gradnoise::detail
