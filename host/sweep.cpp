@@ -342,7 +342,9 @@ std::optional<double> optional_from(const json& value) {
 
 json binary_doubles(const std::vector<double>& values) {
   std::vector<std::uint8_t> bytes(values.size() * sizeof(double));
-  std::memcpy(bytes.data(), values.data(), bytes.size());
+  // Without momentum the velocity is empty and its data() may be null, which
+  // memcpy must not be given even for zero bytes.
+  if (!values.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
   return json::binary(std::move(bytes));
 }
 
