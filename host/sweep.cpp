@@ -354,7 +354,8 @@ std::vector<double> doubles_from(const json& value, std::size_t expected, const 
     throw InputError(std::string("the checkpoint's ") + what + " has the wrong size.");
   }
   std::vector<double> values(expected);
-  std::memcpy(values.data(), bytes.data(), bytes.size());
+  // As in binary_doubles: an empty velocity (no momentum) has null data().
+  if (expected > 0) std::memcpy(values.data(), bytes.data(), bytes.size());
   return values;
 }
 
