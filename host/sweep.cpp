@@ -269,7 +269,9 @@ std::optional<double> optional_from(const json& value) {
 
 json binary_doubles(const std::vector<double>& values) {
   std::vector<std::uint8_t> bytes(values.size() * sizeof(double));
-  std::memcpy(bytes.data(), values.data(), bytes.size());
+  // Without momentum the velocity is empty and its data() may be null, which
+  // memcpy must not be given even for zero bytes.
+  if (!values.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
   return json::binary(std::move(bytes));
 }
 
@@ -279,7 +281,8 @@ std::vector<double> doubles_from(const json& value, std::size_t expected, const 
     throw InputError(std::string("the checkpoint's ") + what + " has the wrong size.");
   }
   std::vector<double> values(expected);
-  std::memcpy(values.data(), bytes.data(), bytes.size());
+  // As in binary_doubles: an empty velocity (no momentum) has null data().
+  if (expected > 0) std::memcpy(values.data(), bytes.data(), bytes.size());
   return values;
 }
 

@@ -1,9 +1,9 @@
-// The command-line tool, run as a user runs it: the built binary
-// (GRADNOISE_CLI_PATH) with stdout/stderr captured to files in a per-test
-// temp dir. Checks that the outputs have the promised shape, that their
-// numbers are what the library computes (the CLI is a thin layer), and that
-// every kind of bad input fails with one line naming the culprit and leaves
-// no output behind.
+// The command-line tool, run as a user runs it: the gradnoise executable
+// beside this test binary (or the one $GRADNOISE names) with stdout/stderr
+// captured to files in a per-test temp dir. Checks that the outputs have the
+// promised shape, that their numbers are what the library computes (the CLI
+// is a thin layer), and that every kind of bad input fails with one line
+// naming the culprit and leaves no output behind.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,10 +30,6 @@
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
-
-#ifndef GRADNOISE_CLI_PATH
-#error "GRADNOISE_CLI_PATH must name the built gradnoise binary"
-#endif
 
 namespace gradnoise {
 namespace {
@@ -77,6 +73,35 @@ std::string lower(std::string text) {
   return text;
 }
 
+bool is_executable_file(const fs::path& path) {
+  std::error_code error;
+  return fs::is_regular_file(path, error) && ::access(path.c_str(), X_OK) == 0;
+}
+
+/// The gradnoise executable under test: the path in $GRADNOISE when set (as
+/// ../shared/gpu-pack's env script sets it), else `gradnoise` in this test
+/// binary's directory, so a copied build or pack runs anywhere. Empty when
+/// neither is an executable file; `problem` then says why.
+std::string find_cli(std::string& problem) {
+  if (const char* named = std::getenv("GRADNOISE"); named != nullptr && *named != '\0') {
+    if (is_executable_file(named)) return named;
+    problem = std::string("GRADNOISE names ") + named + ", which is not an executable file.";
+    return {};
+  }
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  if (error) {
+    problem = "cannot read /proc/self/exe (" + error.message() +
+              ") to find gradnoise beside the test binary; set GRADNOISE to its path.";
+    return {};
+  }
+  const fs::path beside = self.parent_path() / "gradnoise";
+  if (is_executable_file(beside)) return beside.string();
+  problem = "no gradnoise executable beside the test binary (" + beside.string() +
+            "); build the gradnoise target or set GRADNOISE to its path.";
+  return {};
+}
+
 /// |a − b| ≤ rtol·max(|a|, |b|).
 ::testing::AssertionResult close_relative(double a, double b, double rtol = 1e-12) {
   if (a == b) return ::testing::AssertionSuccess();
@@ -89,6 +114,9 @@ std::string lower(std::string text) {
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
+    std::string problem;
+    cli_ = find_cli(problem);
+    if (cli_.empty()) FAIL() << problem;
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = fs::temp_directory_path() /
            ("gradnoise_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
@@ -107,7 +135,7 @@ class Cli : public ::testing::Test {
   /// after the shell commands in `setup` (e.g. a ulimit).
   RunResult run(const std::vector<std::string>& args, const std::string& setup = "") const {
     std::string command = "cd " + shell_quote(dir_.string()) + " && " + setup +
-                          shell_quote(GRADNOISE_CLI_PATH);
+                          shell_quote(cli_);
     for (const std::string& arg : args) command += " " + shell_quote(arg);
     const fs::path out = dir_ / ".stdout";
     const fs::path err = dir_ / ".stderr";
@@ -169,6 +197,7 @@ class Cli : public ::testing::Test {
     write_npy(path("labels.npy"), {n}, labels);
   }
 
+  std::string cli_;
   fs::path dir_;
 };
 
