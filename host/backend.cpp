@@ -71,6 +71,11 @@ class CpuBackend final : public Backend {
     HessianOperator(model, *data_, loss_, gauss_newton, chunk_rows_).apply(in, out, cols);
   }
 
+  double grad_cov_grad(const Model& model, const std::vector<double>& /*mean_grad*/,
+                       const std::vector<double>& unit) override {
+    return projected_variance(model, *data_, loss_, unit, chunk_rows_);
+  }
+
  private:
   std::shared_ptr<const DataSource> data_;
   Loss loss_;

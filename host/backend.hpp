@@ -48,7 +48,15 @@ class Backend {
   /// out = H·in (or the Gauss–Newton matrix), one pass over the data.
   virtual void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
                              std::int64_t cols) = 0;
+  /// The batch tests' product ĜᵀΣĜ = Var_i(g_iᵀĜ) for a unit vector Ĝ along G.
+  virtual double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
+                               const std::vector<double>& unit) = 0;
 };
+
+/// Var_i(g_iᵀ unit), chunk-centred and Chan-merged, in one CPU pass (the CPU
+/// backend's batch-test product; host/curvature.cpp).
+double projected_variance(const Model& model, const DataSource& data, Loss loss,
+                          const std::vector<double>& unit, std::int64_t chunk_rows);
 
 /// Where the work runs: Device::automatic is the GPU when one is usable.
 /// Throws RuntimeError for Device::cuda without a CUDA build or a device.

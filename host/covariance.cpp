@@ -717,7 +717,8 @@ double ratio_or_nan(double num, double den) {
 }  // namespace
 
 CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& data, Loss loss,
-                                       const Profile& profile, const SpectrumOptions& options) {
+                                       const Profile& profile, const SpectrumOptions& options,
+                                       const ExternalOperator& covariance) {
   const auto start = std::chrono::steady_clock::now();
   check_inputs(model, data, loss, options.chunk_rows, profile.param_mean);
   if (static_cast<std::int64_t>(profile.layers.size()) != model.num_layers()) {
@@ -746,7 +747,8 @@ CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& dat
   result.num_params = p;
   result.trace_cov = profile.trace_cov;
   const CovarianceOperator op(model, data, loss, profile.param_mean, options.chunk_rows);
-  EigenResult eig = top_eigenpairs(p, op.as_block_operator(), eigen_options(p));
+  EigenResult eig = top_eigenpairs(p, covariance.apply ? covariance.apply : op.as_block_operator(),
+                                   eigen_options(p));
   result.top_eigenvalues = eig.values;
   if (options.keep_vectors) result.top_eigenvectors = std::move(eig.vectors);
   result.residuals = eig.residuals;

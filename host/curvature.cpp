@@ -465,10 +465,70 @@ std::int64_t min_passing_batch_size(std::int64_t n, double ratio, double theta) 
   return lo;
 }
 
+namespace detail {
+
+double projected_variance(const Model& model, const DataSource& data, Loss loss,
+                          const std::vector<double>& unit, std::int64_t chunk_rows) {
+  const std::int64_t n = data.num_samples();
+  // s_i = g_iᵀĜ = Σ_l δ_{l,i}ᵀ (Ĝ_{W_l} a_{l,i} + Ĝ_{b_l}); Var_i(s_i) chunk-centred, Chan-merged.
+  const std::int64_t rows = std::min(chunk_rows, n);
+  std::int64_t widest = 0;
+  for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
+  std::vector<double> projected(static_cast<std::size_t>(rows * widest));
+  std::vector<double> s(static_cast<std::size_t>(rows));
+  double mean = 0, m2 = 0;
+  std::int64_t count = 0;
+  detail::for_each_chunk(model, data, loss, rows, [&](const detail::ChunkView& view) {
+    const std::int64_t m = view.rows;
+    std::fill_n(s.begin(), m, 0.0);
+    for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+      const Layer& layer = model.layers[l];
+      const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
+      gemm(false, true, m, o, ni, 1.0, view.inputs[l], ni, unit.data() + off, ni, 0.0,
+           projected.data(), o);
+      for (std::int64_t i = 0; i < m; ++i) {
+        double* row = projected.data() + i * o;
+        if (layer.has_bias()) {
+          for (std::int64_t r = 0; r < o; ++r) row[r] += unit[off + o * ni + r];
+        }
+        s[i] += dot(view.errors[l] + i * o, row, o);
+      }
+    }
+    double chunk_mean = 0;
+    for (std::int64_t i = 0; i < m; ++i) chunk_mean += s[i];
+    chunk_mean /= static_cast<double>(m);
+    double chunk_m2 = 0;
+    for (std::int64_t i = 0; i < m; ++i) chunk_m2 += (s[i] - chunk_mean) * (s[i] - chunk_mean);
+    const detail::MergeWeights w = detail::merge_weights(count, m);
+    detail::merge_slot(mean, &m2, chunk_mean, chunk_m2, w);
+    count += m;
+  });
+  return m2 / static_cast<double>(n);
+}
+
+}  // namespace detail
+
 BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
                        const Profile& profile, double theta,
                        std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows,
                        const ExternalOperator& covariance) {
+  ExternalProjection product;
+  if (covariance.apply) {
+    // ĜᵀΣĜ = Ĝᵀ(ΣĜ): one product with the given operator.
+    product.grad_cov_grad = [&](const std::vector<double>& unit) {
+      std::vector<double> sigma_unit(unit.size());
+      covariance.apply(unit.data(), sigma_unit.data(), 1);
+      return dot(unit.data(), sigma_unit.data(), static_cast<std::int64_t>(unit.size()));
+    };
+    product.device = covariance.device;
+  }
+  return batch_tests(model, data, loss, profile, theta, batch_sizes, chunk_rows, product);
+}
+
+BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
+                       const Profile& profile, double theta,
+                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows,
+                       const ExternalProjection& product) {
   if (!(theta > 0) || !std::isfinite(theta)) {
     throw InputError("the batch-size test threshold θ must be a positive number; got " +
                      std::to_string(theta));
@@ -497,50 +557,17 @@ BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
   result.norm_ratio = result.inner_product_ratio = result.orthogonality_ratio = kInf;
   if (profile.grad_norm_sq > 0) {
     const double grad_norm = std::sqrt(profile.grad_norm_sq);
-    std::vector<double> unit(profile.param_mean);
-    for (double& v : unit) v /= grad_norm;
+    const std::vector<double> unit = [&] {
+      std::vector<double> u(profile.param_mean);
+      for (double& v : u) v /= grad_norm;
+      return u;
+    }();
     double grad_cov_grad = 0;
-    if (covariance.apply) {
-      // ĜᵀΣĜ = Ĝᵀ(ΣĜ): one product with the given operator.
-      std::vector<double> product(static_cast<std::size_t>(p));
-      covariance.apply(unit.data(), product.data(), 1);
-      grad_cov_grad = dot(unit.data(), product.data(), p);
-      result.grad_cov_grad_device = covariance.device;
+    if (product.grad_cov_grad) {
+      grad_cov_grad = product.grad_cov_grad(unit);
+      result.grad_cov_grad_device = product.device;
     } else {
-      // s_i = g_iᵀĜ = Σ_l δ_{l,i}ᵀ (Ĝ_{W_l} a_{l,i} + Ĝ_{b_l}); Var_i(s_i) chunk-centred, Chan-merged.
-      const std::int64_t rows = std::min(chunk_rows, n);
-      std::int64_t widest = 0;
-      for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
-      std::vector<double> projected(static_cast<std::size_t>(rows * widest));
-      std::vector<double> s(static_cast<std::size_t>(rows));
-      double mean = 0, m2 = 0;
-      std::int64_t count = 0;
-      detail::for_each_chunk(model, data, loss, rows, [&](const detail::ChunkView& view) {
-        const std::int64_t m = view.rows;
-        std::fill_n(s.begin(), m, 0.0);
-        for (std::int64_t l = 0; l < model.num_layers(); ++l) {
-          const Layer& layer = model.layers[l];
-          const std::int64_t o = layer.out, ni = layer.in, off = model.param_offset(l);
-          gemm(false, true, m, o, ni, 1.0, view.inputs[l], ni, unit.data() + off, ni, 0.0,
-               projected.data(), o);
-          for (std::int64_t i = 0; i < m; ++i) {
-            double* row = projected.data() + i * o;
-            if (layer.has_bias()) {
-              for (std::int64_t r = 0; r < o; ++r) row[r] += unit[off + o * ni + r];
-            }
-            s[i] += dot(view.errors[l] + i * o, row, o);
-          }
-        }
-        double chunk_mean = 0;
-        for (std::int64_t i = 0; i < m; ++i) chunk_mean += s[i];
-        chunk_mean /= static_cast<double>(m);
-        double chunk_m2 = 0;
-        for (std::int64_t i = 0; i < m; ++i) chunk_m2 += (s[i] - chunk_mean) * (s[i] - chunk_mean);
-        const detail::MergeWeights w = detail::merge_weights(count, m);
-        detail::merge_slot(mean, &m2, chunk_mean, chunk_m2, w);
-        count += m;
-      });
-      grad_cov_grad = m2 / static_cast<double>(n);
+      grad_cov_grad = detail::projected_variance(model, data, loss, unit, chunk_rows);
     }
     result.grad_cov_grad = grad_cov_grad;
     result.norm_ratio = profile.trace_cov / profile.grad_norm_sq;

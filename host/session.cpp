@@ -57,4 +57,10 @@ BlockOperator Profiler::hessian_operator(const Model& model, bool gauss_newton) 
   };
 }
 
+std::function<double(const std::vector<double>&)> Profiler::grad_cov_grad_operator(
+    const Model& model, std::vector<double> mean_grad) const {
+  return [backend = backend_, model, mean_grad = std::move(mean_grad)](
+             const std::vector<double>& unit) { return backend->grad_cov_grad(model, mean_grad, unit); };
+}
+
 }  // namespace gradnoise

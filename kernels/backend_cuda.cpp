@@ -37,6 +37,16 @@ class CudaBackend final : public Backend {
     hessian_operator_cuda(model, *data_, loss_, gauss_newton, chunk_rows_)(in, out, cols);
   }
 
+  /// ĜᵀΣĜ = Ĝᵀ(ΣĜ): one Σ product on the GPU.
+  double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
+                       const std::vector<double>& unit) override {
+    std::vector<double> sigma_unit(unit.size());
+    covariance_apply(model, mean_grad, unit.data(), sigma_unit.data(), 1);
+    double total = 0;
+    for (std::size_t j = 0; j < unit.size(); ++j) total += unit[j] * sigma_unit[j];
+    return total;
+  }
+
  private:
   std::shared_ptr<const DataSource> data_;
   Loss loss_;

@@ -13,10 +13,11 @@
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
-#include "gradnoise/cuda.hpp"
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/report.hpp"
+#include "gradnoise/session.hpp"
+#include "backend.hpp"
 
 namespace gradnoise::cli {
 namespace {
@@ -25,8 +26,6 @@ namespace {
 // stay in cache across the passes the engine makes over them (1024 rows ran
 // Fashion-MNIST 1.6-2x faster than 4096 on a 2-core EPYC); on a GPU a chunk
 // should keep the device busy.
-constexpr std::int64_t kCpuChunkRows = 1024;
-constexpr std::int64_t kGpuChunkRows = std::int64_t{1} << 16;
 
 void check_combinations(const ProfileArgs& args) {
   check_data_model_combinations(args.inputs, /*seed_also_samples=*/false);
@@ -113,8 +112,8 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
                       "Write a P x 2 float64 .npy of (param_mean, param_var) per parameter")
       ->type_name("FILE");
   command->add_option("--chunk-rows", args.chunk_rows,
-                      "Rows per streamed chunk (0: " + std::to_string(kCpuChunkRows) +
-                          " on the CPU, " + std::to_string(kGpuChunkRows) + " on a GPU)")
+                      "Rows per streamed chunk (0: " + std::to_string(detail::kCpuChunkRows) +
+                          " on the CPU, " + std::to_string(detail::kGpuChunkRows) + " on a GPU)")
       ->capture_default_str();
   command->add_option("--spectrum", args.spectrum,
                       "Top K eigenvalues of the gradient covariance Σ (model and per layer) and "
@@ -157,18 +156,15 @@ int run_profile(const ProfileArgs& args) {
   current_stage = "checking the options";
   check_combinations(args);
   const Loss loss = parse_loss(args.inputs.loss);
-  ProfileOptions options;
-  options.loss = loss;
-  options.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
-  const bool on_gpu = options.device == Device::cuda ||
-                      (options.device == Device::automatic && cuda_device_count() > 0);
-  const std::int64_t chunk_rows =
-      args.chunk_rows > 0 ? args.chunk_rows : on_gpu ? kGpuChunkRows : kCpuChunkRows;
-  options.chunk_rows = chunk_rows;
-  // The noise's shape is computed on the CPU (some of it on the GPU too,
-  // with its own chunking), so it takes the CPU's default.
-  const std::int64_t cpu_chunk_rows = args.chunk_rows > 0 ? args.chunk_rows : kCpuChunkRows;
-  options.param_stats = !args.param_stats_path.empty();
+  SessionOptions session_options;
+  session_options.loss = loss;
+  session_options.device =
+      mentioning("--device", args.device, [&] { return parse_device(args.device); });
+  session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
+  // The parts of the noise's shape that only the CPU computes (per-layer
+  // spectra, tr(Σ²), the batch tests' own pass) take the CPU's chunk default.
+  const std::int64_t cpu_chunk_rows = args.chunk_rows > 0 ? args.chunk_rows : detail::kCpuChunkRows;
+  bool param_stats = !args.param_stats_path.empty();
 
   OutputSet outputs;
   if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
@@ -179,7 +175,7 @@ int run_profile(const ProfileArgs& args) {
   const std::vector<std::int64_t> estimator_spec =
       args.estimators.empty() ? std::vector<std::int64_t>{} : parse_estimators(args.estimators);
   // Batch tests need the per-parameter variances (for the GSNR).
-  options.param_stats = options.param_stats || args.theta > 0;
+  param_stats = param_stats || args.theta > 0;
   outputs.check_writable_all();
 
   LoadedData loaded = load_data(args.inputs, loss);
@@ -194,7 +190,12 @@ int run_profile(const ProfileArgs& args) {
   }
 
   current_stage = "profiling";
-  const Profile result = profile(model, loaded.data, options);
+  // The session borrows the loaded data, which outlives it; it picks the
+  // device once, and every data pass below runs on it.
+  Profiler session(std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data),
+                   session_options);
+  const std::int64_t chunk_rows = session.chunk_rows();
+  const Profile result = session.profile(model, param_stats);
 
   ShapeResults shape;
   if (args.spectrum > 0) {
@@ -204,22 +205,10 @@ int run_profile(const ProfileArgs& args) {
     spectrum_options.chunk_rows = cpu_chunk_rows;
     spectrum_options.keep_vectors = false;
     spectrum_options.exact_trace_sq = args.exact_trace_sq;
-    shape.spectrum = covariance_spectrum(model, loaded.data, loss, result, spectrum_options);
-    shape.spectrum_device = "cpu";
-    if (result.device != "cpu") {
-      // The model's top eigenpairs on the GPU that profiled it; the rest stays on the CPU.
-      EigenOptions eigen;
-      eigen.k = spectrum_options.k;
-      eigen.block = spectrum_options.k / 2 + 2;
-      const EigenResult gpu = top_eigenpairs(
-          model.num_params(),
-          covariance_operator_cuda(model, loaded.data, loss, result.param_mean), eigen);
-      shape.spectrum->top_eigenvalues = gpu.values;
-      shape.spectrum->residuals = gpu.residuals;
-      shape.spectrum->passes = gpu.passes;
-      shape.spectrum->converged = gpu.converged;
-      shape.spectrum_device = result.device;
-    }
+    shape.spectrum = covariance_spectrum(
+        model, loaded.data, loss, result, spectrum_options,
+        {session.covariance_operator(model, result.param_mean), session.device()});
+    shape.spectrum_device = session.device();
     current_stage = "analysing the curvature";
     CurvatureOptions curvature_options;
     curvature_options.k = std::min(args.spectrum, model.num_params());
@@ -227,12 +216,8 @@ int run_profile(const ProfileArgs& args) {
     curvature_options.chunk_rows = cpu_chunk_rows;
     std::optional<double> trace_sq;
     if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
-    ExternalOperator hessian;
-    if (result.device != "cpu") {
-      // Hessian-vector products (eigensolver, GᵀHG, dense H) on the GPU that profiled.
-      hessian.apply = hessian_operator_cuda(model, loaded.data, loss, curvature_options.gauss_newton);
-      hessian.device = result.device;
-    }
+    const ExternalOperator hessian{session.hessian_operator(model, curvature_options.gauss_newton),
+                                   session.device()};
     shape.curvature =
         curvature(model, loaded.data, loss, result, curvature_options, trace_sq, hessian);
   }
@@ -240,14 +225,10 @@ int run_profile(const ProfileArgs& args) {
     current_stage = "running the batch-size tests";
     const std::vector<std::int64_t> test_sizes =
         batch_sizes.empty() ? parse_batch_sizes("pow2", loaded.data.n) : batch_sizes;
-    ExternalOperator covariance;
-    if (result.device != "cpu") {
-      // ĜᵀΣĜ = Ĝᵀ(ΣĜ) from one Σ product on the GPU that profiled.
-      covariance.apply = covariance_operator_cuda(model, loaded.data, loss, result.param_mean);
-      covariance.device = result.device;
-    }
+    const ExternalProjection product{session.grad_cov_grad_operator(model, result.param_mean),
+                                     session.device()};
     shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes,
-                              cpu_chunk_rows, covariance);
+                              cpu_chunk_rows, product);
   }
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";
@@ -264,7 +245,7 @@ int run_profile(const ProfileArgs& args) {
   context.data = loaded.description;
   context.options = {{"device_requested", args.device},
                      {"chunk_rows", chunk_rows},
-                     {"param_stats", options.param_stats},
+                     {"param_stats", param_stats},
                      {"spectrum", args.spectrum},
                      {"hessian", args.hessian},
                      {"theta", args.theta},

@@ -175,7 +175,11 @@ struct CovarianceSpectrum {
 /// effective rank, and the same per layer. `profile` gives G (param_mean) and
 /// tr Σ, per layer too. For a one-layer model Σ_11 = Σ and the layer reuses
 /// the whole model's results.
+/// `covariance`, when given, computes the whole model's Σ·V for its
+/// eigensolver (a session's backend, on whatever device it runs); the
+/// per-layer blocks and tr(Σ²) use the CPU operators.
 CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& data, Loss loss,
-                                       const Profile& profile, const SpectrumOptions& options = {});
+                                       const Profile& profile, const SpectrumOptions& options = {},
+                                       const ExternalOperator& covariance = {});
 
 }  // namespace gradnoise

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -72,14 +73,6 @@ class HessianOperator {
   mutable std::int64_t passes_ = 0;
 };
 
-/// A symmetric matrix-free operator computed outside this module, e.g. on the
-/// GPU (hessian_operator_cuda, covariance_operator_cuda in gradnoise/cuda.hpp),
-/// and the device that computes it, which the reports record. An empty
-/// `apply` means none: the CPU operator is used.
-struct ExternalOperator {
-  BlockOperator apply;
-  std::string device = "cpu";
-};
 
 // ---- Curvature report -------------------------------------------------------
 
@@ -222,6 +215,19 @@ BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
                        const Profile& profile, double theta,
                        std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows = 4096,
                        const ExternalOperator& covariance = {});
+
+/// ĜᵀΣĜ for a unit vector Ĝ computed outside batch_tests (a session's
+/// backend: Profiler::grad_cov_grad_operator), and where. Empty: the CPU pass.
+struct ExternalProjection {
+  std::function<double(const std::vector<double>& unit)> grad_cov_grad;
+  std::string device = "cpu";
+};
+
+/// The same tests with ĜᵀΣĜ from `product`.
+BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
+                       const Profile& profile, double theta,
+                       std::span<const std::int64_t> batch_sizes, std::int64_t chunk_rows,
+                       const ExternalProjection& product);
 
 // ---- Two-batch estimators: Monte-Carlo ground truth --------------------------
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace gradnoise {
@@ -14,6 +15,15 @@ namespace gradnoise {
 /// out = A · in for a block of `cols` vectors of length dim, column-major
 /// (vector j at [j·dim, (j+1)·dim)). A must be symmetric.
 using BlockOperator = std::function<void(const double* in, double* out, std::int64_t cols)>;
+
+/// A symmetric matrix-free operator computed outside the analysis that uses
+/// it, e.g. by a session's backend (Profiler::covariance_operator,
+/// Profiler::hessian_operator), and the device that computes it, which the
+/// reports record. An empty `apply` means none: the CPU operator is used.
+struct ExternalOperator {
+  BlockOperator apply;
+  std::string device = "cpu";
+};
 
 struct EigenOptions {
   std::int64_t k = 10;          // eigenpairs wanted (largest algebraic)

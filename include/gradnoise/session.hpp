@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,6 +75,9 @@ class Profiler {
   /// of the model and shares the session's state.
   BlockOperator covariance_operator(const Model& model, std::vector<double> mean_grad) const;
   BlockOperator hessian_operator(const Model& model, bool gauss_newton) const;
+  /// ĜᵀΣĜ for a unit vector Ĝ (the batch-size tests' product) at `model`.
+  std::function<double(const std::vector<double>& unit)> grad_cov_grad_operator(
+      const Model& model, std::vector<double> mean_grad) const;
 
  private:
   std::shared_ptr<const DataSource> data_;
