@@ -34,6 +34,7 @@
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"
+#include "backend.hpp"
 #include "blas_threads.hpp"
 #include "losses.hpp"
 #include "random.hpp"
@@ -640,8 +641,10 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
 
   const bool small_model = s.num_params <= 4096 && train.d <= 4096 &&
                            initial.num_layers() <= kSweepCudaMaxLayers;
-  const bool on_gpu = c.device == Device::cuda ||
-                      (c.device == Device::automatic && small_model && cuda_device_count() > 0);
+  // The one device choice (detail::resolve_device); automatic also asks
+  // for a model small enough for the one-thread-per-run GPU engine.
+  const bool on_gpu = (c.device != Device::automatic || small_model) &&
+                      detail::resolve_device(c.device) == detail::Place::cuda;
   if (on_gpu) {
     SweepCudaSetup setup;
     setup.model = &initial;
