@@ -56,6 +56,10 @@ class OutOfMemory : public RuntimeError {
     }                                                                                    \
   } while (0)
 
+/// Throws RuntimeError, saying to use --device cpu or auto, when there is no
+/// CUDA device (kernels/device.cu).
+void require_device();
+
 /// Kernels flag the first bad row with atomicMin; kNoRow means none.
 constexpr unsigned long long kNoRow = ~0ull;
 

@@ -7,9 +7,13 @@
 // device. Reductions are two-stage cub::BlockReduce with a grid fixed by the
 // item count alone, so a report is bit-identical from run to run.
 //
-// Chunks stream from pinned host memory: while the GPU works on chunk c the
-// host fills the other pinned buffer with chunk c + 1 and its copy runs on a
-// second stream.
+// Chunks come from the feeders of chunk_feeder.cuh: while the GPU works on
+// chunk c the host fills the other pinned buffer with chunk c + 1 and its copy
+// runs on a second stream. Here too: the plan of the chunk size and its retry
+// on running out of memory, the fused kernel's place in the profile, the
+// pipeline's forward and backward pass for other files (for_each_device_chunk,
+// device_chunks.cuh), and the public entry points profile_cuda,
+// profile_cuda_device and, for now, covariance_operator_cuda.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "chunk_feeder.cuh"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
@@ -317,14 +322,6 @@ void gemm_at_b(cublasHandle_t h, std::int64_t m, std::int64_t out, std::int64_t 
                               static_cast<int>(in)));
 }
 
-/// One chunk of rows on the device, in float64: inputs (centred in place by
-/// the pipeline) and either real targets or labels.
-struct Chunk {
-  double* x = nullptr;
-  const double* y = nullptr;
-  const std::int32_t* labels = nullptr;
-};
-
 struct LayerState {
   DeviceBuffer<double> weight, bias;       // copies of the model
   DeviceBuffer<double> mean, m2;           // running per-slot moments
@@ -601,127 +598,6 @@ class Pipeline {
   DeviceBuffer<unsigned long long> flags_;
 };
 
-__global__ void widen_kernel(const float* src, std::int64_t count, double* dst) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] = static_cast<double>(src[j]);
-  }
-}
-
-/// Double-buffered device chunks, as the feeders fill them.
-class ChunkBuffers {
- public:
-  ChunkBuffers(std::int64_t chunk, std::int64_t d, std::int64_t k, bool labels) {
-    for (int b = 0; b < 2; ++b) {
-      x_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * d));
-      if (labels) {
-        labels_[b] = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
-      } else {
-        y_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * k));
-      }
-    }
-  }
-  Chunk chunk(int b) { return {x_[b].data(), y_[b].data(), labels_[b].data()}; }
-  double* x(int b) { return x_[b].data(); }
-  double* y(int b) { return y_[b].data(); }
-  std::int32_t* labels(int b) { return labels_[b].data(); }
-
- private:
-  DeviceBuffer<double> x_[2], y_[2];
-  DeviceBuffer<std::int32_t> labels_[2];
-};
-
-/// Feeds chunks from a host DataSource: the host fills one pinned buffer
-/// while the other's copy (second stream) and compute (main stream) run.
-class HostFeeder {
- public:
-  HostFeeder(const DataSource& data, std::int64_t chunk, std::int64_t k, bool labels)
-      : data_(data), d_(data.num_features()), k_(k), labels_(labels),
-        device_(chunk, data.num_features(), k, labels) {
-    for (int b = 0; b < 2; ++b) {
-      x_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * d_));
-      if (labels) {
-        labels_host_[b] = PinnedBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
-      } else {
-        y_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * k));
-      }
-    }
-  }
-
-  HostFeeder(const HostFeeder&) = delete;
-  HostFeeder& operator=(const HostFeeder&) = delete;
-  // Copies out of the pinned buffers may still run when an exception unwinds.
-  ~HostFeeder() { cudaStreamSynchronize(copy_stream_.get()); }
-
-  /// Rows [first, first + m) in device buffer b, ordered before the work
-  /// that `stream` queues next.
-  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
-    // The pinned buffer is free once its previous copy finished; the device
-    // buffer once the chunk that used it was processed.
-    if (in_flight_[b]) GN_CUDA_CHECK(cudaEventSynchronize(copied_[b].get()));
-    data_.read(first, m, x_[b].data(), labels_ ? nullptr : y_[b].data(),
-               labels_ ? labels_host_[b].data() : nullptr);
-    const cudaStream_t copy = copy_stream_.get();
-    if (in_flight_[b]) GN_CUDA_CHECK(cudaStreamWaitEvent(copy, consumed_[b].get(), 0));
-    GN_CUDA_CHECK(cudaMemcpyAsync(device_.x(b), x_[b].data(), m * d_ * sizeof(double),
-                                  cudaMemcpyHostToDevice, copy));
-    if (labels_) {
-      GN_CUDA_CHECK(cudaMemcpyAsync(device_.labels(b), labels_host_[b].data(),
-                                    m * sizeof(std::int32_t), cudaMemcpyHostToDevice, copy));
-    } else {
-      GN_CUDA_CHECK(cudaMemcpyAsync(device_.y(b), y_[b].data(), m * k_ * sizeof(double),
-                                    cudaMemcpyHostToDevice, copy));
-    }
-    GN_CUDA_CHECK(cudaEventRecord(copied_[b].get(), copy));
-    GN_CUDA_CHECK(cudaStreamWaitEvent(stream, copied_[b].get(), 0));
-    return device_.chunk(b);
-  }
-
-  /// Marks buffer b as in use by everything `stream` has queued so far.
-  void consumed(int b, cudaStream_t stream) {
-    GN_CUDA_CHECK(cudaEventRecord(consumed_[b].get(), stream));
-    in_flight_[b] = true;
-  }
-
- private:
-  const DataSource& data_;
-  std::int64_t d_, k_;
-  bool labels_;
-  ChunkBuffers device_;
-  Stream copy_stream_;
-  Event copied_[2], consumed_[2];
-  PinnedBuffer<double> x_[2], y_[2];
-  PinnedBuffer<std::int32_t> labels_host_[2];
-  bool in_flight_[2] = {false, false};
-};
-
-/// Feeds chunks of device-resident float32 data, widened to float64 on the
-/// device (the pipeline centres its inputs in place, so it needs a copy).
-class DeviceFeeder {
- public:
-  DeviceFeeder(const DeviceData& data, std::int64_t chunk)
-      : data_(data), device_(chunk, data.d, data.k, data.labels != nullptr) {}
-
-  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
-    widen_kernel<<<grid_for(m * data_.d), kThreads, 0, stream>>>(data_.x + first * data_.d,
-                                                                 m * data_.d, device_.x(b));
-    GN_CUDA_CHECK(cudaGetLastError());
-    if (data_.labels != nullptr) {
-      return {device_.x(b), nullptr, data_.labels + first};
-    }
-    widen_kernel<<<grid_for(m * data_.k), kThreads, 0, stream>>>(data_.y + first * data_.k,
-                                                                 m * data_.k, device_.y(b));
-    GN_CUDA_CHECK(cudaGetLastError());
-    return {device_.x(b), device_.y(b), nullptr};
-  }
-
-  void consumed(int, cudaStream_t) {}
-
- private:
-  DeviceData data_;
-  ChunkBuffers device_;
-};
-
 /// The fused linear kernel behind the pipeline's interface, for host-fed chunks.
 struct FusedEngine {
   FusedLinear& fused;
@@ -935,39 +811,10 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
 }  // namespace
 }  // namespace cuda
 
-bool cuda_built() { return true; }
-
-int cuda_device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver" status
-    return 0;
-  }
-  return count;
-}
-
-std::string cuda_device_name() {
-  if (cuda_device_count() == 0) return {};
-  int device = 0;
-  GN_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return prop.name;
-}
-
-namespace {
-void require_device() {
-  if (cuda_device_count() == 0) {
-    throw RuntimeError("--device cuda was asked for, but no CUDA device is present; "
-                       "use --device cpu or --device auto");
-  }
-}
-}  // namespace
-
 Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOptions& options,
                      CUstream_st* stream) {
   check_profile_inputs(model, data, options);
-  require_device();
+  cuda::require_device();
   const bool labels = options.loss == Loss::cross_entropy;
   return cuda::plan_and_run(model, data, options, stream, [&](std::int64_t chunk) {
     return cuda::HostFeeder(data, chunk, model.output_dim(), labels);
@@ -980,7 +827,7 @@ BlockOperator covariance_operator_cuda(const Model& model, const DataSource& dat
   options.loss = loss;
   options.chunk_rows = chunk_rows;
   check_profile_inputs(model, data, options);
-  require_device();
+  cuda::require_device();
   if (static_cast<std::int64_t>(mean_grad.size()) != model.num_params()) {
     throw InputError("the mean gradient has " + std::to_string(mean_grad.size()) +
                      " entries; expected the model's " + std::to_string(model.num_params()));
@@ -995,7 +842,7 @@ Profile profile_cuda_device(const Model& model, const DeviceData& data,
                             const ProfileOptions& options, CUstream_st* stream) {
   const cuda::DeviceDataShape shape(data);
   check_profile_inputs(model, shape, options);
-  require_device();
+  cuda::require_device();
   if (data.x == nullptr || (data.y == nullptr) == (data.labels == nullptr)) {
     throw InputError("device data needs inputs and exactly one of real targets and labels");
   }
