@@ -22,14 +22,12 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "hessian_pass.hpp"
+#include "policy.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise {
 namespace cuda {
 namespace {
-
-/// Doubles the R-operator's per-row buffers (R a, R δ) may take together: 1 GiB.
-constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
 
 __global__ void add_rows_kernel(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
   const std::int64_t count = m * width;
@@ -197,11 +195,10 @@ void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool g
   const bool labels = loss == Loss::cross_entropy;
   std::size_t free_bytes = 0, total_bytes = 0;
   GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const std::int64_t wanted = detail::hessian_chunk_rows(model, cols, chunk_rows, n, kBlockBudgetDoubles);
-  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
+  const std::int64_t wanted = detail::hessian_chunk_rows(model, cols, chunk_rows, n,
+                                                          detail::kBlockBudgetDoubles);
   std::int64_t chunk = detail::plan_chunk_rows(detail::hessian_chunk_footprint(model, labels, cols),
-                                               static_cast<std::int64_t>(free_bytes / 10 * 9),
-                                               wanted, n);
+                                               detail::usable_device_bytes(free_bytes), wanted, n);
   for (;;) {
     if (chunk < 1) {
       throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +

@@ -31,6 +31,7 @@
 #include "linear_fused.cuh"
 #include "moments.hpp"
 #include "plan.hpp"
+#include "policy.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise {
@@ -40,7 +41,7 @@ namespace {
 using detail::ceil_div;
 using detail::RowSums;
 
-constexpr std::int64_t kColumnRowsPerBlock = 64;
+using detail::kColumnRowsPerBlock;
 constexpr int kRowScalars = 6;  // ‖δ‖², ‖a‖², ‖u‖², δ̄·u, ‖v‖², ā·v
 
 double noise_scale(double trace_cov, double grad_norm_sq) {
@@ -516,8 +517,8 @@ class Pipeline {
 
   void column_means(const double* mat, std::int64_t m, std::int64_t cols, double scale, double* out) {
     const std::int64_t blocks = ceil_div(m, kColumnRowsPerBlock);
-    const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(ceil_div(cols, kThreads), 1 << 16)),
-                    static_cast<unsigned>(std::min<std::int64_t>(blocks, 65535)));
+    const dim3 grid(static_cast<unsigned>(std::min(ceil_div(cols, kThreads), detail::kColumnGridX)),
+                    static_cast<unsigned>(std::min(blocks, detail::kMaxGridY)));
     column_partial_sums_kernel<<<grid, kThreads, 0, stream_>>>(mat, m, cols, column_partial_.data());
     GN_CUDA_CHECK(cudaGetLastError());
     column_finish_kernel<<<grid_for(cols), kThreads, 0, stream_>>>(column_partial_.data(), blocks,
@@ -765,8 +766,7 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
   std::size_t free_bytes = 0, total_bytes = 0;
   GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
-  const auto budget = static_cast<std::int64_t>(free_bytes / 10 * 9);
+  const std::int64_t budget = detail::usable_device_bytes(free_bytes);
   std::int64_t chunk = detail::plan_chunk_rows(fp, budget, options.chunk_rows, shape.num_samples());
   Profile result;
   for (;;) {
@@ -777,7 +777,7 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
     }
     try {
       const std::int64_t n = shape.num_samples();
-      if (options.fused_linear && fused_linear_eligible(model)) {
+      if (use_fused_linear(model, options)) {
         FusedLinear fused(model, options, stream);
         if (direct != nullptr) {
           fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
