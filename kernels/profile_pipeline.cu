@@ -348,8 +348,8 @@ class Pipeline {
       if (l > 0) activations_.emplace_back(static_cast<std::size_t>(chunk * layer.in));
       errors_.emplace_back(static_cast<std::size_t>(chunk * layer.out));
       LayerState state;
-      state.weight = upload(layer.weight);
-      state.bias = upload(layer.bias);
+      state.weight = upload(layer.weight, stream_);
+      state.bias = upload(layer.bias, stream_);
       state.slots = layer.num_params();
       state.mean = zeros(state.slots);
       if (options.param_stats) state.m2 = zeros(state.slots);
@@ -498,15 +498,6 @@ class Pipeline {
 
   double* input(std::int64_t l, const Chunk& chunk) {
     return l == 0 ? chunk.x : activations_[l - 1].data();
-  }
-
-  DeviceBuffer<double> upload(const std::vector<double>& host) {
-    DeviceBuffer<double> dev(host.size());
-    if (!host.empty()) {
-      GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
-                                    cudaMemcpyHostToDevice, stream_));
-    }
-    return dev;
   }
 
   DeviceBuffer<double> zeros(std::int64_t count) {
@@ -764,38 +755,25 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
   const auto start = std::chrono::steady_clock::now();
   const bool labels = options.loss == Loss::cross_entropy;
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
-  std::size_t free_bytes = 0, total_bytes = 0;
-  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const std::int64_t budget = detail::usable_device_bytes(free_bytes);
-  std::int64_t chunk = detail::plan_chunk_rows(fp, budget, options.chunk_rows, shape.num_samples());
-  Profile result;
-  for (;;) {
-    if (chunk < 1) {
-      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +
-                         " MiB free, too little for this model's " +
-                         std::to_string(model.num_params()) + " parameters even one row at a time");
-    }
-    try {
-      const std::int64_t n = shape.num_samples();
-      if (use_fused_linear(model, options)) {
-        FusedLinear fused(model, options, stream);
-        if (direct != nullptr) {
-          fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
-          fused.finish(result);
-        } else {
-          FusedEngine engine{fused};
-          result = run(engine, n, chunk, stream, make_feeder);
+  const std::int64_t n = shape.num_samples();
+  Profile result = with_halving_chunks(
+      "this model's " + std::to_string(model.num_params()) + " parameters",
+      [&](std::int64_t budget) { return detail::plan_chunk_rows(fp, budget, options.chunk_rows, n); },
+      [&](std::int64_t chunk) {
+        if (!use_fused_linear(model, options)) {
+          Pipeline pipeline(model, options, chunk, labels, stream);
+          return run(pipeline, n, chunk, stream, make_feeder);
         }
-      } else {
-        Pipeline pipeline(model, options, chunk, labels, stream);
-        result = run(pipeline, n, chunk, stream, make_feeder);
-      }
-      break;
-    } catch (const OutOfMemory&) {
-      cudaGetLastError();
-      chunk /= 2;  // another tenant took memory since we asked: halve and retry
-    }
-  }
+        FusedLinear fused(model, options, stream);
+        if (direct == nullptr) {
+          FusedEngine engine{fused};
+          return run(engine, n, chunk, stream, make_feeder);
+        }
+        fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
+        Profile profile;
+        fused.finish(profile);
+        return profile;
+      });
   for (LayerProfile& lp : result.layers) {
     lp.noise_scale_simple = noise_scale(lp.trace_cov, lp.grad_norm_sq);
     result.grad_norm_sq += lp.grad_norm_sq;
