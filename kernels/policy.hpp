@@ -84,8 +84,8 @@ static_assert(kMaxChunkRows <= kMaxGridY * kColumnRowsPerBlock &&
 /// include/gradnoise/cuda.hpp have the same value and should take it from here.
 inline constexpr std::int64_t kDefaultGpuChunkRows = std::int64_t{1} << 16;
 
-/// Doubles the per-row buffers of a block product (H·V: R a and R δ of every
-/// column) may take together: 1 GiB.
+/// Doubles the per-row buffers of a block product may take together (H·V:
+/// R a and R δ of every column; Σ·V: c_i and Z): 1 GiB.
 inline constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
 
 /// Bytes of `free_bytes` of free device memory a chunk plan may use: nine

@@ -12,8 +12,8 @@
 // runs on a second stream. Here too: the plan of the chunk size and its retry
 // on running out of memory, the fused kernel's place in the profile, the
 // pipeline's forward and backward pass for other files (for_each_device_chunk,
-// device_chunks.cuh), and the public entry points profile_cuda,
-// profile_cuda_device and, for now, covariance_operator_cuda.
+// device_chunks.cuh, for H·V and Σ·V), and the public entry points
+// profile_cuda and profile_cuda_device.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -27,7 +27,6 @@
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
-#include "gradnoise/krylov.hpp"
 #include "linear_fused.cuh"
 #include "moments.hpp"
 #include "plan.hpp"
@@ -224,37 +223,6 @@ __global__ void merge_slots_kernel(std::int64_t slots, detail::MergeWeights w,
   }
 }
 
-/// s_i += Σ_r δ_ir (t_ir + b_r): the layer's part of g_iᵀv, with t = A Wᵥᵀ and
-/// b the bias part of v (or none).
-__global__ void rowdot_accumulate_kernel(const double* t, const double* delta, const double* bias_v,
-                                         std::int64_t m, std::int64_t out, double* s) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < m;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    double total = 0;
-    for (std::int64_t r = 0; r < out; ++r) {
-      total += delta[i * out + r] * (t[i * out + r] + (bias_v != nullptr ? bias_v[r] : 0.0));
-    }
-    s[i] += total;
-  }
-}
-
-/// scaled_ir = (s_i − shift) δ_ir: the centred weights c_i = g_iᵀv − Gᵀv.
-__global__ void centred_scale_kernel(const double* s, double shift, const double* delta,
-                                     std::int64_t m, std::int64_t out, double* scaled) {
-  const std::int64_t count = m * out;
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    scaled[j] = (s[j / out] - shift) * delta[j];
-  }
-}
-
-__global__ void add_kernel(double* dst, const double* src, std::int64_t count) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] += src[j];
-  }
-}
-
 /// Running per-layer scalars, kept on the device between chunks.
 struct LayerScalars {
   double m2_total;     // Σ_i ‖g_i − G‖²
@@ -439,11 +407,6 @@ class Pipeline {
     }
   }
 
-  /// out[col] = scale · Σ_i mat[i][col], in a fixed order.
-  void column_sums(const double* mat, std::int64_t m, std::int64_t cols, double scale, double* out) {
-    column_means(mat, m, cols, scale, out);
-  }
-
   /// After forward_backward: layer l's input (m×in) and output error (m×out).
   const double* layer_input(std::int64_t l, const Chunk& chunk) { return input(l, chunk); }
   const double* layer_error(std::int64_t l) const { return errors_[l].data(); }
@@ -617,73 +580,6 @@ Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t str
   return result;
 }
 
-/// Σ·V for a block of vectors (host, P × cols, column-major), one pass:
-/// Σv = (1/N) Σ_i g_i c_i with c_i = g_iᵀv − Gᵀv (docs/DEFINITIONS.md), per
-/// layer out_l += (1/N) (c ⊙ Δ_l)ᵀ Ã_l.
-void covariance_apply(const Model& model, const DataSource& data, Loss loss,
-                      const std::vector<double>& mean_grad, std::int64_t chunk_rows, const double* in,
-                      double* out, std::int64_t cols) {
-  const std::int64_t n = data.num_samples(), p = model.num_params();
-  const bool labels = loss == Loss::cross_entropy;
-  ProfileOptions options;
-  options.loss = loss;
-  const std::int64_t chunk = std::max<std::int64_t>(1, std::min({chunk_rows, n, detail::kMaxChunkRows}));
-  Stream stream;
-  Pipeline pipeline(model, options, chunk, labels, stream.get());
-  HostFeeder feeder(data, chunk, model.output_dim(), labels);
-  std::int64_t widest = 0;
-  for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
-  DeviceBuffer<double> v(static_cast<std::size_t>(p * cols)), result(static_cast<std::size_t>(p * cols));
-  DeviceBuffer<double> t(static_cast<std::size_t>(chunk * widest)), scaled(t.size());
-  DeviceBuffer<double> s(static_cast<std::size_t>(chunk * cols)), bias_sum(static_cast<std::size_t>(widest));
-  GN_CUDA_CHECK(cudaMemcpyAsync(v.data(), in, p * cols * sizeof(double), cudaMemcpyHostToDevice, stream.get()));
-  GN_CUDA_CHECK(cudaMemsetAsync(result.data(), 0, p * cols * sizeof(double), stream.get()));
-  std::vector<double> shift(static_cast<std::size_t>(cols), 0.0);  // Gᵀv per column
-  for (std::int64_t j = 0; j < cols; ++j) {
-    for (std::int64_t q = 0; q < p; ++q) shift[j] += mean_grad[q] * in[j * p + q];
-  }
-  const cublasHandle_t h = pipeline.cublas();
-  const double inv_n = 1.0 / static_cast<double>(n);
-  std::int64_t chunk_index = 0;
-  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
-    const int b = static_cast<int>(chunk_index % 2);
-    const std::int64_t m = std::min(chunk, n - first);
-    const Chunk view = feeder.feed(b, first, m, stream.get());
-    pipeline.forward_backward(view, m, first);
-    GN_CUDA_CHECK(cudaMemsetAsync(s.data(), 0, m * cols * sizeof(double), stream.get()));
-    for (std::int64_t j = 0; j < cols; ++j) {
-      for (std::int64_t l = 0, offset = 0; l < model.num_layers(); offset += model.layers[l].num_params(), ++l) {
-        const Layer& layer = model.layers[l];
-        const double* vj = v.data() + j * p + offset;
-        gemm_a_bt(h, m, layer.out, layer.in, pipeline.layer_input(l, view), vj, t.data());
-        rowdot_accumulate_kernel<<<grid_for(m), kThreads, 0, stream.get()>>>(
-            t.data(), pipeline.layer_error(l), layer.has_bias() ? vj + layer.out * layer.in : nullptr,
-            m, layer.out, s.data() + j * m);
-        GN_CUDA_CHECK(cudaGetLastError());
-      }
-      for (std::int64_t l = 0, offset = 0; l < model.num_layers(); offset += model.layers[l].num_params(), ++l) {
-        const Layer& layer = model.layers[l];
-        double* rj = result.data() + j * p + offset;
-        centred_scale_kernel<<<grid_for(m * layer.out), kThreads, 0, stream.get()>>>(
-            s.data() + j * m, shift[j], pipeline.layer_error(l), m, layer.out, scaled.data());
-        GN_CUDA_CHECK(cudaGetLastError());
-        gemm_at_b(h, m, layer.out, layer.in, inv_n, scaled.data(), pipeline.layer_input(l, view), rj, 1.0);
-        if (layer.has_bias()) {
-          pipeline.column_sums(scaled.data(), m, layer.out, inv_n, bias_sum.data());
-          add_kernel<<<grid_for(layer.out), kThreads, 0, stream.get()>>>(rj + layer.out * layer.in,
-                                                                          bias_sum.data(), layer.out);
-          GN_CUDA_CHECK(cudaGetLastError());
-        }
-      }
-    }
-    feeder.consumed(b, stream.get());
-  }
-  pipeline.check_flags();
-  GN_CUDA_CHECK(cudaMemcpyAsync(out, result.data(), p * cols * sizeof(double), cudaMemcpyDeviceToHost,
-                                stream.get()));
-  GN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-}
-
 }  // namespace
 
 /// The GPU twin of host/chunk_pass.hpp's for_each_chunk (declared in
@@ -797,23 +693,6 @@ Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOp
   return cuda::plan_and_run(model, data, options, stream, [&](std::int64_t chunk) {
     return cuda::HostFeeder(data, chunk, model.output_dim(), labels);
   });
-}
-
-BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
-                                       std::vector<double> mean_grad, std::int64_t chunk_rows) {
-  ProfileOptions options;
-  options.loss = loss;
-  options.chunk_rows = chunk_rows;
-  check_profile_inputs(model, data, options);
-  cuda::require_device();
-  if (static_cast<std::int64_t>(mean_grad.size()) != model.num_params()) {
-    throw InputError("the mean gradient has " + std::to_string(mean_grad.size()) +
-                     " entries; expected the model's " + std::to_string(model.num_params()));
-  }
-  return [&model, &data, loss, grad = std::move(mean_grad), chunk_rows](const double* in, double* out,
-                                                                       std::int64_t cols) {
-    cuda::covariance_apply(model, data, loss, grad, chunk_rows, in, out, cols);
-  };
 }
 
 Profile profile_cuda_device(const Model& model, const DeviceData& data,
