@@ -21,10 +21,12 @@
 #include <thread>
 #include <vector>
 
-#include "chunk_pass.hpp"
 #include "blas_threads.hpp"
+#include "chunk_pass.hpp"
+#include "covariance_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
+#include "hessian_host.hpp"
 
 namespace gradnoise {
 namespace {
@@ -158,141 +160,67 @@ BlockOperator CovarianceOperator::as_block_operator() const {
   return [this](const double* in, double* out, std::int64_t cols) { apply(in, out, cols); };
 }
 
+namespace {
+
+/// covariance_pass.hpp's executor on the CPU: every GEMM as the row-major
+/// call it is, the row operations as loops.
+struct CovarianceCpuExec : detail::CovarianceHostOps {
+  void gemm(const detail::RowMajorGemm& g, const double* a, const double* b, double* c) {
+    detail::RowMajorBlasExec{}.gemm(g, a, b, c);
+  }
+};
+
+}  // namespace
+
 void CovarianceOperator::apply(const double* in, double* out, std::int64_t cols) const {
   if (cols < 1) return;
   const std::int64_t n = data_.num_samples();
-  const std::int64_t dim = dim_;
-  const std::int64_t first_layer = layer_ < 0 ? 0 : layer_;
-  const std::int64_t end_layer = layer_ < 0 ? model_.num_layers() : layer_ + 1;
+  const detail::CovarianceLayers layers = detail::covariance_layers(model_, layer_);
+  const detail::CovarianceBlock block = detail::pack_covariance_block(
+      model_, layers, mean_grad_, in, cols, [](std::int64_t count, const double* x, const double* y) {
+        return cblas_ddot(to_int(count), x, 1, y, 1);
+      });
 
-  // Slot offset of each active layer inside the operator's vectors.
-  std::vector<std::int64_t> offset(to_size(model_.num_layers()), 0);
-  for (std::int64_t l = first_layer, at = 0; l < end_layer; ++l) {
-    offset[l] = at;
-    at += model_.layers[l].num_params();
-  }
-
-  // Gᵀv per column, and V packed per layer: weight rows of all columns stacked
-  // ((cols·out) × in, row-major) and biases (cols·out).
-  std::vector<double> g_dot_v(to_size(cols));
-  for (std::int64_t c = 0; c < cols; ++c) {
-    g_dot_v[c] = cblas_ddot(to_int(dim), mean_grad_.data(), 1, in + c * dim, 1);
-  }
-  std::vector<std::vector<double>> packed_w(to_size(model_.num_layers()));
-  std::vector<std::vector<double>> packed_b(to_size(model_.num_layers()));
-  std::int64_t widest = 0;
-  for (std::int64_t l = first_layer; l < end_layer; ++l) {
-    const Layer& layer = model_.layers[l];
-    const std::int64_t o = layer.out, d = layer.in;
-    widest = std::max(widest, o);
-    packed_w[l].resize(to_size(cols * o * d));
-    if (layer.has_bias()) packed_b[l].resize(to_size(cols * o));
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const double* v = in + c * dim + offset[l];
-      std::copy_n(v, o * d, packed_w[l].data() + c * o * d);
-      if (layer.has_bias()) std::copy_n(v + o * d, o, packed_b[l].data() + c * o);
-    }
-  }
-
-  // Per-thread accumulators of Σ_i g_i c_i (packed like V) and Σ_i c_i.
+  // Per thread: its sums of g_i c_i and c_i, and scratch for m × cols scalars
+  // and m × (cols·out) products.
   struct Partial {
-    std::vector<std::vector<double>> w, b;
-    std::vector<double> c_sum;
-    std::vector<double> s, z;  // scratch: m × cols scalars, m × (cols·out) products
+    detail::CovarianceSums sums;
+    std::vector<double> s, z;
+    detail::CovarianceBuffers buffers;
   };
   const std::int64_t chunk = std::max<std::int64_t>(1, std::min(chunk_rows_, n));
   const std::int64_t threads = pass_threads(n, chunk);
   std::vector<Partial> partials(to_size(threads));
   for (Partial& p : partials) {
-    p.w.resize(to_size(model_.num_layers()));
-    p.b.resize(to_size(model_.num_layers()));
-    for (std::int64_t l = first_layer; l < end_layer; ++l) {
-      p.w[l].assign(packed_w[l].size(), 0.0);
-      p.b[l].assign(packed_b[l].size(), 0.0);
-    }
-    p.c_sum.assign(to_size(cols), 0.0);
+    p.sums = detail::zero_covariance_sums(model_, layers, cols);
     p.s.resize(to_size(chunk * cols));
-    p.z.resize(to_size(chunk * cols * widest));
+    p.z.resize(to_size(chunk * cols * layers.widest));
+    p.buffers = detail::covariance_buffers(layers, block, p.sums, p.s.data(), p.z.data());
   }
 
   parallel_pass(model_, data_, loss_, chunk, 0, n, threads,
                 [&](std::int64_t t, std::int64_t, const ChunkView& view) {
-    Partial& p = partials[t];
-    const std::int64_t m = view.rows;
-    std::fill_n(p.s.data(), m * cols, 0.0);
-    // c_i per column: Σ_l δ_{l,i}ᵀ V_l ã_{l,i}, one GEMM per layer for all columns.
-    for (std::int64_t l = first_layer; l < end_layer; ++l) {
-      const Layer& layer = model_.layers[l];
-      const std::int64_t o = layer.out, d = layer.in, width = cols * o;
-      double* z = p.z.data();
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(m), to_int(width), to_int(d), 1.0,
-                  view.inputs[l], to_int(d), packed_w[l].data(), to_int(d), 0.0, z, to_int(width));
-      const double* delta = view.errors[l];
-      for (std::int64_t i = 0; i < m; ++i) {
-        double* zi = z + i * width;
-        const double* di = delta + i * o;
-        if (layer.has_bias()) {
-          for (std::int64_t j = 0; j < width; ++j) zi[j] += packed_b[l][j];
-        }
-        for (std::int64_t c = 0; c < cols; ++c) {
-          double dot = 0;
-          for (std::int64_t r = 0; r < o; ++r) dot += di[r] * zi[c * o + r];
-          p.s[i * cols + c] += dot;
-        }
-      }
+    detail::CovarianceBuffers& b = partials[t].buffers;
+    for (std::int64_t l = layers.first; l < layers.end; ++l) {
+      b.layers[l].input = view.inputs[l];
+      b.layers[l].error = view.errors[l];
     }
-    for (std::int64_t i = 0; i < m; ++i) {
-      for (std::int64_t c = 0; c < cols; ++c) {
-        p.s[i * cols + c] -= g_dot_v[c];
-        p.c_sum[c] += p.s[i * cols + c];
-      }
-    }
-    // Σ_i c_i g_{l,i} = (c∘Δ_l)ᵀ Ã_l: one GEMM per layer for all columns.
-    for (std::int64_t l = first_layer; l < end_layer; ++l) {
-      const Layer& layer = model_.layers[l];
-      const std::int64_t o = layer.out, d = layer.in, width = cols * o;
-      double* e = p.z.data();
-      const double* delta = view.errors[l];
-      for (std::int64_t i = 0; i < m; ++i) {
-        for (std::int64_t c = 0; c < cols; ++c) {
-          const double ci = p.s[i * cols + c];
-          for (std::int64_t r = 0; r < o; ++r) e[i * width + c * o + r] = ci * delta[i * o + r];
-        }
-      }
-      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, to_int(width), to_int(d), to_int(m), 1.0,
-                  e, to_int(width), view.inputs[l], to_int(d), 1.0, p.w[l].data(), to_int(d));
-      if (layer.has_bias()) {
-        for (std::int64_t i = 0; i < m; ++i) {
-          for (std::int64_t j = 0; j < width; ++j) p.b[l][j] += e[i * width + j];
-        }
-      }
-    }
+    CovarianceCpuExec exec;
+    detail::covariance_chunk(exec, model_, layers, b, view.rows, cols);
   });
   ++passes_;
 
+  detail::CovarianceSums& total = partials[0].sums;
   for (std::int64_t t = 1; t < threads; ++t) {
-    for (std::int64_t l = first_layer; l < end_layer; ++l) {
-      for (std::size_t j = 0; j < partials[0].w[l].size(); ++j) partials[0].w[l][j] += partials[t].w[l][j];
-      for (std::size_t j = 0; j < partials[0].b[l].size(); ++j) partials[0].b[l][j] += partials[t].b[l][j];
+    const detail::CovarianceSums& part = partials[t].sums;
+    for (std::int64_t l = layers.first; l < layers.end; ++l) {
+      for (std::size_t j = 0; j < total.layers[l].w.size(); ++j) total.layers[l].w[j] += part.layers[l].w[j];
+      for (std::size_t j = 0; j < total.layers[l].b.size(); ++j) total.layers[l].b[j] += part.layers[l].b[j];
     }
-    for (std::int64_t c = 0; c < cols; ++c) partials[0].c_sum[c] += partials[t].c_sum[c];
+    for (std::int64_t c = 0; c < cols; ++c) total.c_sum[c] += part.c_sum[c];
   }
-  // Unpack: out = (1/N) Σ_i g_i c_i − G c̄.
-  const double inv_n = 1.0 / static_cast<double>(n);
-  const Partial& total = partials[0];
-  for (std::int64_t c = 0; c < cols; ++c) {
-    double* col = out + c * dim;
-    const double c_mean = total.c_sum[c] * inv_n;
-    for (std::int64_t l = first_layer; l < end_layer; ++l) {
-      const Layer& layer = model_.layers[l];
-      const std::int64_t o = layer.out, d = layer.in;
-      for (std::int64_t j = 0; j < o * d; ++j) col[offset[l] + j] = total.w[l][c * o * d + j] * inv_n;
-      if (layer.has_bias()) {
-        for (std::int64_t r = 0; r < o; ++r) col[offset[l] + o * d + r] = total.b[l][c * o + r] * inv_n;
-      }
-    }
-    for (std::int64_t j = 0; j < dim; ++j) col[j] -= mean_grad_[j] * c_mean;
-  }
+  detail::unpack_covariance_block(model_, layers, total, mean_grad_, cols,
+                                  1.0 / static_cast<double>(n), out);
 }
 
 // ---- Dense Σ --------------------------------------------------------------

@@ -1,7 +1,9 @@
 // One error-check family and RAII owners for CUDA resources. Every CUDA or
 // cuBLAS call in the backend goes through GN_CUDA_CHECK / GN_CUBLAS_CHECK,
 // which throw gradnoise::RuntimeError carrying file, line and the error text;
-// kernel launches are followed by GN_CUDA_CHECK(cudaGetLastError()).
+// kernel launches are followed by GN_CUDA_CHECK(cudaGetLastError()). Also:
+// copies of host vectors to and from the device, and the plan-and-retry of a
+// pass's chunk size.
 #pragma once
 
 #include <cublas_v2.h>
@@ -11,9 +13,11 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/loss.hpp"
+#include "policy.hpp"
 
 namespace gradnoise::cuda {
 
@@ -56,6 +60,10 @@ class OutOfMemory : public RuntimeError {
       ::gradnoise::cuda::throw_cublas_error(gn_status_, #expr, __FILE__, __LINE__);      \
     }                                                                                    \
   } while (0)
+
+/// Throws RuntimeError, saying to use --device cpu or auto, when there is no
+/// CUDA device (kernels/device.cu).
+void require_device();
 
 /// Kernels flag the first bad row with atomicMin; kNoRow means none.
 constexpr unsigned long long kNoRow = ~0ull;
@@ -178,6 +186,24 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+/// A device copy of `host`, queued on `stream` (zero-length: no allocation).
+inline DeviceBuffer<double> upload(const std::vector<double>& host, cudaStream_t stream) {
+  DeviceBuffer<double> dev(host.size());
+  if (!host.empty()) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
+                                  cudaMemcpyHostToDevice, stream));
+  }
+  return dev;
+}
+
+/// Queues the copy of host.size() doubles of `dev` into `host` on `stream`.
+inline void download(const DeviceBuffer<double>& dev, std::vector<double>& host, cudaStream_t stream) {
+  if (!host.empty()) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev.data(), host.size() * sizeof(double),
+                                  cudaMemcpyDeviceToHost, stream));
+  }
+}
+
 class CublasHandle {
  public:
   explicit CublasHandle(cudaStream_t stream) {
@@ -194,5 +220,31 @@ class CublasHandle {
  private:
   cublasHandle_t handle_ = nullptr;
 };
+
+/// Runs attempt(chunk) with the rows plan(budget) gives for the usable part of
+/// the free device memory (detail::usable_device_bytes) and returns its
+/// result; when the device runs out of memory anyway (another tenant took
+/// some since), halves the chunk and runs again. Throws RuntimeError ("the
+/// GPU has … MiB free, too little for `what` even one row at a time") once
+/// not even one row fits.
+template <class Plan, class Attempt>
+auto with_halving_chunks(const std::string& what, Plan plan, Attempt attempt)
+    -> decltype(attempt(std::int64_t{1})) {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  std::int64_t chunk = plan(detail::usable_device_bytes(free_bytes));
+  for (;;) {
+    if (chunk < 1) {
+      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) + " MiB free, too little for " +
+                         what + " even one row at a time");
+    }
+    try {
+      return attempt(chunk);
+    } catch (const OutOfMemory&) {
+      cudaGetLastError();
+      chunk /= 2;
+    }
+  }
+}
 
 }  // namespace gradnoise::cuda

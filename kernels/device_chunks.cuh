@@ -2,7 +2,7 @@
 // kernels files: the GPU twin of host/chunk_pass.hpp. Each chunk's rows are
 // streamed from a host DataSource (pinned, double-buffered, as the profile
 // does), and a visitor sees every layer's input a_l and output error δ_l on
-// the device. Defined in profile_cuda.cu, beside the pipeline it drives.
+// the device. Defined in profile_pipeline.cu, beside the pipeline it drives.
 #pragma once
 
 #include <cublas_v2.h>

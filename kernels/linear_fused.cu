@@ -1,8 +1,9 @@
 // The fused linear-model profile (see linear_fused.cuh and linear_fused.hpp).
 //
-// A persistent grid of two blocks per SM; block b owns a contiguous run of
-// tiles of kTileRows rows and keeps its own running moments (per-slot mean and
-// M2 in device memory, scalars in shared memory). Per tile:
+// A persistent grid of kFusedBlocksPerSm blocks per SM (policy.hpp); block b
+// owns a contiguous run of tiles of kTileRows rows and keeps its own running
+// moments (per-slot mean and M2 in device memory, scalars in shared memory).
+// Per tile:
 //   A  one warp per row: z = W x + b, δ, ℓ, ‖x‖²     (the only read of x from DRAM)
 //   B  tile means of δ, centring, per-output sums of u²; then one thread per
 //      feature column: ā_j, C_kj and the per-slot sums, merged at once into
@@ -31,10 +32,8 @@ using detail::kFusedMaxOutputs;
 using detail::MergeWeights;
 using detail::RowSums;
 
-constexpr int kTileRows = 32;
+constexpr int kTileRows = detail::kFusedTileRows;
 constexpr int kFusedWarps = kThreads / kWarp;
-// Shared memory besides the column means: tile buffers and CUB's scratch.
-constexpr std::size_t kStaticSharedReserve = 16 << 10;
 
 struct FusedArgs {
   std::int64_t d;
@@ -273,10 +272,8 @@ int max_shared_optin() {
 
 }  // namespace
 
-bool fused_linear_eligible(const Model& model) {
-  if (model.num_layers() != 1 || model.output_dim() > kFusedMaxOutputs) return false;
-  const auto bytes = static_cast<std::size_t>(model.input_dim()) * sizeof(double);
-  return bytes + kStaticSharedReserve <= static_cast<std::size_t>(max_shared_optin());
+bool use_fused_linear(const Model& model, const ProfileOptions& options) {
+  return detail::use_fused_linear(model, options, max_shared_optin());
 }
 
 FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream)
@@ -285,7 +282,7 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   int device = 0, sms = 0;
   GN_CUDA_CHECK(cudaGetDevice(&device));
   GN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  num_blocks_ = 2 * sms;
+  num_blocks_ = detail::kFusedBlocksPerSm * sms;
   slots_ = layer.num_params();
   shared_bytes_ = static_cast<std::size_t>(layer.in) * sizeof(double);
   if (shared_bytes_ > (48u << 10)) {

@@ -14,13 +14,12 @@
 
 namespace gradnoise::cuda {
 
-/// Whether the fused kernel takes this model: one layer, K ≤ 16, and the
-/// input's column means fit in shared memory.
-bool fused_linear_eligible(const Model& model);
+/// detail::use_fused_linear (policy.hpp) with this device's shared memory per block.
+bool use_fused_linear(const Model& model, const ProfileOptions& options);
 
 class FusedLinear {
  public:
-  /// Per-block running moments for a fixed grid (two blocks per SM), so the
+  /// Per-block running moments for a fixed grid (kFusedBlocksPerSm), so the
   /// order of every addition depends only on the data and the GPU.
   FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream);
 

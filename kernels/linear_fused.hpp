@@ -14,11 +14,9 @@
 #include <cstdint>
 
 #include "moments.hpp"
+#include "policy.hpp"
 
 namespace gradnoise::detail {
-
-/// Largest K the fused kernel keeps in registers; larger K goes to the GEMM pipeline.
-constexpr int kFusedMaxOutputs = 16;
 
 /// Partial sums over features j = start, start + stride, ... < d of one row:
 /// z_k += W_kj x_j for every output k, and ‖x‖².

@@ -8,13 +8,9 @@
 #include <vector>
 
 #include "gradnoise/model.hpp"
+#include "policy.hpp"
 
 namespace gradnoise::detail {
-
-/// Rows the pipeline's column-sum grid covers in one launch (65535 blocks of
-/// 64 rows in y), rounded down to a power of two; also keeps cuBLAS's int
-/// dimensions far from overflow.
-constexpr std::int64_t kMaxChunkRows = std::int64_t{1} << 21;
 
 /// Device bytes the CUDA profile needs: `per_row` for every row of a chunk and
 /// `fixed` for the per-parameter state, whatever the chunk size.
@@ -38,7 +34,8 @@ inline ChunkFootprint chunk_footprint(const Model& model, bool labels, bool para
   }
   row_doubles += k;      // model output
   row_doubles += 1 + 6;  // per-sample loss and the six row scalars
-  row_doubles += (widest + 63) / 64;  // column-sum partials, one per 64 rows
+  // Column-sum partials, one per kColumnRowsPerBlock rows.
+  row_doubles += (widest + kColumnRowsPerBlock - 1) / kColumnRowsPerBlock;
   if (param_stats) row_doubles += 2 * widest;  // U∘U and V∘V
   ChunkFootprint fp;
   fp.per_row = row_doubles * 8 + (labels ? 2 * 4 : 2 * k * 8);  // targets, double-buffered

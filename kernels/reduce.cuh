@@ -11,15 +11,17 @@
 
 #include "cuda_support.hpp"
 #include "moments.hpp"
+#include "policy.hpp"
 
 namespace gradnoise::cuda {
 
-constexpr int kThreads = 256;
+using detail::kMaxReduceBlocks;
+using detail::kThreads;
 constexpr int kWarp = 32;
-constexpr std::int64_t kMaxReduceBlocks = 1024;
 
+/// Blocks of `threads` for a grid-stride loop over `items`.
 inline int grid_for(std::int64_t items, int threads = kThreads) {
-  return static_cast<int>(std::min<std::int64_t>(detail::ceil_div(items, threads), 1 << 20));
+  return static_cast<int>(std::min<std::int64_t>(detail::ceil_div(items, threads), detail::kMaxGridBlocks));
 }
 
 /// Butterfly sum over a full warp: every lane ends with the same total, added
@@ -69,7 +71,8 @@ struct LoadSquare {
 template <typename T, typename Load>
 void reduce(std::int64_t count, Load load, T* partial, T* result, cudaStream_t stream) {
   const int blocks = static_cast<int>(
-      std::clamp<std::int64_t>(detail::ceil_div(count, kThreads * 4), 1, kMaxReduceBlocks));
+      std::clamp<std::int64_t>(detail::ceil_div(count, kThreads * detail::kReduceItemsPerThread), 1,
+                               kMaxReduceBlocks));
   block_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(count, load, partial);
   GN_CUDA_CHECK(cudaGetLastError());
   block_reduce_kernel<T><<<1, kThreads, 0, stream>>>(blocks, LoadArray<T>{partial}, result);

@@ -25,6 +25,7 @@
 #include "cuda_support.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
+#include "policy.hpp"
 #include "sweep_step.hpp"
 
 namespace gradnoise {
@@ -38,7 +39,7 @@ using sweep_step::Outcome;
 using sweep_step::Problem;
 using sweep_step::RunSpec;
 
-constexpr int kThreadsPerBlock = 128;
+constexpr int kThreadsPerBlock = detail::kSweepThreads;
 
 /// Steps [from, to) of every run not yet diverged, one thread per run
 /// (grid-stride), each doing what sweep_step::advance_interleaved does on the
@@ -142,7 +143,7 @@ class SweepCudaState {
                                   cudaMemcpyHostToDevice, stream));
 
     const std::int64_t wanted = (runs_ + kThreadsPerBlock - 1) / kThreadsPerBlock;
-    const auto blocks = static_cast<unsigned>(std::clamp<std::int64_t>(wanted, 1, 65535));
+    const auto blocks = static_cast<unsigned>(std::clamp<std::int64_t>(wanted, 1, detail::kSweepMaxBlocks));
     InterleavedRuns all;
     all.specs = specs_.data();
     all.runs = runs_;

@@ -7,9 +7,13 @@
 // device. Reductions are two-stage cub::BlockReduce with a grid fixed by the
 // item count alone, so a report is bit-identical from run to run.
 //
-// Chunks stream from pinned host memory: while the GPU works on chunk c the
-// host fills the other pinned buffer with chunk c + 1 and its copy runs on a
-// second stream.
+// Chunks come from the feeders of chunk_feeder.cuh: while the GPU works on
+// chunk c the host fills the other pinned buffer with chunk c + 1 and its copy
+// runs on a second stream. Here too: the plan of the chunk size and its retry
+// on running out of memory, the fused kernel's place in the profile, the
+// pipeline's forward and backward pass for other files (for_each_device_chunk,
+// device_chunks.cuh, for H·V and Σ·V), and the public entry points
+// profile_cuda and profile_cuda_device.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,16 +22,17 @@
 #include <string>
 #include <vector>
 
+#include "chunk_feeder.cuh"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
-#include "gradnoise/krylov.hpp"
 #include "linear_fused.cuh"
 #include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
+#include "policy.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise {
@@ -37,7 +42,7 @@ namespace {
 using detail::ceil_div;
 using detail::RowSums;
 
-constexpr std::int64_t kColumnRowsPerBlock = 64;
+using detail::kColumnRowsPerBlock;
 constexpr int kRowScalars = 6;  // ‖δ‖², ‖a‖², ‖u‖², δ̄·u, ‖v‖², ā·v
 
 double noise_scale(double trace_cov, double grad_norm_sq) {
@@ -218,37 +223,6 @@ __global__ void merge_slots_kernel(std::int64_t slots, detail::MergeWeights w,
   }
 }
 
-/// s_i += Σ_r δ_ir (t_ir + b_r): the layer's part of g_iᵀv, with t = A Wᵥᵀ and
-/// b the bias part of v (or none).
-__global__ void rowdot_accumulate_kernel(const double* t, const double* delta, const double* bias_v,
-                                         std::int64_t m, std::int64_t out, double* s) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < m;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    double total = 0;
-    for (std::int64_t r = 0; r < out; ++r) {
-      total += delta[i * out + r] * (t[i * out + r] + (bias_v != nullptr ? bias_v[r] : 0.0));
-    }
-    s[i] += total;
-  }
-}
-
-/// scaled_ir = (s_i − shift) δ_ir: the centred weights c_i = g_iᵀv − Gᵀv.
-__global__ void centred_scale_kernel(const double* s, double shift, const double* delta,
-                                     std::int64_t m, std::int64_t out, double* scaled) {
-  const std::int64_t count = m * out;
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    scaled[j] = (s[j / out] - shift) * delta[j];
-  }
-}
-
-__global__ void add_kernel(double* dst, const double* src, std::int64_t count) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] += src[j];
-  }
-}
-
 /// Running per-layer scalars, kept on the device between chunks.
 struct LayerScalars {
   double m2_total;     // Σ_i ‖g_i − G‖²
@@ -317,14 +291,6 @@ void gemm_at_b(cublasHandle_t h, std::int64_t m, std::int64_t out, std::int64_t 
                               static_cast<int>(in)));
 }
 
-/// One chunk of rows on the device, in float64: inputs (centred in place by
-/// the pipeline) and either real targets or labels.
-struct Chunk {
-  double* x = nullptr;
-  const double* y = nullptr;
-  const std::int32_t* labels = nullptr;
-};
-
 struct LayerState {
   DeviceBuffer<double> weight, bias;       // copies of the model
   DeviceBuffer<double> mean, m2;           // running per-slot moments
@@ -350,8 +316,8 @@ class Pipeline {
       if (l > 0) activations_.emplace_back(static_cast<std::size_t>(chunk * layer.in));
       errors_.emplace_back(static_cast<std::size_t>(chunk * layer.out));
       LayerState state;
-      state.weight = upload(layer.weight);
-      state.bias = upload(layer.bias);
+      state.weight = upload(layer.weight, stream_);
+      state.bias = upload(layer.bias, stream_);
       state.slots = layer.num_params();
       state.mean = zeros(state.slots);
       if (options.param_stats) state.m2 = zeros(state.slots);
@@ -442,11 +408,6 @@ class Pipeline {
     }
   }
 
-  /// out[col] = scale · Σ_i mat[i][col], in a fixed order.
-  void column_sums(const double* mat, std::int64_t m, std::int64_t cols, double scale, double* out) {
-    column_means(mat, m, cols, scale, out);
-  }
-
   /// After forward_backward: layer l's input (m×in) and output error (m×out).
   const double* layer_input(std::int64_t l, const Chunk& chunk) { return input(l, chunk); }
   const double* layer_error(std::int64_t l) const { return errors_[l].data(); }
@@ -503,15 +464,6 @@ class Pipeline {
     return l == 0 ? chunk.x : activations_[l - 1].data();
   }
 
-  DeviceBuffer<double> upload(const std::vector<double>& host) {
-    DeviceBuffer<double> dev(host.size());
-    if (!host.empty()) {
-      GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
-                                    cudaMemcpyHostToDevice, stream_));
-    }
-    return dev;
-  }
-
   DeviceBuffer<double> zeros(std::int64_t count) {
     DeviceBuffer<double> dev(static_cast<std::size_t>(count));
     GN_CUDA_CHECK(cudaMemsetAsync(dev.data(), 0, count * sizeof(double), stream_));
@@ -520,8 +472,8 @@ class Pipeline {
 
   void column_means(const double* mat, std::int64_t m, std::int64_t cols, double scale, double* out) {
     const std::int64_t blocks = ceil_div(m, kColumnRowsPerBlock);
-    const dim3 grid(static_cast<unsigned>(std::min<std::int64_t>(ceil_div(cols, kThreads), 1 << 16)),
-                    static_cast<unsigned>(std::min<std::int64_t>(blocks, 65535)));
+    const dim3 grid(static_cast<unsigned>(std::min(ceil_div(cols, kThreads), detail::kColumnGridX)),
+                    static_cast<unsigned>(std::min(blocks, detail::kMaxGridY)));
     column_partial_sums_kernel<<<grid, kThreads, 0, stream_>>>(mat, m, cols, column_partial_.data());
     GN_CUDA_CHECK(cudaGetLastError());
     column_finish_kernel<<<grid_for(cols), kThreads, 0, stream_>>>(column_partial_.data(), blocks,
@@ -602,127 +554,6 @@ class Pipeline {
   DeviceBuffer<unsigned long long> flags_;
 };
 
-__global__ void widen_kernel(const float* src, std::int64_t count, double* dst) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] = static_cast<double>(src[j]);
-  }
-}
-
-/// Double-buffered device chunks, as the feeders fill them.
-class ChunkBuffers {
- public:
-  ChunkBuffers(std::int64_t chunk, std::int64_t d, std::int64_t k, bool labels) {
-    for (int b = 0; b < 2; ++b) {
-      x_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * d));
-      if (labels) {
-        labels_[b] = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
-      } else {
-        y_[b] = DeviceBuffer<double>(static_cast<std::size_t>(chunk * k));
-      }
-    }
-  }
-  Chunk chunk(int b) { return {x_[b].data(), y_[b].data(), labels_[b].data()}; }
-  double* x(int b) { return x_[b].data(); }
-  double* y(int b) { return y_[b].data(); }
-  std::int32_t* labels(int b) { return labels_[b].data(); }
-
- private:
-  DeviceBuffer<double> x_[2], y_[2];
-  DeviceBuffer<std::int32_t> labels_[2];
-};
-
-/// Feeds chunks from a host DataSource: the host fills one pinned buffer
-/// while the other's copy (second stream) and compute (main stream) run.
-class HostFeeder {
- public:
-  HostFeeder(const DataSource& data, std::int64_t chunk, std::int64_t k, bool labels)
-      : data_(data), d_(data.num_features()), k_(k), labels_(labels),
-        device_(chunk, data.num_features(), k, labels) {
-    for (int b = 0; b < 2; ++b) {
-      x_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * d_));
-      if (labels) {
-        labels_host_[b] = PinnedBuffer<std::int32_t>(static_cast<std::size_t>(chunk));
-      } else {
-        y_[b] = PinnedBuffer<double>(static_cast<std::size_t>(chunk * k));
-      }
-    }
-  }
-
-  HostFeeder(const HostFeeder&) = delete;
-  HostFeeder& operator=(const HostFeeder&) = delete;
-  // Copies out of the pinned buffers may still run when an exception unwinds.
-  ~HostFeeder() { cudaStreamSynchronize(copy_stream_.get()); }
-
-  /// Rows [first, first + m) in device buffer b, ordered before the work
-  /// that `stream` queues next.
-  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
-    // The pinned buffer is free once its previous copy finished; the device
-    // buffer once the chunk that used it was processed.
-    if (in_flight_[b]) GN_CUDA_CHECK(cudaEventSynchronize(copied_[b].get()));
-    data_.read(first, m, x_[b].data(), labels_ ? nullptr : y_[b].data(),
-               labels_ ? labels_host_[b].data() : nullptr);
-    const cudaStream_t copy = copy_stream_.get();
-    if (in_flight_[b]) GN_CUDA_CHECK(cudaStreamWaitEvent(copy, consumed_[b].get(), 0));
-    GN_CUDA_CHECK(cudaMemcpyAsync(device_.x(b), x_[b].data(), m * d_ * sizeof(double),
-                                  cudaMemcpyHostToDevice, copy));
-    if (labels_) {
-      GN_CUDA_CHECK(cudaMemcpyAsync(device_.labels(b), labels_host_[b].data(),
-                                    m * sizeof(std::int32_t), cudaMemcpyHostToDevice, copy));
-    } else {
-      GN_CUDA_CHECK(cudaMemcpyAsync(device_.y(b), y_[b].data(), m * k_ * sizeof(double),
-                                    cudaMemcpyHostToDevice, copy));
-    }
-    GN_CUDA_CHECK(cudaEventRecord(copied_[b].get(), copy));
-    GN_CUDA_CHECK(cudaStreamWaitEvent(stream, copied_[b].get(), 0));
-    return device_.chunk(b);
-  }
-
-  /// Marks buffer b as in use by everything `stream` has queued so far.
-  void consumed(int b, cudaStream_t stream) {
-    GN_CUDA_CHECK(cudaEventRecord(consumed_[b].get(), stream));
-    in_flight_[b] = true;
-  }
-
- private:
-  const DataSource& data_;
-  std::int64_t d_, k_;
-  bool labels_;
-  ChunkBuffers device_;
-  Stream copy_stream_;
-  Event copied_[2], consumed_[2];
-  PinnedBuffer<double> x_[2], y_[2];
-  PinnedBuffer<std::int32_t> labels_host_[2];
-  bool in_flight_[2] = {false, false};
-};
-
-/// Feeds chunks of device-resident float32 data, widened to float64 on the
-/// device (the pipeline centres its inputs in place, so it needs a copy).
-class DeviceFeeder {
- public:
-  DeviceFeeder(const DeviceData& data, std::int64_t chunk)
-      : data_(data), device_(chunk, data.d, data.k, data.labels != nullptr) {}
-
-  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
-    widen_kernel<<<grid_for(m * data_.d), kThreads, 0, stream>>>(data_.x + first * data_.d,
-                                                                 m * data_.d, device_.x(b));
-    GN_CUDA_CHECK(cudaGetLastError());
-    if (data_.labels != nullptr) {
-      return {device_.x(b), nullptr, data_.labels + first};
-    }
-    widen_kernel<<<grid_for(m * data_.k), kThreads, 0, stream>>>(data_.y + first * data_.k,
-                                                                 m * data_.k, device_.y(b));
-    GN_CUDA_CHECK(cudaGetLastError());
-    return {device_.x(b), device_.y(b), nullptr};
-  }
-
-  void consumed(int, cudaStream_t) {}
-
- private:
-  DeviceData data_;
-  ChunkBuffers device_;
-};
-
 /// The fused linear kernel behind the pipeline's interface, for host-fed chunks.
 struct FusedEngine {
   FusedLinear& fused;
@@ -748,73 +579,6 @@ Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t str
   Profile result;
   engine.finish(result);
   return result;
-}
-
-/// Σ·V for a block of vectors (host, P × cols, column-major), one pass:
-/// Σv = (1/N) Σ_i g_i c_i with c_i = g_iᵀv − Gᵀv (docs/DEFINITIONS.md), per
-/// layer out_l += (1/N) (c ⊙ Δ_l)ᵀ Ã_l.
-void covariance_apply(const Model& model, const DataSource& data, Loss loss,
-                      const std::vector<double>& mean_grad, std::int64_t chunk_rows, const double* in,
-                      double* out, std::int64_t cols) {
-  const std::int64_t n = data.num_samples(), p = model.num_params();
-  const bool labels = loss_targets(loss) == TargetKind::labels;
-  ProfileOptions options;
-  options.loss = loss;
-  const std::int64_t chunk = std::max<std::int64_t>(1, std::min({chunk_rows, n, detail::kMaxChunkRows}));
-  Stream stream;
-  Pipeline pipeline(model, options, chunk, labels, stream.get());
-  HostFeeder feeder(data, chunk, model.output_dim(), labels);
-  std::int64_t widest = 0;
-  for (const Layer& layer : model.layers) widest = std::max(widest, layer.out);
-  DeviceBuffer<double> v(static_cast<std::size_t>(p * cols)), result(static_cast<std::size_t>(p * cols));
-  DeviceBuffer<double> t(static_cast<std::size_t>(chunk * widest)), scaled(t.size());
-  DeviceBuffer<double> s(static_cast<std::size_t>(chunk * cols)), bias_sum(static_cast<std::size_t>(widest));
-  GN_CUDA_CHECK(cudaMemcpyAsync(v.data(), in, p * cols * sizeof(double), cudaMemcpyHostToDevice, stream.get()));
-  GN_CUDA_CHECK(cudaMemsetAsync(result.data(), 0, p * cols * sizeof(double), stream.get()));
-  std::vector<double> shift(static_cast<std::size_t>(cols), 0.0);  // Gᵀv per column
-  for (std::int64_t j = 0; j < cols; ++j) {
-    for (std::int64_t q = 0; q < p; ++q) shift[j] += mean_grad[q] * in[j * p + q];
-  }
-  const cublasHandle_t h = pipeline.cublas();
-  const double inv_n = 1.0 / static_cast<double>(n);
-  std::int64_t chunk_index = 0;
-  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
-    const int b = static_cast<int>(chunk_index % 2);
-    const std::int64_t m = std::min(chunk, n - first);
-    const Chunk view = feeder.feed(b, first, m, stream.get());
-    pipeline.forward_backward(view, m, first);
-    GN_CUDA_CHECK(cudaMemsetAsync(s.data(), 0, m * cols * sizeof(double), stream.get()));
-    for (std::int64_t j = 0; j < cols; ++j) {
-      for (std::int64_t l = 0, offset = 0; l < model.num_layers(); offset += model.layers[l].num_params(), ++l) {
-        const Layer& layer = model.layers[l];
-        const double* vj = v.data() + j * p + offset;
-        gemm_a_bt(h, m, layer.out, layer.in, pipeline.layer_input(l, view), vj, t.data());
-        rowdot_accumulate_kernel<<<grid_for(m), kThreads, 0, stream.get()>>>(
-            t.data(), pipeline.layer_error(l), layer.has_bias() ? vj + layer.out * layer.in : nullptr,
-            m, layer.out, s.data() + j * m);
-        GN_CUDA_CHECK(cudaGetLastError());
-      }
-      for (std::int64_t l = 0, offset = 0; l < model.num_layers(); offset += model.layers[l].num_params(), ++l) {
-        const Layer& layer = model.layers[l];
-        double* rj = result.data() + j * p + offset;
-        centred_scale_kernel<<<grid_for(m * layer.out), kThreads, 0, stream.get()>>>(
-            s.data() + j * m, shift[j], pipeline.layer_error(l), m, layer.out, scaled.data());
-        GN_CUDA_CHECK(cudaGetLastError());
-        gemm_at_b(h, m, layer.out, layer.in, inv_n, scaled.data(), pipeline.layer_input(l, view), rj, 1.0);
-        if (layer.has_bias()) {
-          pipeline.column_sums(scaled.data(), m, layer.out, inv_n, bias_sum.data());
-          add_kernel<<<grid_for(layer.out), kThreads, 0, stream.get()>>>(rj + layer.out * layer.in,
-                                                                          bias_sum.data(), layer.out);
-          GN_CUDA_CHECK(cudaGetLastError());
-        }
-      }
-    }
-    feeder.consumed(b, stream.get());
-  }
-  pipeline.check_flags();
-  GN_CUDA_CHECK(cudaMemcpyAsync(out, result.data(), p * cols * sizeof(double), cudaMemcpyDeviceToHost,
-                                stream.get()));
-  GN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
 }
 
 }  // namespace
@@ -888,39 +652,25 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
   const auto start = std::chrono::steady_clock::now();
   const bool labels = loss_targets(options.loss) == TargetKind::labels;
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
-  std::size_t free_bytes = 0, total_bytes = 0;
-  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
-  const auto budget = static_cast<std::int64_t>(free_bytes / 10 * 9);
-  std::int64_t chunk = detail::plan_chunk_rows(fp, budget, options.chunk_rows, shape.num_samples());
-  Profile result;
-  for (;;) {
-    if (chunk < 1) {
-      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +
-                         " MiB free, too little for this model's " +
-                         std::to_string(model.num_params()) + " parameters even one row at a time");
-    }
-    try {
-      const std::int64_t n = shape.num_samples();
-      if (options.fused_linear && fused_linear_eligible(model)) {
-        FusedLinear fused(model, options, stream);
-        if (direct != nullptr) {
-          fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
-          fused.finish(result);
-        } else {
-          FusedEngine engine{fused};
-          result = run(engine, n, chunk, stream, make_feeder);
+  const std::int64_t n = shape.num_samples();
+  Profile result = with_halving_chunks(
+      "this model's " + std::to_string(model.num_params()) + " parameters",
+      [&](std::int64_t budget) { return detail::plan_chunk_rows(fp, budget, options.chunk_rows, n); },
+      [&](std::int64_t chunk) {
+        if (!use_fused_linear(model, options)) {
+          Pipeline pipeline(model, options, chunk, labels, stream);
+          return run(pipeline, n, chunk, stream, make_feeder);
         }
-      } else {
-        Pipeline pipeline(model, options, chunk, labels, stream);
-        result = run(pipeline, n, chunk, stream, make_feeder);
-      }
-      break;
-    } catch (const OutOfMemory&) {
-      cudaGetLastError();
-      chunk /= 2;  // another tenant took memory since we asked: halve and retry
-    }
-  }
+        FusedLinear fused(model, options, stream);
+        if (direct == nullptr) {
+          FusedEngine engine{fused};
+          return run(engine, n, chunk, stream, make_feeder);
+        }
+        fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
+        Profile profile;
+        fused.finish(profile);
+        return profile;
+      });
   for (LayerProfile& lp : result.layers) {
     lp.noise_scale_simple = noise_scale(lp.trace_cov, lp.grad_norm_sq);
     result.grad_norm_sq += lp.grad_norm_sq;
@@ -936,67 +686,21 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
 }  // namespace
 }  // namespace cuda
 
-bool cuda_built() { return true; }
-
-int cuda_device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver" status
-    return 0;
-  }
-  return count;
-}
-
-std::string cuda_device_name() {
-  if (cuda_device_count() == 0) return {};
-  int device = 0;
-  GN_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return prop.name;
-}
-
-namespace {
-void require_device() {
-  if (cuda_device_count() == 0) {
-    throw RuntimeError("--device cuda was asked for, but no CUDA device is present; "
-                       "use --device cpu or --device auto");
-  }
-}
-}  // namespace
-
 Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOptions& options,
                      CUstream_st* stream) {
   check_profile_inputs(model, data, options);
-  require_device();
+  cuda::require_device();
   const bool labels = loss_targets(options.loss) == TargetKind::labels;
   return cuda::plan_and_run(model, data, options, stream, [&](std::int64_t chunk) {
     return cuda::HostFeeder(data, chunk, model.output_dim(), labels);
   });
 }
 
-BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
-                                       std::vector<double> mean_grad, std::int64_t chunk_rows) {
-  ProfileOptions options;
-  options.loss = loss;
-  options.chunk_rows = chunk_rows;
-  check_profile_inputs(model, data, options);
-  require_device();
-  if (static_cast<std::int64_t>(mean_grad.size()) != model.num_params()) {
-    throw InputError("the mean gradient has " + std::to_string(mean_grad.size()) +
-                     " entries; expected the model's " + std::to_string(model.num_params()));
-  }
-  return [&model, &data, loss, grad = std::move(mean_grad), chunk_rows](const double* in, double* out,
-                                                                       std::int64_t cols) {
-    cuda::covariance_apply(model, data, loss, grad, chunk_rows, in, out, cols);
-  };
-}
-
 Profile profile_cuda_device(const Model& model, const DeviceData& data,
                             const ProfileOptions& options, CUstream_st* stream) {
   const cuda::DeviceDataShape shape(data);
   check_profile_inputs(model, shape, options);
-  require_device();
+  cuda::require_device();
   if (data.x == nullptr || (data.y == nullptr) == (data.labels == nullptr)) {
     throw InputError("device data needs inputs and exactly one of real targets and labels");
   }

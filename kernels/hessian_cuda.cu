@@ -12,11 +12,11 @@
 // and the accumulated products copied back and scaled by 1/N on the host
 // (O(cols·P) each way, against the pass's O(N·cols·Σ out·in)).
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "block_product.cuh"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
 #include "gradnoise/cuda.hpp"
@@ -24,14 +24,12 @@
 #include "backend.hpp"
 #include "hessian_pass.hpp"
 #include "losses.hpp"
+#include "policy.hpp"
 #include "reduce.cuh"
 
 namespace gradnoise {
 namespace cuda {
 namespace {
-
-/// Doubles the R-operator's per-row buffers (R a, R δ) may take together: 1 GiB.
-constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
 
 __global__ void add_rows_kernel(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
   const std::int64_t count = m * width;
@@ -62,35 +60,14 @@ __global__ void loss_hessian_rows_kernel(const double* state, const double* rz, 
   }
 }
 
-__global__ void fill_kernel(double* dst, std::int64_t count, double value) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] = value;
-  }
-}
-
-int blas_int(std::int64_t value) {
-  if (value < 0 || value > INT_MAX) {
-    throw RuntimeError("a Hessian-vector product needs a GEMM dimension of " + std::to_string(value) +
-                       ", beyond cuBLAS's 32-bit limit; use fewer vectors per block");
-  }
-  return static_cast<int>(value);
-}
-
 /// hessian_pass.hpp's executor on the GPU: cuBLAS and the kernels above, all
 /// queued on one stream (the cuBLAS handle is bound to it).
 struct CudaExec {
   cublasHandle_t cublas = nullptr;
   cudaStream_t stream = nullptr;
 
-  void gemm(const detail::RowMajorGemm& row_major, const double* a, const double* b, double* c) {
-    const detail::ColumnMajorGemm g = detail::column_major(row_major);
-    const double* first = b;  // column-major, a row-major product's operands swap
-    const double* second = a;
-    GN_CUBLAS_CHECK(cublasDgemm(cublas, g.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                g.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(g.m),
-                                blas_int(g.n), blas_int(g.k), &g.alpha, first, blas_int(g.ld_first),
-                                second, blas_int(g.ld_second), &g.beta, c, blas_int(g.ldc)));
+  void gemm(const detail::RowMajorGemm& g, const double* a, const double* b, double* c) {
+    cuda::gemm(cublas, g, a, b, c);
   }
   void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
     add_rows_kernel<<<grid_for(m * width), kThreads, 0, stream>>>(rows, vec, m, width);
@@ -115,23 +92,6 @@ struct CudaExec {
     GN_CUDA_CHECK(cudaGetLastError());
   }
 };
-
-/// A device copy of `host`, queued on `stream` (zero-length: no allocation).
-DeviceBuffer<double> upload(const std::vector<double>& host, cudaStream_t stream) {
-  DeviceBuffer<double> dev(host.size());
-  if (!host.empty()) {
-    GN_CUDA_CHECK(cudaMemcpyAsync(dev.data(), host.data(), host.size() * sizeof(double),
-                                  cudaMemcpyHostToDevice, stream));
-  }
-  return dev;
-}
-
-void download(const DeviceBuffer<double>& dev, std::vector<double>& host, cudaStream_t stream) {
-  if (!host.empty()) {
-    GN_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev.data(), host.size() * sizeof(double),
-                                  cudaMemcpyDeviceToHost, stream));
-  }
-}
 
 /// out = H · in for `cols` column-major directions (host memory), one pass
 /// in chunks of `chunk` rows.
@@ -172,9 +132,7 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
     b.r_delta = d.r_delta.data();
   }
   DeviceBuffer<double> state(unit_hessian ? 0 : static_cast<std::size_t>(chunk * k));
-  DeviceBuffer<double> ones(static_cast<std::size_t>(chunk));
-  fill_kernel<<<grid_for(chunk), kThreads, 0, stream.get()>>>(ones.data(), chunk, 1.0);
-  GN_CUDA_CHECK(cudaGetLastError());
+  const DeviceBuffer<double> ones = device_ones(chunk, stream.get());
 
   CudaExec exec;
   exec.stream = stream.get();
@@ -204,28 +162,12 @@ void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool g
                    std::int64_t chunk_rows, const double* in, double* out, std::int64_t cols) {
   if (cols <= 0) return;
   const std::int64_t n = data.num_samples();
-  std::size_t free_bytes = 0, total_bytes = 0;
-  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const std::int64_t wanted = detail::hessian_chunk_rows(model, cols, chunk_rows, n, kBlockBudgetDoubles);
-  // Leave a tenth of the free memory to cuBLAS workspaces and other tenants.
-  std::int64_t chunk = detail::plan_chunk_rows(detail::hessian_chunk_footprint(model, loss, cols),
-                                               static_cast<std::int64_t>(free_bytes / 10 * 9),
-                                               wanted, n);
-  for (;;) {
-    if (chunk < 1) {
-      throw RuntimeError("the GPU has " + std::to_string(free_bytes >> 20) +
-                         " MiB free, too little for a block of " + std::to_string(cols) +
-                         " Hessian-vector products on this model's " +
-                         std::to_string(model.num_params()) + " parameters even one row at a time");
-    }
-    try {
-      hessian_pass(model, data, loss, gauss_newton, chunk, in, out, cols);
-      return;
-    } catch (const OutOfMemory&) {
-      cudaGetLastError();
-      chunk /= 2;
-    }
-  }
+  run_block_product(model, n, cols, "Hessian-vector products",
+                    detail::hessian_chunk_rows(model, cols, chunk_rows, n, detail::kBlockBudgetDoubles),
+                    detail::hessian_chunk_footprint(model, loss, cols),
+                    [&](std::int64_t chunk) {
+                      hessian_pass(model, data, loss, gauss_newton, chunk, in, out, cols);
+                    });
 }
 
 }  // namespace

@@ -1,0 +1,41 @@
+// The CUDA backend's device queries (gradnoise/cuda.hpp) and the check the
+// entry points make before they use the device.
+#include <string>
+
+#include "cuda_support.hpp"
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/error.hpp"
+
+namespace gradnoise {
+
+bool cuda_built() { return true; }
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" status
+    return 0;
+  }
+  return count;
+}
+
+std::string cuda_device_name() {
+  if (cuda_device_count() == 0) return {};
+  int device = 0;
+  GN_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+namespace cuda {
+
+void require_device() {
+  if (cuda_device_count() == 0) {
+    throw RuntimeError("--device cuda was asked for, but no CUDA device is present; "
+                       "use --device cpu or --device auto");
+  }
+}
+
+}  // namespace cuda
+}  // namespace gradnoise

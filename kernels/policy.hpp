@@ -1,0 +1,97 @@
+// Every tuning choice of the CUDA backend in one place: launch shapes, the
+// fused kernel's tile, grid and K limit, chunk limits, memory budgets, and the
+// choice between the fused kernel and the GEMM pipeline. Plain C++ (no CUDA
+// header), so CPU tests check it (tests/test_policy.cpp).
+//
+// A launch shape or tile size fixes the order of floating-point additions on
+// the GPU: changing one changes a report's last bits (never its accuracy);
+// results stay bit-identical from run to run for any fixed choice.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
+
+namespace gradnoise::detail {
+
+// ---- Launch shapes -------------------------------------------------------------
+
+/// Threads per block of the element-wise, row and reduction kernels and of
+/// the fused linear kernel.
+inline constexpr int kThreads = 256;
+
+/// Most blocks a grid-stride launch gets (grid_for); more items loop.
+inline constexpr std::int64_t kMaxGridBlocks = std::int64_t{1} << 20;
+
+/// A two-stage reduction adds a first-stage block per kReduceItemsPerThread
+/// items per thread, up to kMaxReduceBlocks blocks (and partials).
+inline constexpr std::int64_t kReduceItemsPerThread = 4;
+inline constexpr std::int64_t kMaxReduceBlocks = 1024;
+
+/// Column sums of the pipeline: each block adds kColumnRowsPerBlock rows in
+/// order, then the blocks are added in order; at most kColumnGridX blocks
+/// across the columns. kMaxGridY is CUDA's limit on a grid's y extent.
+inline constexpr std::int64_t kColumnRowsPerBlock = 64;
+inline constexpr std::int64_t kColumnGridX = std::int64_t{1} << 16;
+inline constexpr std::int64_t kMaxGridY = 65535;
+
+/// The sweep engine: one run per thread, kSweepThreads per block, at most
+/// kSweepMaxBlocks blocks (more runs loop).
+inline constexpr int kSweepThreads = 128;
+inline constexpr std::int64_t kSweepMaxBlocks = 65535;
+
+// ---- The fused linear kernel ---------------------------------------------------
+
+/// Largest K the fused kernel keeps in registers; larger K goes to the GEMM pipeline.
+inline constexpr int kFusedMaxOutputs = 16;
+
+/// Rows per tile, and persistent blocks per SM.
+inline constexpr int kFusedTileRows = 32;
+inline constexpr int kFusedBlocksPerSm = 2;
+
+/// Shared memory a fused block needs besides the D column means: its tile
+/// buffers and CUB's scratch.
+inline constexpr std::size_t kFusedStaticSharedBytes = 16 << 10;
+
+/// Whether the profile runs the fused linear kernel rather than the GEMM
+/// pipeline: when asked to (options.fused_linear, the default), for one layer
+/// with K ≤ kFusedMaxOutputs whose D column means fit in a block's shared
+/// memory beside the kernel's own (`max_shared_bytes`: the device's opt-in
+/// limit per block).
+inline bool use_fused_linear(const Model& model, const ProfileOptions& options,
+                             std::int64_t max_shared_bytes) {
+  if (!options.fused_linear || model.num_layers() != 1 || model.output_dim() > kFusedMaxOutputs) {
+    return false;
+  }
+  const auto bytes = static_cast<std::size_t>(model.input_dim()) * sizeof(double);
+  return bytes + kFusedStaticSharedBytes <= static_cast<std::size_t>(max_shared_bytes);
+}
+
+// ---- Chunks and memory ---------------------------------------------------------
+
+/// Rows a chunk may have: what the column-sum grid covers in one launch
+/// (kMaxGridY blocks of kColumnRowsPerBlock rows), rounded down to a power of
+/// two; also keeps cuBLAS's int dimensions far from overflow.
+inline constexpr std::int64_t kMaxChunkRows = std::int64_t{1} << 21;
+static_assert(kMaxChunkRows <= kMaxGridY * kColumnRowsPerBlock &&
+              2 * kMaxChunkRows > kMaxGridY * kColumnRowsPerBlock);
+
+/// Rows per chunk a GPU pass should get when nobody asks for a size: enough
+/// to keep the device busy. Not read here yet: the CLI's kGpuChunkRows
+/// (host/cli/profile_command.cpp) and the chunk_rows defaults of
+/// include/gradnoise/cuda.hpp have the same value and should take it from here.
+inline constexpr std::int64_t kDefaultGpuChunkRows = std::int64_t{1} << 16;
+
+/// Doubles the per-row buffers of a block product may take together (H·V:
+/// R a and R δ of every column; Σ·V: c_i and Z): 1 GiB.
+inline constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
+
+/// Bytes of `free_bytes` of free device memory a chunk plan may use: nine
+/// tenths, leaving the rest to cuBLAS's workspaces and other tenants.
+inline std::int64_t usable_device_bytes(std::size_t free_bytes) {
+  return static_cast<std::int64_t>(free_bytes / 10 * 9);
+}
+
+}  // namespace gradnoise::detail

@@ -1,0 +1,63 @@
+// The CUDA backend's tuning choices (kernels/policy.hpp), on every machine:
+// the fused-or-pipeline choice and the relations the kernels rely on.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "gradnoise/model.hpp"
+#include "gradnoise/profile.hpp"
+#include "policy.hpp"
+#include "test_util.hpp"
+
+namespace gradnoise {
+namespace {
+
+using testing::random_model;
+
+constexpr std::int64_t kH100SharedBytes = 227 << 10;  // opt-in shared memory per block
+
+TEST(CudaPolicy, FusedKernelForOneLayerWithFewOutputsWhenAskedFor) {
+  ProfileOptions options;
+  EXPECT_TRUE(detail::use_fused_linear(random_model({784, 10}, true, 1), options, kH100SharedBytes));
+  EXPECT_TRUE(detail::use_fused_linear(random_model({5, detail::kFusedMaxOutputs}, false, 1), options,
+                                       kH100SharedBytes));
+  EXPECT_FALSE(detail::use_fused_linear(random_model({5, detail::kFusedMaxOutputs + 1}, true, 1),
+                                        options, kH100SharedBytes));
+  EXPECT_FALSE(detail::use_fused_linear(random_model({784, 32, 10}, true, 1), options, kH100SharedBytes));
+  options.fused_linear = false;
+  EXPECT_FALSE(detail::use_fused_linear(random_model({784, 10}, true, 1), options, kH100SharedBytes));
+}
+
+TEST(CudaPolicy, FusedKernelOnlyWhenTheColumnMeansFitInSharedMemory) {
+  const ProfileOptions options;
+  const std::int64_t d = 1000;
+  const Model model = random_model({d, 3}, true, 2);
+  const auto needed = static_cast<std::int64_t>(d * sizeof(double) + detail::kFusedStaticSharedBytes);
+  EXPECT_TRUE(detail::use_fused_linear(model, options, needed));
+  EXPECT_FALSE(detail::use_fused_linear(model, options, needed - 1));
+}
+
+// What the kernels assume of the launch shapes: whole warps per block, a
+// thread per tile row and per fused output, and a chunk the column-sum grid
+// covers in one launch.
+TEST(CudaPolicy, LaunchShapesFitTheKernels) {
+  EXPECT_EQ(detail::kThreads % 32, 0);
+  EXPECT_EQ(detail::kSweepThreads % 32, 0);
+  EXPECT_LE(detail::kFusedTileRows, detail::kThreads);
+  EXPECT_LE(detail::kFusedMaxOutputs, detail::kThreads);
+  EXPECT_GE(detail::kFusedBlocksPerSm, 1);
+  EXPECT_EQ(detail::kMaxChunkRows & (detail::kMaxChunkRows - 1), 0);  // a power of two
+  EXPECT_LE(detail::kMaxChunkRows, detail::kMaxGridY * detail::kColumnRowsPerBlock);
+  EXPECT_LE(detail::kDefaultGpuChunkRows, detail::kMaxChunkRows);
+}
+
+TEST(CudaPolicy, MemoryBudgets) {
+  EXPECT_EQ(detail::kBlockBudgetDoubles * 8, std::int64_t{1} << 30);  // 1 GiB
+  EXPECT_EQ(detail::usable_device_bytes(1000), 900);
+  EXPECT_EQ(detail::usable_device_bytes(std::size_t{80} << 30), (std::int64_t{80} << 30) / 10 * 9);
+  EXPECT_EQ(detail::usable_device_bytes(9), 0);
+}
+
+}  // namespace
+}  // namespace gradnoise
