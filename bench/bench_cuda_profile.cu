@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "cuda_support.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"

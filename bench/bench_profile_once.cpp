@@ -30,7 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"

@@ -1,6 +1,6 @@
 // The CUDA backend's entry points in a build without it (no nvcc found, or
 // -DGRADNOISE_CUDA=OFF): they say so clearly instead of failing to link.
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 
 namespace gradnoise {

@@ -4,7 +4,7 @@
 // host/cuda_stub.cpp's entry points refuse with one sentence.
 #include "backend.hpp"
 
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 
 namespace gradnoise::detail {
 namespace {

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "cuda_support.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/data.hpp"
 
 namespace gradnoise::cuda {

@@ -23,7 +23,7 @@
 #include "covariance_pass.hpp"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
 #include "policy.hpp"

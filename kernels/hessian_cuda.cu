@@ -19,7 +19,7 @@
 #include "block_product.cuh"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
 #include "hessian_pass.hpp"

@@ -25,7 +25,7 @@
 #include "chunk_feeder.cuh"
 #include "cuda_support.hpp"
 #include "device_chunks.cuh"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
 #include "linear_fused.cuh"

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "cuda_support.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "policy.hpp"
 #include "sweep_step.hpp"

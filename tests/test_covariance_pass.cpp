@@ -19,7 +19,7 @@
 #include "chunk_pass.hpp"
 #include "covariance_pass.hpp"
 #include "gradnoise/covariance.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"

@@ -11,7 +11,7 @@
 #endif
 
 #include "gradnoise/covariance.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"

@@ -18,7 +18,7 @@
 
 #include "chunk_pass.hpp"
 #include "gradnoise/covariance.hpp"
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"

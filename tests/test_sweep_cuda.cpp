@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "gradnoise/cuda.hpp"
+#include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"
