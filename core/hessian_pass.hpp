@@ -1,5 +1,5 @@
 // The per-chunk steps of a block Hessian-vector product, written once
-// against an executor: the GPU runs them with cuBLAS (kernels/curvature_cuda.cu),
+// against an executor: the GPU runs them with cuBLAS (kernels/hessian_cuda.cu),
 // the CPU HessianOperator with row-major BLAS (host/hessian_host.hpp), and a
 // CPU test with column-major BLAS and exactly cuBLAS's arguments, which it
 // compares with the CPU operator. Plain C++: compiles with and without nvcc, includes no CUDA header.
@@ -10,44 +10,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "gemm.hpp"
 #include "gradnoise/model.hpp"
 #include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
 
 namespace gradnoise::detail {
-
-// ---- GEMMs: row-major buffers through a column-major BLAS --------------------
-
-/// Row-major C (m×n) = alpha op(A) op(B) + beta C, as cblas_dgemm(CblasRowMajor, …)
-/// takes it; op(A) is m×k and op(B) k×n.
-struct RowMajorGemm {
-  bool trans_a = false, trans_b = false;
-  std::int64_t m = 0, n = 0, k = 0;
-  double alpha = 1;
-  std::int64_t lda = 0, ldb = 0;
-  double beta = 0;
-  std::int64_t ldc = 0;
-};
-
-/// Column-major C (m×n) = alpha op(first) op(second) + beta C, as
-/// cublasDgemm and cblas_dgemm(CblasColMajor, …) take it.
-struct ColumnMajorGemm {
-  bool trans_first = false, trans_second = false;
-  std::int64_t m = 0, n = 0, k = 0;
-  double alpha = 1;
-  std::int64_t ld_first = 0, ld_second = 0;
-  double beta = 0;
-  std::int64_t ldc = 0;
-};
-
-/// A row-major buffer read column-major is its transpose, so row-major
-/// C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: the operands swap
-/// (first = B, second = A), each keeps its own transpose flag and leading
-/// dimension, and m and n swap.
-inline ColumnMajorGemm column_major(const RowMajorGemm& g) {
-  return {g.trans_b, g.trans_a, g.n, g.m, g.k, g.alpha, g.ldb, g.lda, g.beta, g.ldc};
-}
 
 // ---- Buffers and chunk size ----------------------------------------------------
 
@@ -176,7 +145,7 @@ struct HessianLayerBuffers {
   double* r_delta = nullptr;        // R δ_l,     [i][c][r], m × cols × out
 };
 
-/// The executor's operations (the GPU's in curvature_cuda.cu, the CPU's in
+/// The executor's operations (the GPU's in kernels/hessian_cuda.cu, the CPU's in
 /// host/hessian_host.hpp):
 ///   gemm(const RowMajorGemm&, const double* a, const double* b, double* c): a
 ///     column-major executor (cuBLAS) runs column_major(g) with first = b, second = a;
@@ -186,12 +155,6 @@ struct HessianLayerBuffers {
 ///     hessian_state per row;
 ///   loss_hessian_rows(Loss, const double* state, const double* rz, m, cols, k, double* rd):
 ///     the loss's hessian_row on every (row, column), rz and rd [i][c][r].
-template <class Exec>
-void row_major_gemm(Exec& exec, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
-                    std::int64_t k, double alpha, const double* a, std::int64_t lda,
-                    const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
-  exec.gemm(RowMajorGemm{trans_a, trans_b, m, n, k, alpha, lda, ldb, beta, ldc}, a, b, c);
-}
 
 /// One chunk of a block Hessian-vector product (the CPU HessianOperator runs
 /// it too, through host/hessian_host.hpp):

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "chunk_pass.hpp"
+#include "column_major_blas.hpp"
 #include "covariance_pass.hpp"
 #include "gradnoise/covariance.hpp"
 #include "cuda_entry.hpp"
@@ -44,11 +45,7 @@ struct ColumnMajorCovarianceExec : detail::CovarianceHostOps {
   const double* ones = nullptr;
 
   void gemm(const detail::RowMajorGemm& row_major, const double* a, const double* b, double* c) {
-    const detail::ColumnMajorGemm g = detail::column_major(row_major);
-    const auto op = [](bool trans) { return trans ? CblasTrans : CblasNoTrans; };
-    const auto i = [](std::int64_t value) { return static_cast<int>(value); };
-    cblas_dgemm(CblasColMajor, op(g.trans_first), op(g.trans_second), i(g.m), i(g.n), i(g.k), g.alpha,
-                b, i(g.ld_first), a, i(g.ld_second), g.beta, c, i(g.ldc));
+    testing::column_major_dgemm(row_major, a, b, c);
   }
   void column_sums(const double* rows, std::int64_t m, std::int64_t width, double* sums) {
     detail::column_sums_by_gemm(*this, ones, rows, m, width, sums);

@@ -25,6 +25,7 @@
 #include "backend.hpp"
 #include "gradnoise/report.hpp"
 #include "hessian_host.hpp"
+#include "column_major_blas.hpp"
 #include "hessian_pass.hpp"
 #include "test_util.hpp"
 
@@ -55,16 +56,11 @@ std::vector<double> directions(std::int64_t p, std::int64_t cols, double phase) 
 /// cublasDgemm gets, and the kernels' index arithmetic.
 struct ColumnMajorBlasExec : detail::HostRowOps {
   void gemm(const detail::RowMajorGemm& row_major, const double* a, const double* b, double* c) {
-    const detail::ColumnMajorGemm g = detail::column_major(row_major);
-    cblas_dgemm(CblasColMajor, g.trans_first ? CblasTrans : CblasNoTrans,
-                g.trans_second ? CblasTrans : CblasNoTrans, static_cast<int>(g.m),
-                static_cast<int>(g.n), static_cast<int>(g.k), g.alpha, b,
-                static_cast<int>(g.ld_first), a, static_cast<int>(g.ld_second), g.beta, c,
-                static_cast<int>(g.ldc));
+    testing::column_major_dgemm(row_major, a, b, c);
   }
 };
 
-/// H·V as curvature_cuda.cu computes it (same packing, chunk steps, unpacking),
+/// H·V as hessian_cuda.cu computes it (same packing, chunk steps, unpacking),
 /// with host buffers and ColumnMajorBlasExec in place of the device.
 void emulated_gpu_hessian(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
                           std::int64_t chunk, const double* in, double* out, std::int64_t cols) {
