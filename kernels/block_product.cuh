@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda_support.hpp"
+#include "elementwise.cuh"
 #include "gradnoise/model.hpp"
 #include "hessian_pass.hpp"
 #include "plan.hpp"
@@ -41,14 +42,6 @@ inline void gemm(cublasHandle_t cublas, const detail::RowMajorGemm& row_major, c
                               g.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(g.m),
                               blas_int(g.n), blas_int(g.k), &g.alpha, first, blas_int(g.ld_first),
                               second, blas_int(g.ld_second), &g.beta, c, blas_int(g.ldc)));
-}
-
-template <typename T>
-__global__ void fill_kernel(T* dst, std::int64_t count, T value) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[j] = value;
-  }
 }
 
 /// `count` ones on the device, filled on `stream`.

@@ -31,14 +31,6 @@ namespace gradnoise {
 namespace cuda {
 namespace {
 
-__global__ void add_rows_kernel(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
-  const std::int64_t count = m * width;
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    rows[j] += vec[j % width];
-  }
-}
-
 /// One thread per row: state_i = the loss's Hessian state of z_i (softmax p_i, ...).
 template <class L>
 __global__ void loss_state_rows_kernel(const double* z, std::int64_t m, std::int64_t k,

@@ -24,6 +24,7 @@
 
 #include "chunk_feeder.cuh"
 #include "cuda_support.hpp"
+#include "elementwise.cuh"
 #include "device_chunks.cuh"
 #include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
@@ -70,14 +71,6 @@ struct LoadRowSums {
 };
 
 // ---- Element-wise and row kernels ------------------------------------------
-
-__global__ void add_bias_kernel(double* rows, const double* bias, std::int64_t m, std::int64_t out) {
-  const std::int64_t count = m * out;
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < count;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    rows[j] += bias[j % out];
-  }
-}
 
 /// Per-sample output error and loss by the loss L's own error row; flags the
 /// first row with a target L rejects or a non-finite output (atomicMin keeps
@@ -389,7 +382,7 @@ class Pipeline {
       double* next = (l + 1 < num_layers) ? activations_[l].data() : output_.data();
       gemm_a_bt(h, m, layer.out, layer.in, in, layers_[l].weight.data(), next);
       if (layer.has_bias()) {
-        add_bias_kernel<<<grid_for(m * layer.out), kThreads, 0, stream_>>>(
+        add_rows_kernel<<<grid_for(m * layer.out), kThreads, 0, stream_>>>(
             next, layers_[l].bias.data(), m, layer.out);
         GN_CUDA_CHECK(cudaGetLastError());
       }
