@@ -1,12 +1,12 @@
 #include "chunk_pass.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "gradnoise/error.hpp"
+#include "forward_pass.hpp"
+#include "host_exec.hpp"
 #include "losses.hpp"
 
 namespace gradnoise::detail {
@@ -62,47 +62,36 @@ const ChunkView& ChunkForward::run(const DataSource& data, std::int64_t first, s
             labels_.empty() ? nullptr : labels_.data());
   view_.inputs[0] = in_place ? in_place : inputs_[0].data();
 
-  // Forward: a_l = a_{l-1} W_lᵀ + b_l.
+  // core/forward_pass.hpp's sequence through row-major BLAS; the output
+  // errors (and the checks of outputs and targets) between the passes.
+  std::vector<ForwardLayerBuffers> buffers(static_cast<std::size_t>(num_layers));
   for (std::int64_t l = 0; l < num_layers; ++l) {
     const Layer& layer = model_.layers[l];
-    double* next = (l + 1 < num_layers) ? inputs_[l + 1].data() : output_.data();
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
-                static_cast<int>(layer.out), static_cast<int>(layer.in), 1.0, view_.inputs[l],
-                static_cast<int>(layer.in), layer.weight.data(), static_cast<int>(layer.in), 0.0,
-                next, static_cast<int>(layer.out));
-    if (layer.has_bias()) {
+    buffers[l] = {layer.weight.data(), layer.has_bias() ? layer.bias.data() : nullptr,
+                  view_.inputs[l], (l + 1 < num_layers) ? inputs_[l + 1].data() : output_.data(),
+                  errors_[l].data()};
+  }
+  RowMajorBlasExec exec;
+  forward_backward(exec, model_, buffers, m, [&] {
+    // A non-finite output means a non-finite input or weight reached it.
+    double* delta = errors_[num_layers - 1].data();
+    losses::visit_loss(loss_, [&](auto loss) {
+      using L = decltype(loss);
       for (std::int64_t i = 0; i < m; ++i) {
-        for (std::int64_t r = 0; r < layer.out; ++r) next[i * layer.out + r] += layer.bias[r];
-      }
-    }
-  }
-  // Output errors and losses; a non-finite output means a non-finite input or
-  // weight reached it.
-  double* delta = errors_[num_layers - 1].data();
-  losses::visit_loss(loss_, [&](auto loss) {
-    using L = decltype(loss);
-    for (std::int64_t i = 0; i < m; ++i) {
-      const double* z = output_.data() + i * k;
-      for (std::int64_t c = 0; c < k; ++c) {
-        if (!std::isfinite(z[c])) {
-          throw InputError("sample " + std::to_string(first + i) +
-                           " gives a non-finite model output; expected finite inputs and weights");
+        const double* z = output_.data() + i * k;
+        for (std::int64_t c = 0; c < k; ++c) {
+          if (!std::isfinite(z[c])) {
+            throw InputError("sample " + std::to_string(first + i) +
+                             " gives a non-finite model output; expected finite inputs and weights");
+          }
         }
+        const double* y = y_.empty() ? nullptr : y_.data() + i * k;
+        const std::int32_t label = labels_.empty() ? 0 : labels_[i];
+        if (!L::target_ok(y, label, k)) throw bad_target(loss_, first + i, y, label, k);
+        losses_[i] = L::error_row(z, y, label, k, delta + i * k);
       }
-      const double* y = y_.empty() ? nullptr : y_.data() + i * k;
-      const std::int32_t label = labels_.empty() ? 0 : labels_[i];
-      if (!L::target_ok(y, label, k)) throw bad_target(loss_, first + i, y, label, k);
-      losses_[i] = L::error_row(z, y, label, k, delta + i * k);
-    }
+    });
   });
-  // Backward: δ_{l-1} = δ_l W_l.
-  for (std::int64_t l = num_layers - 1; l > 0; --l) {
-    const Layer& layer = model_.layers[l];
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-                static_cast<int>(layer.in), static_cast<int>(layer.out), 1.0, errors_[l].data(),
-                static_cast<int>(layer.out), layer.weight.data(), static_cast<int>(layer.in), 0.0,
-                errors_[l - 1].data(), static_cast<int>(layer.in));
-  }
   view_.first = first;
   view_.rows = m;
   return view_;

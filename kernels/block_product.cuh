@@ -44,6 +44,26 @@ inline void gemm(cublasHandle_t cublas, const detail::RowMajorGemm& row_major, c
                               second, blas_int(g.ld_second), &g.beta, c, blas_int(g.ldc)));
 }
 
+/// The base of core's executors on the GPU (forward_pass.hpp, hessian_pass.hpp,
+/// covariance_pass.hpp): GEMMs on cuBLAS and the shared row operations as
+/// kernels, all queued on one stream (the cuBLAS handle is bound to it).
+struct CublasExec {
+  cublasHandle_t cublas = nullptr;
+  cudaStream_t stream = nullptr;
+
+  void gemm(const detail::RowMajorGemm& g, const double* a, const double* b, double* c) {
+    cuda::gemm(cublas, g, a, b, c);
+  }
+  void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
+    add_rows_kernel<<<grid_for(m * width), kThreads, 0, stream>>>(rows, vec, m, width);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+  void copy(double* dst, const double* src, std::int64_t count) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(double),
+                                  cudaMemcpyDeviceToDevice, stream));
+  }
+};
+
 /// `count` ones on the device, filled on `stream`.
 inline DeviceBuffer<double> device_ones(std::int64_t count, cudaStream_t stream) {
   DeviceBuffer<double> ones(static_cast<std::size_t>(count));

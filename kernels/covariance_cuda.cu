@@ -65,14 +65,9 @@ __global__ void scale_errors_kernel(const double* s, const double* delta, std::i
 
 /// covariance_pass.hpp's executor on the GPU: cuBLAS and the kernels above,
 /// all queued on one stream (the cuBLAS handle is bound to it).
-struct CudaExec {
-  cublasHandle_t cublas = nullptr;
-  cudaStream_t stream = nullptr;
+struct CudaExec : CublasExec {
   const double* ones = nullptr;  // at least a chunk's rows
 
-  void gemm(const detail::RowMajorGemm& g, const double* a, const double* b, double* c) {
-    cuda::gemm(cublas, g, a, b, c);
-  }
   void zero(double* dst, std::int64_t count) {
     GN_CUDA_CHECK(cudaMemsetAsync(dst, 0, static_cast<std::size_t>(count) * sizeof(double), stream));
   }

@@ -54,21 +54,7 @@ __global__ void loss_hessian_rows_kernel(const double* state, const double* rz, 
 
 /// hessian_pass.hpp's executor on the GPU: cuBLAS and the kernels above, all
 /// queued on one stream (the cuBLAS handle is bound to it).
-struct CudaExec {
-  cublasHandle_t cublas = nullptr;
-  cudaStream_t stream = nullptr;
-
-  void gemm(const detail::RowMajorGemm& g, const double* a, const double* b, double* c) {
-    cuda::gemm(cublas, g, a, b, c);
-  }
-  void add_rows(double* rows, const double* vec, std::int64_t m, std::int64_t width) {
-    add_rows_kernel<<<grid_for(m * width), kThreads, 0, stream>>>(rows, vec, m, width);
-    GN_CUDA_CHECK(cudaGetLastError());
-  }
-  void copy(double* dst, const double* src, std::int64_t count) {
-    GN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(double),
-                                  cudaMemcpyDeviceToDevice, stream));
-  }
+struct CudaExec : CublasExec {
   void loss_state_rows(Loss loss, const double* z, std::int64_t m, std::int64_t k, double* state) {
     losses::visit_loss(loss, [&](auto l) {
       loss_state_rows_kernel<decltype(l)><<<grid_for(m), kThreads, 0, stream>>>(z, m, k, state);

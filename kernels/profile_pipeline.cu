@@ -22,14 +22,15 @@
 #include <string>
 #include <vector>
 
+#include "block_product.cuh"
 #include "chunk_feeder.cuh"
 #include "cuda_support.hpp"
-#include "elementwise.cuh"
 #include "device_chunks.cuh"
 #include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
 #include "backend.hpp"
 #include "linear_fused.cuh"
+#include "forward_pass.hpp"
 #include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
@@ -254,27 +255,6 @@ __global__ void divide_kernel(double* value, double divisor) { *value /= divisor
 
 // ---- The pipeline ------------------------------------------------------------
 
-/// Row-major C (rows×cols) = A (rows×inner) · B, with B given row-major as
-/// cols×inner (so this is A Bᵀ), through cuBLAS's column-major view.
-void gemm_a_bt(cublasHandle_t h, std::int64_t rows, std::int64_t cols, std::int64_t inner,
-               const double* a, const double* b, double* c) {
-  const double one = 1.0, zero = 0.0;
-  GN_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols),
-                              static_cast<int>(rows), static_cast<int>(inner), &one, b,
-                              static_cast<int>(inner), a, static_cast<int>(inner), &zero, c,
-                              static_cast<int>(cols)));
-}
-
-/// Row-major C (rows×cols) = A (rows×inner) · B (inner×cols).
-void gemm_a_b(cublasHandle_t h, std::int64_t rows, std::int64_t cols, std::int64_t inner,
-              const double* a, const double* b, double* c) {
-  const double one = 1.0, zero = 0.0;
-  GN_CUBLAS_CHECK(cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols),
-                              static_cast<int>(rows), static_cast<int>(inner), &one, b,
-                              static_cast<int>(cols), a, static_cast<int>(inner), &zero, c,
-                              static_cast<int>(cols)));
-}
-
 /// Row-major R (out×in) = alpha · Lᵀ Rt with L m×out and Rt m×in (Σ over rows).
 void gemm_at_b(cublasHandle_t h, std::int64_t m, std::int64_t out, std::int64_t in, double alpha,
                const double* left, const double* right, double* result, double beta = 0.0) {
@@ -375,30 +355,22 @@ class Pipeline {
     const std::int64_t num_layers = model_.num_layers();
     const std::int64_t k = model_.output_dim();
     const cublasHandle_t h = cublas_.get();
-    // Forward.
+    // core/forward_pass.hpp's sequence on cuBLAS; the output errors between.
+    std::vector<detail::ForwardLayerBuffers> buffers(static_cast<std::size_t>(num_layers));
     for (std::int64_t l = 0; l < num_layers; ++l) {
-      const Layer& layer = model_.layers[l];
-      const double* in = input(l, chunk);
-      double* next = (l + 1 < num_layers) ? activations_[l].data() : output_.data();
-      gemm_a_bt(h, m, layer.out, layer.in, in, layers_[l].weight.data(), next);
-      if (layer.has_bias()) {
-        add_rows_kernel<<<grid_for(m * layer.out), kThreads, 0, stream_>>>(
-            next, layers_[l].bias.data(), m, layer.out);
-        GN_CUDA_CHECK(cudaGetLastError());
-      }
+      buffers[l] = {layers_[l].weight.data(),
+                    model_.layers[l].has_bias() ? layers_[l].bias.data() : nullptr, input(l, chunk),
+                    (l + 1 < num_layers) ? activations_[l].data() : output_.data(), errors_[l].data()};
     }
-    losses::visit_loss(options_.loss, [&](auto loss) {
-      output_error_kernel<decltype(loss)><<<grid_for(m), kThreads, 0, stream_>>>(
-          output_.data(), chunk.y, chunk.labels, m, k, first_row, errors_[num_layers - 1].data(),
-          sample_loss_.data(), flags_.data(), flags_.data() + 1);
+    CublasExec exec{h, stream_};
+    detail::forward_backward(exec, model_, buffers, m, [&] {
+      losses::visit_loss(options_.loss, [&](auto loss) {
+        output_error_kernel<decltype(loss)><<<grid_for(m), kThreads, 0, stream_>>>(
+            output_.data(), chunk.y, chunk.labels, m, k, first_row, errors_[num_layers - 1].data(),
+            sample_loss_.data(), flags_.data(), flags_.data() + 1);
+      });
+      GN_CUDA_CHECK(cudaGetLastError());
     });
-    GN_CUDA_CHECK(cudaGetLastError());
-    // Backward: δ_{l-1} = δ_l W_l.
-    for (std::int64_t l = num_layers - 1; l > 0; --l) {
-      const Layer& layer = model_.layers[l];
-      gemm_a_b(h, m, layer.in, layer.out, errors_[l].data(), layers_[l].weight.data(),
-               errors_[l - 1].data());
-    }
   }
 
   /// After forward_backward: layer l's input (m×in) and output error (m×out).
