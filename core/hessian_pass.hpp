@@ -67,7 +67,7 @@ struct HessianBlock {
   std::vector<LayerPart> layers;
 };
 
-/// Packs `cols` column-major directions of length P (MATH.md flattening) and
+/// Packs `cols` column-major directions of length P (docs/MATH.md flattening) and
 /// zeroes the accumulators.
 inline HessianBlock pack_hessian_block(const Model& model, const double* in, std::int64_t cols,
                                        bool full) {

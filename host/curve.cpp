@@ -1,4 +1,4 @@
-// Every batch size at once (MATH.md "Minibatch variance for every batch
+// Every batch size at once (docs/MATH.md "Minibatch variance for every batch
 // size"): one profile gives tr Σ and Var_i(ℓ_i); each b then costs O(1).
 #include <algorithm>
 #include <charconv>

@@ -4,7 +4,7 @@
 // with ã_i = [a_i; 1] when the layer has a bias. We never form g_i. Instead
 // each chunk's statistics are computed exactly *centred on the chunk's own
 // means*, and chunks are merged with Chan et al.'s pairwise update, so tr Σ
-// never comes from the cancelling difference mean‖g_i‖² − ‖G‖² (MATH.md
+// never comes from the cancelling difference mean‖g_i‖² − ‖G‖² (docs/MATH.md
 // "Numerics"). With δ_i = δ̄ + u_i and a_i = ā + v_i (chunk means, so Σu = Σv = 0)
 //
 //   g_i − G_c = δ̄ v_iᵀ + u_i āᵀ + (u_i v_iᵀ − C),   C = (1/m) Σ u_i v_iᵀ,

@@ -17,7 +17,7 @@
 
 namespace gradnoise::detail {
 
-/// out = H · in for `cols` column-major directions of length P (MATH.md
+/// out = H · in for `cols` column-major directions of length P (docs/MATH.md
 /// flattening), one pass over `data` in chunks of `chunk` rows: pack the
 /// directions, run hessian_chunk on each chunk with `exec`, unpack scaled by
 /// 1/N. The R a and R δ buffers start as NaN, so a GEMM that reads them

@@ -83,7 +83,7 @@ GN_HOST_DEVICE inline void column_tile_sums(const T* x_col, std::int64_t d, int 
 }
 
 /// Merges one column's K weight slots of a tile of `rows` rows into a block's
-/// running moments (slot c·d + j of `mean`/`m2`, the MATH.md flattening).
+/// running moments (slot c·d + j of `mean`/`m2`, the docs/MATH.md flattening).
 /// Returns Σ_c d_c² (the merge's squared mean shifts) and adds Σ_c C_cj² to
 /// c_norm_sq, both for the tile's scalar sum of squares.
 GN_HOST_DEVICE inline double merge_column(const ColumnSums& s, std::int64_t j, std::int64_t d, int k,

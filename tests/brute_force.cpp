@@ -46,7 +46,7 @@ double sample_gradient(const Model& model, const double* x, const double* y, std
     delta[label] -= 1.0;
     value = std::log(total) + z_max - f[label];
   }
-  // Backward, last layer first; slots per MATH.md: W_l row-major, then b_l.
+  // Backward, last layer first; slots per docs/MATH.md: W_l row-major, then b_l.
   for (std::size_t l = num_layers; l-- > 0;) {
     const Layer& layer = model.layers[l];
     double* slot = g + model.param_offset(static_cast<std::int64_t>(l));

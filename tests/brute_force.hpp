@@ -11,7 +11,7 @@
 
 namespace gradnoise {
 
-/// Per-sample losses ℓ_i and gradients g_i (row i of an N×P matrix, MATH.md
+/// Per-sample losses ℓ_i and gradients g_i (row i of an N×P matrix, docs/MATH.md
 /// flattening), by a direct forward/backward per sample.
 struct PerSample {
   std::int64_t n = 0;

@@ -44,7 +44,7 @@ template <class T>
 T real_part(const T& v) { return v; }
 double real_part(const cplx& v) { return v.real(); }
 
-/// Forward pass of one sample with parameters `theta` (MATH.md flattening);
+/// Forward pass of one sample with parameters `theta` (docs/MATH.md flattening);
 /// returns a_0, ..., a_L.
 template <class T>
 std::vector<std::vector<T>> forward(const Model& model, const std::vector<T>& theta, const double* x) {

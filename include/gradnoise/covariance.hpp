@@ -1,4 +1,4 @@
-// The shape of the gradient noise (MATH.md "Beyond the mean"): products with
+// The shape of the gradient noise (docs/MATH.md "Beyond the mean"): products with
 // the covariance Σ = (1/N) Σ_i (g_i − G)(g_i − G)ᵀ without forming it, its top
 // eigenpairs, and tr(Σ²) = ‖Σ‖_F², exactly, on the CPU in float64.
 //

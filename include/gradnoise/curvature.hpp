@@ -1,4 +1,4 @@
-// Curvature of the loss and what it says about the gradient noise (MATH.md
+// Curvature of the loss and what it says about the gradient noise (docs/MATH.md
 // "Beyond the mean"): exact Hessian-vector products, the top of the Hessian
 // spectrum, McCandlish's B_noise, the alignment of Σ with H (Ziyin et al.),
 // the population batch-size tests (norm, inner product, orthogonality) with
@@ -54,7 +54,7 @@ class HessianOperator {
   bool gauss_newton() const { return gauss_newton_; }
 
   /// out = H · in for `cols` vectors, column-major (vector c at [c·P, (c+1)·P)),
-  /// MATH.md flattening. One pass over the data; `in` and `out` must not overlap.
+  /// docs/MATH.md flattening. One pass over the data; `in` and `out` must not overlap.
   void apply(const double* in, double* out, std::int64_t cols) const;
 
   /// `apply` as a BlockOperator for top_eigenpairs; refers to *this.

@@ -1,4 +1,4 @@
-// Chains of affine layers with no nonlinearity (MATH.md "Data and models"):
+// Chains of affine layers with no nonlinearity (docs/MATH.md "Data and models"):
 // a_0 = x, a_l = W_l a_{l-1} + b_l, f(x) = a_L. Parameters are flattened as
 // W_1 row-major, b_1, W_2 row-major, b_2, ... (a missing bias takes no slot).
 #pragma once
@@ -38,7 +38,7 @@ struct Model {
   /// sizes match and every weight is finite.
   void validate() const;
 
-  /// Flattened parameters θ (MATH.md order) and the inverse.
+  /// Flattened parameters θ (docs/MATH.md order) and the inverse.
   std::vector<double> flatten() const;
   void unflatten(std::span<const double> theta);
 };

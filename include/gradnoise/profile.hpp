@@ -1,4 +1,4 @@
-// The exact gradient-noise profile (MATH.md "Per-sample gradients",
+// The exact gradient-noise profile (docs/MATH.md "Per-sample gradients",
 // "Moments", "Minibatch variance for every batch size").
 #pragma once
 
@@ -50,7 +50,7 @@ struct Profile {
   double mean_sample_grad_norm_sq = 0;  // (1/N) Σ_i ‖g_i‖²
   double noise_scale_simple = 0;        // tr Σ / ‖G‖² (inf when ‖G‖² = 0)
   std::vector<LayerProfile> layers;
-  std::vector<double> param_mean;       // G, P entries, MATH.md flattening
+  std::vector<double> param_mean;       // G, P entries, docs/MATH.md flattening
   std::vector<double> param_var;        // diag Σ, P entries; empty unless asked
   std::string device;                   // "cpu" or the GPU's name
   double elapsed_s = 0;

@@ -1,6 +1,6 @@
 // Turning a Profile into what people read and what programs read back: the
 // report JSON, the batch-size curve as CSV and a short human summary. Every
-// key and column is named after MATH.md, so a report can be checked against
+// key and column is named after docs/MATH.md, so a report can be checked against
 // the definitions without a glossary.
 #pragma once
 

@@ -1,6 +1,6 @@
 // Sweeps: many real SGD runs of one model on one data set, over a grid of
 // batch sizes × learning rates × replicas, advanced together, with the noise
-// profiled along the way (MATH.md "Minibatch variance for every batch size",
+// profiled along the way (docs/MATH.md "Minibatch variance for every batch size",
 // "What the seed papers predict").
 //
 // Every run is a pure function of (initial θ, data, its batch size and
@@ -151,7 +151,7 @@ struct SweepResult {
   std::vector<SweepRow> rows;                // by logged step, then run
   std::vector<GridPointSummary> grid;        // batch size major, then lr
   std::vector<Divergence> divergences;       // by run
-  std::vector<std::vector<double>> final_weights;  // per run (MATH.md flattening)
+  std::vector<std::vector<double>> final_weights;  // per run (docs/MATH.md flattening)
   double elapsed_s = 0;
   std::int64_t run_steps = 0;  // SGD steps taken, all runs together
   /// Where the SGD steps ran: "cpu", or "cuda: " and the GPU's name.
