@@ -30,15 +30,17 @@ Place resolve_device(Device requested) {
   return cuda_device_count() > 0 ? Place::cuda : Place::cpu;
 }
 
+std::int64_t default_chunk_rows(Place place) {
+  return place == Place::cuda ? gpu_default_chunk_rows() : kCpuChunkRows;
+}
+
 std::unique_ptr<Backend> make_backend(Device requested, std::shared_ptr<const DataSource> data,
                                       Loss loss, std::int64_t chunk_rows, int threads,
                                       bool fused_linear) {
-  if (resolve_device(requested) == Place::cuda) {
-    return make_cuda_backend(std::move(data), loss, chunk_rows > 0 ? chunk_rows : kGpuChunkRows,
-                             fused_linear);
-  }
-  return make_cpu_backend(std::move(data), loss, chunk_rows > 0 ? chunk_rows : kCpuChunkRows,
-                          threads);
+  const Place place = resolve_device(requested);
+  const std::int64_t rows = chunk_rows > 0 ? chunk_rows : default_chunk_rows(place);
+  if (place == Place::cuda) return make_cuda_backend(std::move(data), loss, rows, fused_linear);
+  return make_cpu_backend(std::move(data), loss, rows, threads);
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include "backend.hpp"
 
 #include "cuda_entry.hpp"
+#include "policy.hpp"
 
 namespace gradnoise::detail {
 namespace {
@@ -56,6 +57,8 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+std::int64_t gpu_default_chunk_rows() { return kDefaultGpuChunkRows; }
 
 std::unique_ptr<Backend> make_cuda_backend(std::shared_ptr<const DataSource> data, Loss loss,
                                            std::int64_t chunk_rows, bool fused_linear) {

@@ -15,6 +15,7 @@
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
+#include "policy.hpp"
 
 namespace gradnoise {
 
@@ -32,7 +33,7 @@ Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOp
 /// returned operator refers to `model` and `data`, which must outlive it.
 BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
                                        std::vector<double> mean_grad,
-                                       std::int64_t chunk_rows = std::int64_t{1} << 16);
+                                       std::int64_t chunk_rows = detail::kDefaultGpuChunkRows);
 
 /// H·V on the GPU for blocks of vectors (P × cols, column-major, host memory):
 /// the CPU HessianOperator's exact R-operator products (full Hessian, or the
@@ -44,7 +45,7 @@ BlockOperator covariance_operator_cuda(const Model& model, const DataSource& dat
 /// do not fit together, RuntimeError when there is no device.
 BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, Loss loss,
                                     bool gauss_newton,
-                                    std::int64_t chunk_rows = std::int64_t{1} << 16);
+                                    std::int64_t chunk_rows = detail::kDefaultGpuChunkRows);
 
 // ---- Sweeps on the GPU (kernels/sweep_cuda.cu) ---------------------------------
 

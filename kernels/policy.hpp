@@ -78,10 +78,8 @@ inline constexpr std::int64_t kMaxChunkRows = std::int64_t{1} << 21;
 static_assert(kMaxChunkRows <= kMaxGridY * kColumnRowsPerBlock &&
               2 * kMaxChunkRows > kMaxGridY * kColumnRowsPerBlock);
 
-/// Rows per chunk a GPU pass should get when nobody asks for a size: enough
-/// to keep the device busy. Not read here yet: the CLI's kGpuChunkRows
-/// (host/cli/profile_command.cpp) and the chunk_rows defaults of
-/// include/gradnoise/cuda.hpp have the same value and should take it from here.
+/// Rows per chunk a GPU pass gets when nobody asks for a size (a session's
+/// default, through detail::default_chunk_rows): enough to keep the device busy.
 inline constexpr std::int64_t kDefaultGpuChunkRows = std::int64_t{1} << 16;
 
 /// Doubles the per-row buffers of a block product may take together (H·V:

@@ -113,7 +113,7 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
       ->type_name("FILE");
   command->add_option("--chunk-rows", args.chunk_rows,
                       "Rows per streamed chunk (0: " + std::to_string(detail::kCpuChunkRows) +
-                          " on the CPU, " + std::to_string(detail::kGpuChunkRows) + " on a GPU)")
+                          " on the CPU, " + std::to_string(detail::default_chunk_rows(detail::Place::cuda)) + " on a GPU)")
       ->capture_default_str();
   command->add_option("--spectrum", args.spectrum,
                       "Top K eigenvalues of the gradient covariance Σ (model and per layer) and "
