@@ -7,6 +7,9 @@
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/error.hpp"
 
+#include <cmath>
+#include <utility>
+
 namespace gradnoise::detail {
 
 Place resolve_device(Device requested) {
@@ -28,6 +31,29 @@ Place resolve_device(Device requested) {
       break;
   }
   return cuda_device_count() > 0 ? Place::cuda : Place::cpu;
+}
+
+void require_finite(const Profile& profile) {
+  std::vector<std::pair<const char*, double>> sums = {
+      {"loss", profile.loss},
+      {"loss_var", profile.loss_var},
+      {"grad_norm_sq", profile.grad_norm_sq},
+      {"trace_cov", profile.trace_cov},
+      {"mean_sample_grad_norm_sq", profile.mean_sample_grad_norm_sq}};
+  for (const LayerProfile& layer : profile.layers) {
+    sums.emplace_back("a layer's trace_cov", layer.trace_cov);
+    sums.emplace_back("a layer's grad_norm_sq", layer.grad_norm_sq);
+  }
+  for (const double g : profile.param_mean) sums.emplace_back("param_mean", g);
+  for (const double v : profile.param_var) sums.emplace_back("param_var", v);
+  for (const auto& [name, value] : sums) {
+    if (!std::isfinite(value)) {
+      throw InputError("the profile's " + std::string(name) + " came out " + (std::isnan(value) ? "NaN" : "infinite") +
+                       ": the data or the weights are too large in magnitude for float64 sums "
+                       "of their squares (beyond ~1e154); standardise the inputs and targets "
+                       "(zero mean, unit variance) and profile again");
+    }
+  }
 }
 
 std::int64_t default_chunk_rows(Place place) {
@@ -55,7 +81,7 @@ class CpuBackend final : public Backend {
   std::string device() const override { return "cpu"; }
   std::int64_t chunk_rows() const override { return chunk_rows_; }
 
-  Profile profile(const Model& model, const ProfileOptions& options) override {
+  Profile compute_profile(const Model& model, const ProfileOptions& options) override {
     ProfileOptions cpu = options;
     cpu.loss = loss_;
     cpu.chunk_rows = chunk_rows_;

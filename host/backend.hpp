@@ -29,6 +29,11 @@ Profile profile_cpu(const Model& model, const DataSource& data, const ProfileOpt
 
 namespace gradnoise::detail {
 
+/// Throws InputError unless every statistic of `profile` is finite. The
+/// inputs and outputs are checked as they stream, so what is left is an
+/// overflow of the float64 sums of squares: magnitudes beyond ~1e154.
+void require_finite(const Profile& profile);
+
 /// A device that works on one data set with one loss. Not thread-safe: one
 /// session, one caller at a time.
 class Backend {
@@ -38,8 +43,14 @@ class Backend {
   virtual std::string device() const = 0;
   /// Rows per chunk of a pass, chosen for the device unless the caller fixed it.
   virtual std::int64_t chunk_rows() const = 0;
-  /// The exact profile at `model` (options.loss, chunk_rows and device are the session's).
-  virtual Profile profile(const Model& model, const ProfileOptions& options) = 0;
+  /// The exact profile at `model` (options.loss, chunk_rows and device are the
+  /// session's). Throws InputError, naming the cause, when a statistic is not
+  /// finite: a result is never a NaN or an overflow.
+  Profile profile(const Model& model, const ProfileOptions& options) {
+    Profile result = compute_profile(model, options);
+    require_finite(result);
+    return result;
+  }
   /// out = Σ·in for `cols` column-major vectors of length P at `model`, whose
   /// mean gradient is `mean_grad`: the centred all-columns-at-once product
   /// (docs/MATH.md "Beyond the mean"), one pass over the data.
@@ -51,6 +62,9 @@ class Backend {
   /// The batch tests' product ĜᵀΣĜ = Var_i(g_iᵀĜ) for a unit vector Ĝ along G.
   virtual double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
                                const std::vector<double>& unit) = 0;
+
+ protected:
+  virtual Profile compute_profile(const Model& model, const ProfileOptions& options) = 0;
 };
 
 /// Var_i(g_iᵀ unit), chunk-centred and Chan-merged, in one CPU pass (the CPU

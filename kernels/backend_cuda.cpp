@@ -20,7 +20,7 @@ class CudaBackend final : public Backend {
   std::string device() const override { return name_; }
   std::int64_t chunk_rows() const override { return chunk_rows_; }
 
-  Profile profile(const Model& model, const ProfileOptions& options) override {
+  Profile compute_profile(const Model& model, const ProfileOptions& options) override {
     ProfileOptions gpu = options;
     gpu.loss = loss_;
     gpu.chunk_rows = chunk_rows_;

@@ -557,6 +557,19 @@ TEST_F(Cli, NaNInData) {
   expect_failure(args, 2, "Xnan.npy");
 }
 
+// Inputs near 1e200 overflow the sums of squares: one sentence that names the
+// cause, exit 2, no output file, also with the noise's shape asked for.
+TEST_F(Cli, OverflowIsAnErrorWithNoOutputs) {
+  std::vector<double> x(40 * 3);
+  for (std::size_t j = 0; j < x.size(); ++j) x[j] = 1e200 * (1.0 + 0.01 * static_cast<double>(j % 5));
+  write_npy(path("Xhuge.npy"), {40, 3}, x);
+  write_npy(path("Yhuge.npy"), {40, 1}, std::vector<double>(40, 1.0));
+  std::vector<std::string> args = {"profile", "--x", p("Xhuge.npy"), "--y", p("Yhuge.npy"),
+                                   "--theta", "0.5", "--spectrum", "2"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  expect_failure(args, 2, "standardise");
+}
+
 TEST_F(Cli, NaNInWeights) {
   synth(10, 2, 1);
   std::vector<double> w = {0.1, std::numeric_limits<double>::quiet_NaN()};

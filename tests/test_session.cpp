@@ -124,3 +124,30 @@ TEST(Session, DeviceChoiceIsMadeOnceAndRefusedClearly) {
 
 }  // namespace
 }  // namespace gradnoise
+
+namespace gradnoise {
+namespace {
+
+// Inputs near 1e200 overflow the float64 sums of squares: the profile is an
+// error that names the cause, never a report of NaNs (issue 14, item 3).
+TEST(Session, OverflowingSumsAreAnErrorNotAResult) {
+  for (const Loss loss : all_losses()) {
+    SCOPED_TRACE(loss_name(loss));
+    const Dataset data = testing::random_dataset(40, 3, 2, loss, 1, 1e200);
+    const Model model = testing::random_model({3, 2}, true, 2);
+    ProfileOptions options;
+    options.loss = loss;
+    options.device = Device::cpu;
+    try {
+      profile(model, data, options);
+      FAIL() << "an overflowing profile must be refused";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("standardise"), std::string::npos) << e.what();
+    }
+    Profiler session(data, cpu_session(loss, 16));
+    EXPECT_THROW(session.profile(model), InputError);
+  }
+}
+
+}  // namespace
+}  // namespace gradnoise
