@@ -43,6 +43,10 @@ std::vector<std::int64_t> parse_batch_sizes(const std::string& spec, std::int64_
       throw InputError("--batch-sizes asks for batch size " + std::to_string(b) +
                        "; expected sizes in 1.." + std::to_string(n) + " (the number of samples)");
     }
+    if (std::find(sizes.begin(), sizes.end(), b) != sizes.end()) {
+      throw InputError("--batch-sizes lists batch size " + std::to_string(b) +
+                       " more than once; give each size once");
+    }
     sizes.push_back(b);
     pos = comma + 1;
   }

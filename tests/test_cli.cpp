@@ -570,6 +570,20 @@ TEST_F(Cli, OverflowIsAnErrorWithNoOutputs) {
   expect_failure(args, 2, "standardise");
 }
 
+// Half-given data, a seed beyond 64 bits and a repeated batch size are usage
+// errors with a sentence naming the flag (issue 14, item 10).
+TEST_F(Cli, HalfGivenDataHugeSeedAndRepeatedBatchSize) {
+  synth(20, 2, 1);
+  expect_failure({"profile", "--x", p("X.npy"), "--out", p("report.json")}, 2, "--y");
+  expect_failure({"profile", "--y", p("Y.npy"), "--out", p("report.json")}, 2, "--x");
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--seed",
+                  "18446744073709551616", "--out", p("report.json")},
+                 2, "--seed");
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "10,2,10",
+                  "--curve", p("curve.csv")},
+                 2, "more than once");
+}
+
 TEST_F(Cli, NaNInWeights) {
   synth(10, 2, 1);
   std::vector<double> w = {0.1, std::numeric_limits<double>::quiet_NaN()};

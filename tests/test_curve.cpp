@@ -140,6 +140,7 @@ TEST(CurveBatchSizes, ParsesAllPow2AndLists) {
   EXPECT_THROW(parse_batch_sizes("0,2", 10), InputError);
   EXPECT_THROW(parse_batch_sizes("11", 10), InputError);
   EXPECT_THROW(parse_batch_sizes("2,,3", 10), InputError);
+  EXPECT_THROW(parse_batch_sizes("10,2,10", 10), InputError);  // a duplicate row otherwise
   EXPECT_THROW(parse_batch_sizes("two", 10), InputError);
   EXPECT_THROW(parse_batch_sizes("", 10), InputError);
 }

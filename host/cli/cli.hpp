@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <charconv>
 #include <filesystem>
 #include <string>
 #include <utility>
@@ -36,13 +37,21 @@ auto mentioning(const std::string& flag, const std::string& value, Fn&& fn) -> d
   }
 }
 
-/// Accepts only digits, so "--seed -1" is an error rather than a huge seed
-/// (CLI11 2.1's unsigned conversion wraps negative numbers).
+/// Accepts only digits that fit in 64 bits, so "--seed -1" is an error rather
+/// than a huge seed (CLI11 2.1's unsigned conversion wraps negative numbers)
+/// and a seed beyond 2⁶⁴ − 1 is an error rather than clamped.
 inline CLI::Validator non_negative_integer() {
   return CLI::Validator(
       [](std::string& input) -> std::string {
-        if (!input.empty() && input.find_first_not_of("0123456789") == std::string::npos) return {};
-        return "expected a non-negative integer, not '" + input + "'";
+        if (input.empty() || input.find_first_not_of("0123456789") != std::string::npos) {
+          return "expected a non-negative integer, not '" + input + "'";
+        }
+        std::uint64_t value = 0;
+        const auto [end, ec] = std::from_chars(input.data(), input.data() + input.size(), value);
+        if (ec != std::errc() || end != input.data() + input.size()) {
+          return "expected an integer below 2^64 (18446744073709551616), not '" + input + "'";
+        }
+        return {};
       },
       "", "non-negative integer");
 }

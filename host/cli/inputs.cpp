@@ -336,7 +336,11 @@ void check_data_model_combinations(const DataModelArgs& args, bool seed_also_sam
       throw InputError("--limit must be a positive number of samples (0 keeps them all).");
     }
   } else {
-    if (args.x_path.empty() || args.y_path.empty()) {
+    if (args.x_path.empty() != args.y_path.empty()) {
+      throw InputError(args.x_path.empty() ? "--y is given without --x: the inputs X are needed too."
+                                           : "--x is given without --y: the targets Y are needed too.");
+    }
+    if (args.x_path.empty()) {
       throw InputError("no data given: use --dataset fashion-mnist, or --x X.npy with --y Y.npy.");
     }
     if (args.split_option->count() > 0 || args.limit_option->count() > 0) {
