@@ -19,6 +19,17 @@ struct List {};
 using All = List<Squared, SoftmaxCrossEntropy, BinaryCrossEntropy>;
 
 namespace detail {
+template <class... L>
+constexpr bool in_enum_order(List<L...>) {
+  int index = 0;
+  return ((static_cast<int>(L::id) == index++) && ...);
+}
+}  // namespace detail
+// visit_loss maps the last id to the last type without comparing, so the
+// list must be the enum, in order.
+static_assert(detail::in_enum_order(All{}), "losses::All must list every Loss in enum order");
+
+namespace detail {
 GN_EXEC_CHECK_DISABLE
 template <class F, class First, class... Rest>
 GN_HOST_DEVICE decltype(auto) visit(Loss loss, F&& f, List<First, Rest...>) {

@@ -1,5 +1,5 @@
 // The backend interface: what a device does with a session's data. Two
-// implementations, the float64 CPU engine (host/backend_cpu.cpp) and the CUDA
+// implementations, the float64 CPU engine (host/backend.cpp) and the CUDA
 // one (kernels/backend_cuda.cpp; a stub where the CUDA build is off).
 // make_backend is the one place that turns a requested Device into a
 // backend: the profile, the session, the shape analyses and the CLI all go

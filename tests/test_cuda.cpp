@@ -153,7 +153,7 @@ TEST(GpuProfile, DeviceResidentFloat32Data) {
   GN_REQUIRE_GPU();
   for (const bool fused : {true, false}) {
     for (const Loss loss : all_losses()) {
-      SCOPED_TRACE(std::string(fused ? "fused" : "gemm") + (loss == Loss::squared ? " mse" : " ce"));
+      SCOPED_TRACE(std::string(fused ? "fused" : "gemm") + " " + loss_name(loss));
       const std::int64_t n = 10007, d = 300, k = 10;
       Dataset data = random_dataset(n, d, k, loss, 9, 1.0);
       std::vector<float> x(data.x.begin(), data.x.end()), y(data.y.begin(), data.y.end());
@@ -164,7 +164,7 @@ TEST(GpuProfile, DeviceResidentFloat32Data) {
       ASSERT_EQ(cudaMalloc(&x_dev, x.size() * sizeof(float)), 0);
       ASSERT_EQ(cudaMemcpy(x_dev, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice), 0);
       DeviceData dev{n, d, k, x_dev, nullptr, nullptr};
-      if (loss == Loss::squared) {
+      if (loss_targets(loss) == TargetKind::real) {
         ASSERT_EQ(cudaMalloc(&y_dev, y.size() * sizeof(float)), 0);
         ASSERT_EQ(cudaMemcpy(y_dev, y.data(), y.size() * sizeof(float), cudaMemcpyHostToDevice), 0);
         dev.y = y_dev;

@@ -90,6 +90,8 @@ std::vector<T> mean_gradient(const Model& model, const std::vector<T>& theta, co
     std::vector<T> delta(f.size());
     if (loss == Loss::squared) {
       for (std::int64_t c = 0; c < k; ++c) delta[c] = f[c] - data.y[i * k + c];
+    } else if (loss == Loss::binary_cross_entropy) {
+      for (std::int64_t c = 0; c < k; ++c) delta[c] = 1.0 / (1.0 + exp(-f[c])) - data.y[i * k + c];
     } else {
       delta = softmax_of(f);
       delta[data.labels[i]] -= 1.0;
@@ -154,6 +156,12 @@ std::vector<double> dense_gauss_newton(const Model& model, const Dataset& data, 
     std::vector<double> a(static_cast<std::size_t>(k * k), 0.0);  // H_ℓ
     if (loss == Loss::squared) {
       for (std::int64_t c = 0; c < k; ++c) a[c * k + c] = 1.0;
+    } else if (loss == Loss::binary_cross_entropy) {
+      const std::vector<double> f = forward(model, theta, x).back();
+      for (std::int64_t c = 0; c < k; ++c) {
+        const double sigma = 1.0 / (1.0 + std::exp(-f[c]));
+        a[c * k + c] = sigma * (1.0 - sigma);
+      }
     } else {
       const std::vector<double> prob = softmax_of(forward(model, theta, x).back());
       for (std::int64_t c = 0; c < k; ++c) {
@@ -243,6 +251,8 @@ const std::vector<Case>& cases() {
       {"two_layer_ce_bias", {3, 4, 3}, Loss::cross_entropy, true},
       {"three_layer_mse_nobias", {3, 4, 2, 2}, Loss::squared, false},
       {"three_layer_ce_bias", {3, 2, 3, 3}, Loss::cross_entropy, true},
+      {"linear_bce_bias", {4, 3}, Loss::binary_cross_entropy, true},
+      {"two_layer_bce_nobias", {3, 4, 2}, Loss::binary_cross_entropy, false},
   };
   return all;
 }
