@@ -468,6 +468,26 @@ TEST_F(IoIdx, RejectsTruncatedPlainAndGzipped) {
                   path("cut_stream.gz").string());
 }
 
+TEST_F(IoIdx, RejectsAGzipStreamCutInItsTrailer) {
+  // The trailer (CRC-32, then the length) is the last 8 bytes; without it the
+  // data used to be accepted unchecked.
+  write_gzip(path("whole.gz"), idx_file({4, 5}));
+  const std::string compressed = read_bytes(path("whole.gz"));
+  for (const std::size_t cut : {1, 4, 8}) {
+    SCOPED_TRACE(cut);
+    const fs::path file = path("cut_trailer.gz");
+    write_bytes(file, compressed.substr(0, compressed.size() - cut));
+    const std::string message = error_message<InputError>([&] { read_idx(file); });
+    EXPECT_CONTAINS(message, file.string());
+    EXPECT_CONTAINS(message, "is truncated: the gzip stream ends before its trailer");
+  }
+  // A trailer whose CRC-32 does not match the data is corrupt data.
+  std::string bad_crc = compressed;
+  bad_crc[bad_crc.size() - 8] = static_cast<char>(bad_crc[bad_crc.size() - 8] ^ 0x01);
+  write_bytes(path("bad_crc.gz"), bad_crc);
+  EXPECT_CONTAINS(error_message<InputError>([&] { read_idx(path("bad_crc.gz")); }), "corrupt");
+}
+
 TEST_F(IoIdx, RejectsWrongMagicAndUnsupportedType) {
   write_bytes(path("magic.idx"), "\x01\x02\x08\x01" + std::string(8, '\0'));
   std::string message = error_message<InputError>([&] { read_idx(path("magic.idx")); });
@@ -662,6 +682,19 @@ TEST_F(IoFashionMnist, RejectsLabelsOutOfRange) {
       [&] { load_fashion_mnist(dir_, "train", Loss::cross_entropy); });
   EXPECT_CONTAINS(message, "train-labels-idx1-ubyte");
   EXPECT_CONTAINS(message, "10");
+}
+
+TEST_F(IoFashionMnist, LimitStopsReadingBeforeTheEndOfTheFile) {
+  write_fake_fashion_mnist(dir_, "t10k", {1, 2, 3});
+  const fs::path images = dir_ / "t10k-images-idx3-ubyte.gz";
+  const std::string compressed = read_bytes(images);
+  write_bytes(images, compressed.substr(0, compressed.size() - 4));
+  // With a limit the rest of the file, trailer included, is not read (as
+  // README's --limit says); read whole, the cut is found.
+  EXPECT_EQ(load_fashion_mnist(dir_, "test", Loss::cross_entropy, 2).n, 2);
+  EXPECT_CONTAINS(error_message<InputError>(
+                      [&] { load_fashion_mnist(dir_, "test", Loss::cross_entropy); }),
+                  "trailer");
 }
 
 TEST(IoFashionMnistInstalled, LoadsTheTestSplit) {
