@@ -14,6 +14,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 namespace {
@@ -129,11 +130,11 @@ Array read_csv(const std::filesystem::path& path) {
       double value = 0;
       if (!parse_number(fields[column], value)) {
         throw InputError(where + ", column " + std::to_string(column + 1) + " holds \"" +
-                         std::string(fields[column]) + "\", which is not a number");
+                         detail::printable(fields[column]) + "\", which is not a number");
       }
       if (!std::isfinite(value)) {
         throw InputError(where + ", column " + std::to_string(column + 1) + " holds \"" +
-                         std::string(fields[column]) + "\"; every value must be finite");
+                         detail::printable(fields[column]) + "\"; every value must be finite");
       }
       if (value != std::floor(value)) array.integral_dtype = false;
       array.values.push_back(value);

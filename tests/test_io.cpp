@@ -22,6 +22,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 namespace {
@@ -325,6 +326,21 @@ TEST_F(IoNpy, AcceptsOnlyOneAndTwoDimensions) {
   EXPECT_CONTAINS(message, "(1, 1, 2)");
 }
 
+TEST_F(IoNpy, EscapesHeaderTextInMessages) {
+  const fs::path key = path("key.npy");
+  write_bytes(key, npy_file(std::string("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), "
+                                        "'a\x1b]0;x") + '\0' + "b': 1}",
+                            npy_data<double>({1})));
+  std::string message = error_message<InputError>([&] { read_npy(key); });
+  EXPECT_CONTAINS(message, key.string());
+  EXPECT_CONTAINS(message, "unexpected key 'a\\x1b]0;x\\x00b'");
+
+  const fs::path dtype = path("dtype.npy");
+  write_bytes(dtype, npy_file(npy_dict("<f\r\n8", "(1,)"), npy_data<double>({1})));
+  message = error_message<InputError>([&] { read_npy(dtype); });
+  EXPECT_CONTAINS(message, "dtype '<f\\r\\n8'");
+}
+
 // ---- CSV ---------------------------------------------------------------------
 
 using IoCsv = IoTempDir;
@@ -400,6 +416,16 @@ TEST_F(IoCsv, RejectsTextInDataEmptyFilesAndHeaderOnly) {
 
   const fs::path missing = path("missing.csv");
   EXPECT_CONTAINS(error_message<InputError>([&] { read_csv(missing); }), missing.string());
+}
+
+TEST_F(IoCsv, EscapesControlBytesOfATokenInTheMessage) {
+  const fs::path file = path("escape.csv");
+  write_bytes(file, std::string("1,2\n3,a\x1b[31mb") + '\0' + "c\n");
+  const std::string message = error_message<InputError>([&] { read_csv(file); });
+  EXPECT_CONTAINS(message, "holds \"a\\x1b[31mb\\x00c\", which is not a number");
+  for (const char c : message) {
+    EXPECT_FALSE(static_cast<unsigned char>(c) < 0x20 || c == 0x7f) << "raw byte in: " << message;
+  }
 }
 
 // ---- IDX -----------------------------------------------------------------------
@@ -505,6 +531,23 @@ TEST_F(IoIdx, RejectsWrongMagicAndUnsupportedType) {
 
   const fs::path missing = path("missing.gz");
   EXPECT_CONTAINS(error_message<InputError>([&] { read_idx(missing); }), missing.string());
+}
+
+// ---- Escaping file content for messages ------------------------------------------
+
+TEST(Printable, EscapesWhatCouldDriveATerminalAndKeepsText) {
+  using detail::printable;
+  EXPECT_EQ(printable(std::string("a\x1b[2Jb\0c\x7f", 9)), "a\\x1b[2Jb\\x00c\\x7f");
+  EXPECT_EQ(printable("tab\there\r\n"), "tab\\there\\r\\n");
+  EXPECT_EQ(printable("back\\slash \"quoted\" 'single'"), "back\\\\slash \\\"quoted\\\" 'single'");
+  const std::string text = "Gr\xC3\xB6\xC3\x9F" "e ×2 \xF0\x9F\x93\x88";  // Größe ×2 📈
+  EXPECT_EQ(printable(text), text);
+  EXPECT_EQ(printable("\xC2\x9B" "31m"), "\\xc2\\x9b31m");            // C1 CSI
+  EXPECT_EQ(printable("a\xE2\x80\xAE" "b"), "a\\xe2\\x80\\xaeb");     // right-to-left override
+  EXPECT_EQ(printable("\xEF\xBB\xBF" "x"), "\\xef\\xbb\\xbfx");       // byte-order mark
+  EXPECT_EQ(printable("\xff\xC3"), "\\xff\\xc3");                     // stray and cut bytes
+  EXPECT_EQ(printable("\xC0\xAF"), "\\xc0\\xaf");                     // overlong '/'
+  EXPECT_EQ(printable("\xED\xA0\x80"), "\\xed\\xa0\\x80");            // a surrogate
 }
 
 // ---- Atomic output -------------------------------------------------------------
