@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -416,6 +417,79 @@ TEST_F(IoCsv, RejectsTextInDataEmptyFilesAndHeaderOnly) {
 
   const fs::path missing = path("missing.csv");
   EXPECT_CONTAINS(error_message<InputError>([&] { read_csv(missing); }), missing.string());
+}
+
+TEST_F(IoCsv, OverflowIsAnErrorEvenInTheFirstLine) {
+  // A first line of numbers, one beyond float64's range, used to be taken for
+  // a header and dropped without a word.
+  const fs::path first = path("first.csv");
+  write_bytes(first, "1e999,2\n3,4\n");
+  std::string message = error_message<InputError>([&] { read_csv(first); });
+  EXPECT_CONTAINS(message, first.string());
+  EXPECT_CONTAINS(message, "line 1, column 1");
+  EXPECT_CONTAINS(message, "\"1e999\"");
+  EXPECT_CONTAINS(message, "is beyond float64's range (±1.8e308)");
+
+  for (const std::string value : {"-1e999", "1000e306", "1e400000000000000000000", "+2e308"}) {
+    SCOPED_TRACE(value);
+    const fs::path later = path("later.csv");
+    write_bytes(later, "1,2\n3," + value + "\n");
+    message = error_message<InputError>([&] { read_csv(later); });
+    EXPECT_CONTAINS(message, later.string());
+    EXPECT_CONTAINS(message, "line 2, column 2");
+    EXPECT_CONTAINS(message, value);
+    EXPECT_CONTAINS(message, "beyond float64's range");
+  }
+}
+
+TEST_F(IoCsv, UnderflowReadsAsTheNearestDoubleInEveryLine) {
+  // 1e-400 in the first line used to make it a header, and later "not a number".
+  write_bytes(path("tiny.csv"), "1e-400,2\n3,-1e-400\n1e-310,4.9e-324\n0.00001e-320,2e-324\n");
+  const Array array = read_csv(path("tiny.csv"));
+  EXPECT_EQ(array.shape, (std::vector<std::int64_t>{4, 2}));
+  ASSERT_EQ(array.values.size(), 8u);
+  EXPECT_EQ(array.values[0], 0.0);
+  EXPECT_EQ(array.values[1], 2.0);
+  EXPECT_EQ(array.values[3], 0.0);
+  EXPECT_TRUE(std::signbit(array.values[3]));  // the nearest double to -1e-400 is -0
+  EXPECT_EQ(array.values[4], 1e-310);          // subnormals are kept
+  EXPECT_EQ(array.values[5], std::numeric_limits<double>::denorm_min());
+  EXPECT_EQ(array.values[6], 0.0);
+  EXPECT_EQ(array.values[7], 0.0);
+}
+
+TEST_F(IoCsv, HeaderModeSaysWhetherTheFirstLineIsAHeader) {
+  write_bytes(path("numbers.csv"), "1,2\n3,4\n");
+  EXPECT_EQ(read_csv(path("numbers.csv"), CsvHeader::automatic).values,
+            (std::vector<double>{1, 2, 3, 4}));
+  Array array = read_csv(path("numbers.csv"), CsvHeader::present);
+  EXPECT_EQ(array.shape, (std::vector<std::int64_t>{1, 2}));
+  EXPECT_EQ(array.values, (std::vector<double>{3, 4}));
+  EXPECT_EQ(read_csv(path("numbers.csv"), CsvHeader::absent).values,
+            (std::vector<double>{1, 2, 3, 4}));
+
+  const fs::path words = path("words.csv");
+  write_bytes(words, "x,y\n1,2\n");
+  EXPECT_EQ(read_csv(words, CsvHeader::automatic).values, (std::vector<double>{1, 2}));
+  EXPECT_EQ(read_csv(words, CsvHeader::present).values, (std::vector<double>{1, 2}));
+  std::string message = error_message<InputError>([&] { read_csv(words, CsvHeader::absent); });
+  EXPECT_CONTAINS(message, words.string());
+  EXPECT_CONTAINS(message, "line 1, column 1 holds \"x\", which is not a number");
+
+  // A header as pandas writes it (an empty name over the index) is a header;
+  // an empty field among numbers is not a word, so that line is data.
+  write_bytes(path("pandas.csv"), ",x\n0,1.5\n");
+  EXPECT_EQ(read_csv(path("pandas.csv")).values, (std::vector<double>{0, 1.5}));
+  const fs::path gap = path("gap_in_first.csv");
+  write_bytes(gap, "1,,3\n4,5,6\n");
+  message = error_message<InputError>([&] { read_csv(gap); });
+  EXPECT_CONTAINS(message, "line 1, column 2 holds \"\", which is not a number");
+
+  const fs::path one_line = path("one_line.csv");
+  write_bytes(one_line, "1,2\n");
+  message = error_message<InputError>([&] { read_csv(one_line, CsvHeader::present); });
+  EXPECT_CONTAINS(message, one_line.string());
+  EXPECT_CONTAINS(message, "no data rows");
 }
 
 TEST_F(IoCsv, EscapesControlBytesOfATokenInTheMessage) {
