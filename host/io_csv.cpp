@@ -1,10 +1,13 @@
-// Numeric CSV: comma-separated, one sample per line, an optional header line.
+// Numeric CSV: comma-separated, one sample per line, an optional header line
+// (CsvHeader says whether the first line is one).
 // Every error names the file and the 1-based line (and column) so a user can
 // open the file at the right place.
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -14,6 +17,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 namespace {
@@ -36,16 +40,73 @@ std::string_view trim(std::string_view text) {
   return text;
 }
 
-/// Parses the whole field as a double, or returns false. from_chars is
+/// What a CSV field holds.
+enum class Field {
+  number,        // a float64 (a number below float64's range reads as ±0)
+  beyond_range,  // a number whose magnitude exceeds float64's largest (1e999)
+  word,          // not a number at all (and the empty field)
+};
+
+/// For a field that from_chars matched whole, [-]digits[.digits][e[±]digits]:
+/// whether its magnitude is at least 1. from_chars only says "out of range",
+/// and that is an overflow when |x| ≥ 1 and an underflow when |x| < 1.
+bool magnitude_at_least_one(std::string_view field) {
+  if (field.starts_with('-')) field.remove_prefix(1);
+  const std::size_t e = std::min(field.find_first_of("eE"), field.size());
+  std::int64_t exponent = 0;  // saturates: 1e99999999999999999999 is simply huge
+  std::string_view exponent_text = field.substr(std::min(e + 1, field.size()));
+  const bool negative = exponent_text.starts_with('-');
+  if (negative || exponent_text.starts_with('+')) exponent_text.remove_prefix(1);
+  for (const char digit : exponent_text) {
+    exponent = std::min<std::int64_t>(exponent * 10 + (digit - '0'), 1'000'000'000);
+  }
+  if (negative) exponent = -exponent;
+
+  const std::string_view mantissa = field.substr(0, e);
+  const std::size_t point = std::min(mantissa.find('.'), mantissa.size());
+  const std::string_view integer = mantissa.substr(0, point);
+  const std::string_view fraction = mantissa.substr(std::min(point + 1, mantissa.size()));
+  // The decimal exponent of the first non-zero digit.
+  std::int64_t order = 0;
+  if (const std::size_t first = integer.find_first_not_of('0'); first != std::string_view::npos) {
+    order = static_cast<std::int64_t>(integer.size() - first) - 1;
+  } else if (const std::size_t first = fraction.find_first_not_of('0');
+             first != std::string_view::npos) {
+    order = -static_cast<std::int64_t>(first) - 1;
+  } else {
+    return false;  // zero, which is never out of range
+  }
+  return order + exponent >= 0;
+}
+
+/// Classifies the whole field and parses a number into `value`. from_chars is
 /// locale-independent (a German locale must not turn "1.5" into an error);
 /// it rejects a leading '+', which spreadsheets sometimes write, so skip it.
-bool parse_number(std::string_view field, double& value) {
+Field parse_field(std::string_view field, double& value) {
   if (field.size() > 1 && field.front() == '+' && field[1] != '-' && field[1] != '+') {
     field.remove_prefix(1);
   }
   const char* end = field.data() + field.size();
   const auto [stop, error] = std::from_chars(field.data(), end, value);
-  return error == std::errc() && stop == end && !field.empty();
+  if (field.empty() || stop != end) return Field::word;
+  if (error == std::errc()) return Field::number;
+  if (error != std::errc::result_out_of_range) return Field::word;
+  if (magnitude_at_least_one(field)) return Field::beyond_range;
+  // Subnormals come back as numbers, so out of range below means closer to 0
+  // than to the smallest subnormal: the nearest float64 is ±0.
+  value = field.starts_with('-') ? -0.0 : 0.0;
+  return Field::number;
+}
+
+/// CsvHeader::automatic: the first line is a header when a field is a word
+/// (column names); a numeric-looking field, even one beyond float64's range,
+/// is data, so a bad number is reported rather than dropped as a header.
+bool is_header(const std::vector<std::string_view>& first_line, CsvHeader header) {
+  if (header != CsvHeader::automatic) return header == CsvHeader::present;
+  return std::any_of(first_line.begin(), first_line.end(), [](std::string_view field) {
+    double ignored = 0;
+    return !field.empty() && parse_field(field, ignored) == Field::word;
+  });
 }
 
 std::vector<std::string_view> split_fields(std::string_view line) {
@@ -62,7 +123,7 @@ std::vector<std::string_view> split_fields(std::string_view line) {
 
 }  // namespace
 
-Array read_csv(const std::filesystem::path& path) {
+Array read_csv(const std::filesystem::path& path, CsvHeader header) {
   std::error_code status_error;
   if (!std::filesystem::exists(path, status_error)) {
     throw InputError("cannot read " + quoted(path) + ": the file does not exist");
@@ -101,10 +162,7 @@ Array read_csv(const std::filesystem::path& path) {
   std::size_t columns = 0;
   {
     const std::vector<std::string_view> fields = split_fields(lines[0]);
-    double ignored = 0;
-    for (const std::string_view field : fields) {
-      if (!parse_number(field, ignored)) first_data_line = 1;  // a header line
-    }
+    if (is_header(fields, header)) first_data_line = 1;
     columns = fields.size();
   }
   if (first_data_line >= lines.size()) {
@@ -127,14 +185,14 @@ Array read_csv(const std::filesystem::path& path) {
     }
     for (std::size_t column = 0; column < fields.size(); ++column) {
       double value = 0;
-      if (!parse_number(fields[column], value)) {
-        throw InputError(where + ", column " + std::to_string(column + 1) + " holds \"" +
-                         std::string(fields[column]) + "\", which is not a number");
+      const Field kind = parse_field(fields[column], value);
+      const std::string holds = where + ", column " + std::to_string(column + 1) + " holds \"" +
+                                detail::printable(fields[column]) + "\"";
+      if (kind == Field::word) throw InputError(holds + ", which is not a number");
+      if (kind == Field::beyond_range) {
+        throw InputError(holds + ", which is beyond float64's range (±1.8e308)");
       }
-      if (!std::isfinite(value)) {
-        throw InputError(where + ", column " + std::to_string(column + 1) + " holds \"" +
-                         std::string(fields[column]) + "\"; every value must be finite");
-      }
+      if (!std::isfinite(value)) throw InputError(holds + "; every value must be finite");
       if (value != std::floor(value)) array.integral_dtype = false;
       array.values.push_back(value);
     }

@@ -102,9 +102,9 @@ bool has_extension(const std::filesystem::path& path, const std::string& lowerca
   return extension == lowercase_extension;
 }
 
-Array read_array(const std::filesystem::path& path, const char* role) {
+Array read_array(const std::filesystem::path& path, const char* role, CsvHeader csv_header) {
   if (has_extension(path, ".npy")) return read_npy(path);
-  if (has_extension(path, ".csv")) return read_csv(path);
+  if (has_extension(path, ".csv")) return read_csv(path, csv_header);
   throw InputError(std::string(role) + " file " + quoted(path) +
                    " has an unsupported extension; expected .npy or .csv");
 }
@@ -175,9 +175,9 @@ void check_writable(const std::filesystem::path& path) {
 }
 
 Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
-                Loss loss) {
-  Array x = read_array(x_path, "X");
-  Array y = read_array(y_path, "Y");
+                Loss loss, CsvHeader csv_header) {
+  Array x = read_array(x_path, "X", csv_header);
+  Array y = read_array(y_path, "Y", csv_header);
   require_finite(x, x_path, "X");
   require_finite(y, y_path, "Y");
 

@@ -51,8 +51,9 @@ std::size_t read_bytes(gzFile file, unsigned char* destination, std::size_t size
     if (got < 0) {
       int zlib_error = Z_OK;
       const char* message = gzerror(file, &zlib_error);
-      // Z_BUF_ERROR is zlib's "unexpected end of file": the caller reports
-      // that as truncation with byte counts.
+      // Z_BUF_ERROR is zlib's "unexpected end of file" (gzread mostly gives
+      // a short count for it instead): the caller reports it as truncation,
+      // of the data by its byte counts, of the trailer by gzip_stream_cut.
       if (zlib_error == Z_BUF_ERROR) break;
       throw InputError("cannot read " + quoted(path) + ": its compressed data is corrupt (zlib: " +
                        message + ")");
@@ -61,6 +62,17 @@ std::size_t read_bytes(gzFile file, unsigned char* destination, std::size_t size
     total += static_cast<std::size_t>(got);
   }
   return total;
+}
+
+/// After a read came back short: whether zlib's input ended inside a gzip
+/// stream ("unexpected end of file", Z_BUF_ERROR) rather than after the
+/// stream's end (Z_STREAM_END, reached only through its trailer, whose CRC-32
+/// and length zlib has then verified). gzread reports the cut as a short read,
+/// not an error, so it must be asked.
+bool gzip_stream_cut(gzFile file) {
+  int zlib_error = Z_OK;
+  gzerror(file, &zlib_error);
+  return zlib_error == Z_BUF_ERROR;
 }
 
 /// Reads an unsigned-byte IDX array. Keeps at most `row_limit` rows (all when
@@ -145,11 +157,17 @@ Array read_idx_rows(const std::filesystem::path& path, std::int64_t row_limit,
                      std::to_string(stored_count) + " data bytes but only " +
                      std::to_string(got) + " are present");
   }
+  // Reading past the last data byte also takes zlib through the gzip trailer:
+  // a wrong CRC-32 or length is corrupt data (read_bytes throws), a missing
+  // trailer a cut stream. With a row limit the rest is neither read nor checked.
   if (rows == stored_rows) {
     unsigned char extra = 0;
     if (read_bytes(file.get(), &extra, 1, path) != 0) {
       throw InputError(quoted(path) + " has bytes after the " + std::to_string(count) +
                        " data bytes that its dimensions describe");
+    }
+    if (gzip_stream_cut(file.get())) {
+      throw InputError(quoted(path) + " is truncated: the gzip stream ends before its trailer");
     }
   }
   array.values.assign(bytes.begin(), bytes.end());

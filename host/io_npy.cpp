@@ -17,6 +17,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 namespace {
@@ -79,8 +80,8 @@ struct Dtype {
 /// Maps a 'descr' string to a Dtype, or throws naming what was found.
 Dtype parse_dtype(const std::string& descr, const std::filesystem::path& path) {
   auto unsupported = [&](const std::string& why) {
-    return InputError(quoted(path) + " has dtype '" + descr + "'" + why + "; expected one of " +
-                      std::string(kSupportedDtypes));
+    return InputError(quoted(path) + " has dtype '" + detail::printable(descr) + "'" + why +
+                      "; expected one of " + std::string(kSupportedDtypes));
   };
   if (descr.size() < 3 || std::string_view("<>=|").find(descr[0]) == std::string_view::npos) {
     throw unsupported("");
@@ -125,7 +126,7 @@ class HeaderParser {
       skip_space();
       if (peek() == '}') break;
       const std::string key = parse_string("a key");
-      expect(':', "after key '" + key + "'");
+      expect(':', "after key '" + detail::printable(key) + "'");
       if (key == "descr") {
         skip_space();
         if (peek() == '[') {
@@ -141,13 +142,13 @@ class HeaderParser {
         header.shape = parse_shape();
         has_shape = true;
       } else {
-        fail("unexpected key '" + key + "'");
+        fail("unexpected key '" + detail::printable(key) + "'");
       }
       skip_space();
       if (peek() == ',') {
         ++position_;
       } else if (peek() != '}') {
-        fail("expected ',' or '}' after the value of '" + key + "'");
+        fail("expected ',' or '}' after the value of '" + detail::printable(key) + "'");
       }
     }
     ++position_;  // the closing brace; padding spaces and '\n' may follow

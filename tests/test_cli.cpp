@@ -901,5 +901,72 @@ TEST_F(Cli, SweepRecordsItsDevice) {
   EXPECT_EQ(device, cuda_device_count() > 0 ? "cuda: " + cuda_device_name() : std::string("cpu"));
 }
 
+// ---- CSV data: --csv-header, numbers out of range, escaped file content -----------
+
+TEST_F(Cli, CsvHeaderOptionSaysWhetherTheFirstLineIsAHeader) {
+  write_bytes(path("X.csv"), "1,2\n3,4.5\n5,7\n");
+  write_bytes(path("Y.csv"), "1\n2\n4\n");
+  const auto samples = [&](const std::vector<std::string>& extra) -> std::int64_t {
+    std::vector<std::string> args = {"profile", "--x", p("X.csv"), "--y", p("Y.csv"),
+                                     "--out", p("report.json")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const RunResult result = run(args);
+    EXPECT_EQ(result.status, 0) << result.err;
+    if (result.status != 0) return -1;
+    return nlohmann::json::parse(read_text(path("report.json")))["n"].get<std::int64_t>();
+  };
+  EXPECT_EQ(samples({}), 3);                          // auto: numbers are data
+  EXPECT_EQ(samples({"--csv-header", "no"}), 3);
+  EXPECT_EQ(samples({"--csv-header", "yes"}), 2);     // the first line is dropped
+
+  write_bytes(path("Xh.csv"), "a,b\n1,2\n3,4.5\n5,7\n");
+  write_bytes(path("Yh.csv"), "y\n1\n2\n4\n");
+  fs::remove(path("report.json"));
+  expect_failure({"profile", "--x", p("Xh.csv"), "--y", p("Yh.csv"), "--csv-header", "no",
+                  "--out", p("report.json")},
+                 2, "line 1, column 1 holds \"a\", which is not a number");
+  expect_failure({"profile", "--x", p("Xh.csv"), "--y", p("Yh.csv"), "--csv-header", "maybe",
+                  "--out", p("report.json")},
+                 2, "--csv-header");
+}
+
+TEST_F(Cli, CsvHeaderOptionAppliesToSweepTestData) {
+  synth(30, 2, 1);
+  write_bytes(path("TX.csv"), "x0,x1\n0.5,1\n-1,2\n");
+  write_bytes(path("TY.csv"), "y\n0.25\n1\n");
+  const std::vector<std::string> args = {
+      "sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--test-x", p("TX.csv"), "--test-y",
+      p("TY.csv"), "--batch-sizes", "4", "--lrs", "0.1", "--steps", "5", "--quiet"};
+  std::vector<std::string> with_header = args;
+  with_header.insert(with_header.end(), {"--summary", p("s.json")});
+  const RunResult result = run(with_header);
+  ASSERT_EQ(result.status, 0) << result.err;
+  std::vector<std::string> without = args;
+  without.insert(without.end(), {"--csv-header", "no", "--summary", p("s2.json")});
+  expect_failure(without, 2, "TX.csv\" line 1, column 1 holds \"x0\"");
+}
+
+TEST_F(Cli, CsvNumbersOutOfRangeAndControlBytes) {
+  write_bytes(path("Y.csv"), "1\n2\n3\n");
+  write_bytes(path("big.csv"), "1e999,2\n3,4\n5,6\n");
+  expect_failure({"profile", "--x", p("big.csv"), "--y", p("Y.csv"), "--out", p("r.json")}, 2,
+                 "big.csv\" line 1, column 1 holds \"1e999\", which is beyond float64's range");
+
+  write_bytes(path("tiny.csv"), "1e-400,2\n3,4\n5,1e-400\n");
+  const RunResult tiny = run({"profile", "--x", p("tiny.csv"), "--y", p("Y.csv"), "--out",
+                              p("tiny.json")});
+  ASSERT_EQ(tiny.status, 0) << tiny.err;
+  EXPECT_EQ(nlohmann::json::parse(read_text(path("tiny.json")))["n"], 3);
+
+  write_bytes(path("evil.csv"), std::string("1,2\n3,\x1b]0;pwned\x07") + '\0' + "x\n5,6\n");
+  const RunResult evil = run({"profile", "--x", p("evil.csv"), "--y", p("Y.csv")});
+  EXPECT_EQ(evil.status, 2) << evil.err;
+  EXPECT_NE(evil.err.find("holds \"\\x1b]0;pwned\\x07\\x00x\", which is not a number"),
+            std::string::npos)
+      << evil.err;
+  EXPECT_EQ(evil.err.find('\x1b'), std::string::npos);
+  EXPECT_EQ(lines_of(evil.err).size(), 1u) << evil.err;
+}
+
 }  // namespace
 }  // namespace gradnoise

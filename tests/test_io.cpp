@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -22,6 +23,7 @@
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "text.hpp"
 
 namespace gradnoise {
 namespace {
@@ -325,6 +327,21 @@ TEST_F(IoNpy, AcceptsOnlyOneAndTwoDimensions) {
   EXPECT_CONTAINS(message, "(1, 1, 2)");
 }
 
+TEST_F(IoNpy, EscapesHeaderTextInMessages) {
+  const fs::path key = path("key.npy");
+  write_bytes(key, npy_file(std::string("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), "
+                                        "'a\x1b]0;x") + '\0' + "b': 1}",
+                            npy_data<double>({1})));
+  std::string message = error_message<InputError>([&] { read_npy(key); });
+  EXPECT_CONTAINS(message, key.string());
+  EXPECT_CONTAINS(message, "unexpected key 'a\\x1b]0;x\\x00b'");
+
+  const fs::path dtype = path("dtype.npy");
+  write_bytes(dtype, npy_file(npy_dict("<f\r\n8", "(1,)"), npy_data<double>({1})));
+  message = error_message<InputError>([&] { read_npy(dtype); });
+  EXPECT_CONTAINS(message, "dtype '<f\\r\\n8'");
+}
+
 // ---- CSV ---------------------------------------------------------------------
 
 using IoCsv = IoTempDir;
@@ -402,6 +419,89 @@ TEST_F(IoCsv, RejectsTextInDataEmptyFilesAndHeaderOnly) {
   EXPECT_CONTAINS(error_message<InputError>([&] { read_csv(missing); }), missing.string());
 }
 
+TEST_F(IoCsv, OverflowIsAnErrorEvenInTheFirstLine) {
+  // A first line of numbers, one beyond float64's range, used to be taken for
+  // a header and dropped without a word.
+  const fs::path first = path("first.csv");
+  write_bytes(first, "1e999,2\n3,4\n");
+  std::string message = error_message<InputError>([&] { read_csv(first); });
+  EXPECT_CONTAINS(message, first.string());
+  EXPECT_CONTAINS(message, "line 1, column 1");
+  EXPECT_CONTAINS(message, "\"1e999\"");
+  EXPECT_CONTAINS(message, "is beyond float64's range (±1.8e308)");
+
+  for (const std::string value : {"-1e999", "1000e306", "1e400000000000000000000", "+2e308"}) {
+    SCOPED_TRACE(value);
+    const fs::path later = path("later.csv");
+    write_bytes(later, "1,2\n3," + value + "\n");
+    message = error_message<InputError>([&] { read_csv(later); });
+    EXPECT_CONTAINS(message, later.string());
+    EXPECT_CONTAINS(message, "line 2, column 2");
+    EXPECT_CONTAINS(message, value);
+    EXPECT_CONTAINS(message, "beyond float64's range");
+  }
+}
+
+TEST_F(IoCsv, UnderflowReadsAsTheNearestDoubleInEveryLine) {
+  // 1e-400 in the first line used to make it a header, and later "not a number".
+  write_bytes(path("tiny.csv"), "1e-400,2\n3,-1e-400\n1e-310,4.9e-324\n0.00001e-320,2e-324\n");
+  const Array array = read_csv(path("tiny.csv"));
+  EXPECT_EQ(array.shape, (std::vector<std::int64_t>{4, 2}));
+  ASSERT_EQ(array.values.size(), 8u);
+  EXPECT_EQ(array.values[0], 0.0);
+  EXPECT_EQ(array.values[1], 2.0);
+  EXPECT_EQ(array.values[3], 0.0);
+  EXPECT_TRUE(std::signbit(array.values[3]));  // the nearest double to -1e-400 is -0
+  EXPECT_EQ(array.values[4], 1e-310);          // subnormals are kept
+  EXPECT_EQ(array.values[5], std::numeric_limits<double>::denorm_min());
+  EXPECT_EQ(array.values[6], 0.0);
+  EXPECT_EQ(array.values[7], 0.0);
+}
+
+TEST_F(IoCsv, HeaderModeSaysWhetherTheFirstLineIsAHeader) {
+  write_bytes(path("numbers.csv"), "1,2\n3,4\n");
+  EXPECT_EQ(read_csv(path("numbers.csv"), CsvHeader::automatic).values,
+            (std::vector<double>{1, 2, 3, 4}));
+  Array array = read_csv(path("numbers.csv"), CsvHeader::present);
+  EXPECT_EQ(array.shape, (std::vector<std::int64_t>{1, 2}));
+  EXPECT_EQ(array.values, (std::vector<double>{3, 4}));
+  EXPECT_EQ(read_csv(path("numbers.csv"), CsvHeader::absent).values,
+            (std::vector<double>{1, 2, 3, 4}));
+
+  const fs::path words = path("words.csv");
+  write_bytes(words, "x,y\n1,2\n");
+  EXPECT_EQ(read_csv(words, CsvHeader::automatic).values, (std::vector<double>{1, 2}));
+  EXPECT_EQ(read_csv(words, CsvHeader::present).values, (std::vector<double>{1, 2}));
+  std::string message = error_message<InputError>([&] { read_csv(words, CsvHeader::absent); });
+  EXPECT_CONTAINS(message, words.string());
+  EXPECT_CONTAINS(message, "line 1, column 1 holds \"x\", which is not a number");
+
+  // A header as pandas writes it (an empty name over the index) is a header;
+  // an empty field among numbers is not a word, so that line is data.
+  write_bytes(path("pandas.csv"), ",x\n0,1.5\n");
+  EXPECT_EQ(read_csv(path("pandas.csv")).values, (std::vector<double>{0, 1.5}));
+  const fs::path gap = path("gap_in_first.csv");
+  write_bytes(gap, "1,,3\n4,5,6\n");
+  message = error_message<InputError>([&] { read_csv(gap); });
+  EXPECT_CONTAINS(message, "line 1, column 2 holds \"\", which is not a number");
+
+  const fs::path one_line = path("one_line.csv");
+  write_bytes(one_line, "1,2\n");
+  message = error_message<InputError>([&] { read_csv(one_line, CsvHeader::present); });
+  EXPECT_CONTAINS(message, one_line.string());
+  EXPECT_CONTAINS(message, "no data rows");
+}
+
+TEST_F(IoCsv, EscapesControlBytesOfATokenInTheMessage) {
+  const fs::path file = path("escape.csv");
+  write_bytes(file, std::string("1,2\n3,a\x1b[31mb") + '\0' + "c\n");
+  const std::string message = error_message<InputError>([&] { read_csv(file); });
+  EXPECT_CONTAINS(message, "holds \"a\\x1b[31mb\\x00c\", which is not a number");
+  for (const char c : message) {
+    EXPECT_FALSE(static_cast<unsigned char>(c) < 0x20 || c == 0x7f) << "raw byte in: " << message;
+  }
+}
+
 // ---- IDX -----------------------------------------------------------------------
 
 /// An IDX file of unsigned bytes with the given dims; values are i mod 251.
@@ -468,6 +568,26 @@ TEST_F(IoIdx, RejectsTruncatedPlainAndGzipped) {
                   path("cut_stream.gz").string());
 }
 
+TEST_F(IoIdx, RejectsAGzipStreamCutInItsTrailer) {
+  // The trailer (CRC-32, then the length) is the last 8 bytes; without it the
+  // data used to be accepted unchecked.
+  write_gzip(path("whole.gz"), idx_file({4, 5}));
+  const std::string compressed = read_bytes(path("whole.gz"));
+  for (const std::size_t cut : {1, 4, 8}) {
+    SCOPED_TRACE(cut);
+    const fs::path file = path("cut_trailer.gz");
+    write_bytes(file, compressed.substr(0, compressed.size() - cut));
+    const std::string message = error_message<InputError>([&] { read_idx(file); });
+    EXPECT_CONTAINS(message, file.string());
+    EXPECT_CONTAINS(message, "is truncated: the gzip stream ends before its trailer");
+  }
+  // A trailer whose CRC-32 does not match the data is corrupt data.
+  std::string bad_crc = compressed;
+  bad_crc[bad_crc.size() - 8] = static_cast<char>(bad_crc[bad_crc.size() - 8] ^ 0x01);
+  write_bytes(path("bad_crc.gz"), bad_crc);
+  EXPECT_CONTAINS(error_message<InputError>([&] { read_idx(path("bad_crc.gz")); }), "corrupt");
+}
+
 TEST_F(IoIdx, RejectsWrongMagicAndUnsupportedType) {
   write_bytes(path("magic.idx"), "\x01\x02\x08\x01" + std::string(8, '\0'));
   std::string message = error_message<InputError>([&] { read_idx(path("magic.idx")); });
@@ -485,6 +605,23 @@ TEST_F(IoIdx, RejectsWrongMagicAndUnsupportedType) {
 
   const fs::path missing = path("missing.gz");
   EXPECT_CONTAINS(error_message<InputError>([&] { read_idx(missing); }), missing.string());
+}
+
+// ---- Escaping file content for messages ------------------------------------------
+
+TEST(Printable, EscapesWhatCouldDriveATerminalAndKeepsText) {
+  using detail::printable;
+  EXPECT_EQ(printable(std::string("a\x1b[2Jb\0c\x7f", 9)), "a\\x1b[2Jb\\x00c\\x7f");
+  EXPECT_EQ(printable("tab\there\r\n"), "tab\\there\\r\\n");
+  EXPECT_EQ(printable("back\\slash \"quoted\" 'single'"), "back\\\\slash \\\"quoted\\\" 'single'");
+  const std::string text = "Gr\xC3\xB6\xC3\x9F" "e ×2 \xF0\x9F\x93\x88";  // Größe ×2 📈
+  EXPECT_EQ(printable(text), text);
+  EXPECT_EQ(printable("\xC2\x9B" "31m"), "\\xc2\\x9b31m");            // C1 CSI
+  EXPECT_EQ(printable("a\xE2\x80\xAE" "b"), "a\\xe2\\x80\\xaeb");     // right-to-left override
+  EXPECT_EQ(printable("\xEF\xBB\xBF" "x"), "\\xef\\xbb\\xbfx");       // byte-order mark
+  EXPECT_EQ(printable("\xff\xC3"), "\\xff\\xc3");                     // stray and cut bytes
+  EXPECT_EQ(printable("\xC0\xAF"), "\\xc0\\xaf");                     // overlong '/'
+  EXPECT_EQ(printable("\xED\xA0\x80"), "\\xed\\xa0\\x80");            // a surrogate
 }
 
 // ---- Atomic output -------------------------------------------------------------
@@ -662,6 +799,19 @@ TEST_F(IoFashionMnist, RejectsLabelsOutOfRange) {
       [&] { load_fashion_mnist(dir_, "train", Loss::cross_entropy); });
   EXPECT_CONTAINS(message, "train-labels-idx1-ubyte");
   EXPECT_CONTAINS(message, "10");
+}
+
+TEST_F(IoFashionMnist, LimitStopsReadingBeforeTheEndOfTheFile) {
+  write_fake_fashion_mnist(dir_, "t10k", {1, 2, 3});
+  const fs::path images = dir_ / "t10k-images-idx3-ubyte.gz";
+  const std::string compressed = read_bytes(images);
+  write_bytes(images, compressed.substr(0, compressed.size() - 4));
+  // With a limit the rest of the file, trailer included, is not read (as
+  // README's --limit says); read whole, the cut is found.
+  EXPECT_EQ(load_fashion_mnist(dir_, "test", Loss::cross_entropy, 2).n, 2);
+  EXPECT_CONTAINS(error_message<InputError>(
+                      [&] { load_fashion_mnist(dir_, "test", Loss::cross_entropy); }),
+                  "trailer");
 }
 
 TEST(IoFashionMnistInstalled, LoadsTheTestSplit) {

@@ -126,6 +126,13 @@ Sampling parse_sampling(const std::string& name) {
                    "(the data in order), not '" + name + "'.");
 }
 
+CsvHeader parse_csv_header(const std::string& name) {
+  if (name == "auto") return CsvHeader::automatic;
+  if (name == "yes") return CsvHeader::present;
+  if (name == "no") return CsvHeader::absent;
+  throw InputError("--csv-header '" + name + "' is not known; expected auto, yes or no");
+}
+
 std::string loss_choices() {
   std::string text;
   for (Loss loss : all_losses()) {
@@ -181,10 +188,11 @@ void check_loaded(LoadedData& loaded) {
 }  // namespace
 
 LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
-                         const std::string& y_flag, const std::string& y_path, Loss loss) {
+                         const std::string& y_flag, const std::string& y_path, Loss loss,
+                         CsvHeader csv_header) {
   LoadedData loaded;
   try {
-    loaded.data = load_xy(x_path, y_path, loss);
+    loaded.data = load_xy(x_path, y_path, loss, csv_header);
   } catch (const InputError& error) {
     // load_xy names the file at fault; say which flags gave it if it did not.
     const std::string message = error.what();
@@ -205,7 +213,10 @@ LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
 
 LoadedData load_data(const DataModelArgs& args, Loss loss) {
   current_stage = "loading the data";
-  if (args.dataset.empty()) return load_xy_files("--x", args.x_path, "--y", args.y_path, loss);
+  if (args.dataset.empty()) {
+    return load_xy_files("--x", args.x_path, "--y", args.y_path, loss,
+                         parse_csv_header(args.csv_header));
+  }
   LoadedData loaded;
   const std::filesystem::path dir = fashion_mnist_dir();
   loaded.data = mentioning("--dataset", args.dataset, [&] {
@@ -300,6 +311,10 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
                       "Targets: N x K reals (--loss mse), N x K reals in [0, 1] (--loss bce) or N integer "
                       "labels (--loss ce)")
       ->type_name("FILE");
+  command->add_option("--csv-header", args.csv_header,
+                      "Is the first line of a .csv data file a header? auto (yes when a field "
+                      "is a word, not a number), yes (always: skip it) or no (never: it is data)")
+      ->capture_default_str();
   command->add_option("--loss", args.loss, loss_choices())
       ->capture_default_str();
   command->add_option("--layer", args.layers,
@@ -321,6 +336,7 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
 }
 
 void check_data_model_combinations(const DataModelArgs& args, bool seed_also_samples) {
+  parse_csv_header(args.csv_header);  // a bad name fails before any file is read
   if (!args.dataset.empty()) {
     if (!args.x_path.empty() || !args.y_path.empty()) {
       throw InputError("--dataset and --x/--y both give data; use one or the other.");

@@ -1,7 +1,7 @@
 // The data and model options that several commands share (profile, sweep):
-// --dataset/--split/--limit or --x/--y, --loss, and --layer files or a built
-// model (--hidden, --init, --seed, --no-bias). Every message names the flag
-// or the file at fault.
+// --dataset/--split/--limit or --x/--y (and --csv-header), --loss, and
+// --layer files or a built model (--hidden, --init, --seed, --no-bias).
+// Every message names the flag or the file at fault.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +25,7 @@ struct DataModelArgs {
   std::int64_t limit = 0;
   std::string x_path;
   std::string y_path;
+  std::string csv_header = "auto";  // auto, yes or no: is a .csv data file's first line a header
   std::string loss = "mse";
   std::vector<std::string> layers;
   std::string hidden;
@@ -54,6 +55,7 @@ void check_data_model_combinations(const DataModelArgs& args, bool seed_also_sam
 Device parse_device(const std::string& name);
 Init parse_init(const std::string& name);
 Sampling parse_sampling(const std::string& name);
+CsvHeader parse_csv_header(const std::string& name);
 
 /// "mse (squared error), ce (...), bce (...)": --loss's help, from the registry.
 std::string loss_choices();
@@ -71,9 +73,10 @@ struct LoadedData {
 LoadedData load_data(const DataModelArgs& args, Loss loss);
 
 /// A data set from files, checked like load_data; `x_flag`/`y_flag` name the
-/// options in messages.
+/// options in messages; `csv_header` says how to read .csv files (--csv-header).
 LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
-                         const std::string& y_flag, const std::string& y_path, Loss loss);
+                         const std::string& y_flag, const std::string& y_path, Loss loss,
+                         CsvHeader csv_header);
 
 struct BuiltModel {
   Model model;

@@ -304,7 +304,8 @@ int run_sweep(const SweepArgs& args) {
     test->source = "--eval-test (the fashion-mnist test split)";
   } else if (!args.test_x_path.empty()) {
     current_stage = "loading the test data";
-    test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss);
+    test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss,
+                         parse_csv_header(args.inputs.csv_header));
   }
   if (test) {
     if (test->data.d != train.data.d) {

@@ -31,19 +31,29 @@ Array read_npy(const std::filesystem::path& path);
 void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,
                const std::vector<double>& values);
 
-/// Numeric CSV; a first line with any non-numeric field is a header. Shape is
-/// always {rows, cols} (one column gives rows×1); NaN/Inf and ragged rows are
-/// InputErrors naming the file, line and column.
-Array read_csv(const std::filesystem::path& path);
+/// Whether a CSV file's first line is a header (column names) to skip.
+enum class CsvHeader {
+  automatic,  // a header when a field is a word: not empty and not a number at all
+  present,    // always a header, even when it holds numbers
+  absent,     // never: the first line is data, and a word in it is an error
+};
+
+/// Numeric CSV, its first line a header as `header` says. Shape is always
+/// {rows, cols} (one column gives rows×1). A number too small for float64
+/// (1e-400) reads as the nearest float64 (0 or subnormal); one beyond its
+/// range (1e999), NaN/Inf, words and ragged rows are InputErrors naming the
+/// file, line and column.
+Array read_csv(const std::filesystem::path& path, CsvHeader header = CsvHeader::automatic);
 
 /// IDX (LeCun's format), gzip-compressed or plain: unsigned-byte arrays of 1
 /// to 3 dims; N×R×C images come back as {N, R*C}.
 Array read_idx(const std::filesystem::path& path);
 
-/// Reads X and Y from .npy or .csv (by extension). For `loss` cross-entropy
-/// Y holds N integer labels (N or N×1); for squared loss Y is N or N×K reals.
+/// Reads X and Y from .npy or .csv (by extension; `csv_header` for .csv). For
+/// `loss` cross-entropy Y holds N integer labels (N or N×1); for squared loss
+/// Y is N or N×K reals.
 Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
-                Loss loss);
+                Loss loss, CsvHeader csv_header = CsvHeader::automatic);
 
 /// Where Debian's dataset-fashion-mnist package puts the files, unless the
 /// environment variable GRADNOISE_FASHION_MNIST_DIR says otherwise.
