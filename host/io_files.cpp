@@ -1,7 +1,9 @@
-// Outputs written atomically, the writability probe, and load_xy, which turns
+// Outputs (regular files written atomically through their symlinks, devices
+// and FIFOs written in place), the writability probe, and load_xy, which turns
 // a pair of .npy/.csv files into a validated Dataset.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,9 +71,11 @@ class FileDescriptor {
 
 /// Creates a new, uniquely named file beside `target` (same directory, so the
 /// final rename stays on one file system and is atomic). O_EXCL makes the name
-/// ours even if another process picked the same one.
+/// ours even if another process picked the same one. `what` names the output
+/// in messages.
 std::pair<std::filesystem::path, int> create_temp_beside(const std::filesystem::path& target,
-                                                         const char* purpose) {
+                                                         const char* purpose,
+                                                         const std::string& what) {
   static std::atomic<unsigned> counter{0};
   const std::filesystem::path directory = directory_of(target);
   // Hidden (leading dot) so a crash mid-write does not leave a file that
@@ -87,13 +91,68 @@ std::pair<std::filesystem::path, int> create_temp_beside(const std::filesystem::
     const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd >= 0) return {candidate, fd};
     if (errno != EEXIST) {
-      throw RuntimeError("cannot write " + quoted(target) + ": creating a file in directory " +
+      throw RuntimeError("cannot write " + what + ": creating a file in directory " +
                          quoted(directory) + " failed (" + std::strerror(errno) + ")");
     }
   }
-  throw RuntimeError("cannot write " + quoted(target) +
-                     ": no unused temporary file name found in " + quoted(directory));
+  throw RuntimeError("cannot write " + what + ": no unused temporary file name found in " +
+                     quoted(directory));
 }
+
+/// `path` in quotes, and the file it leads to when that is another path.
+std::string described(const std::filesystem::path& path, const OutputTarget& target) {
+  if (target.path == path) return quoted(path);
+  return quoted(path) + " (a symlink to " + quoted(target.path) + ")";
+}
+
+/// Writes all of `contents` to `fd`; 0, or the errno of the failure.
+int write_all(int fd, const std::string& contents) {
+  const char* next = contents.data();
+  std::size_t remaining = contents.size();
+  while (remaining > 0) {
+    const ssize_t written = ::write(fd, next, remaining);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    next += written;
+    remaining -= static_cast<std::size_t>(written);
+  }
+  return 0;
+}
+
+/// A character device or FIFO: opened (a FIFO waits for its reader) and
+/// written as it is, never created, truncated or replaced.
+void write_in_place(const std::filesystem::path& path, const std::string& contents) {
+  int raw_fd = -1;
+  do {
+    raw_fd = ::open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+  } while (raw_fd < 0 && errno == EINTR);
+  if (raw_fd < 0) {
+    throw RuntimeError("cannot write " + quoted(path) + ": opening it failed (" +
+                       std::strerror(errno) + ")");
+  }
+  FileDescriptor fd(raw_fd);
+  if (const int error = write_all(fd.get(), contents); error != 0) {
+    throw RuntimeError("cannot write " + quoted(path) + ": writing failed (" +
+                       std::strerror(error) + ")");
+  }
+  if (fd.close() != 0) {
+    throw RuntimeError("cannot write " + quoted(path) + ": closing it failed (" +
+                       std::strerror(errno) + ")");
+  }
+}
+
+/// What `mode` is, for the refusal of files that are neither regular files,
+/// directories, character devices nor FIFOs.
+const char* file_kind(mode_t mode) {
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISSOCK(mode)) return "socket";
+  return "special file";
+}
+
+// Linux's own limit on symlinks followed in one lookup.
+constexpr int kMaxSymlinkHops = 40;
 
 bool has_extension(const std::filesystem::path& path, const std::string& lowercase_extension) {
   std::string extension = path.extension().string();
@@ -134,41 +193,73 @@ void require_finite(const Array& array, const std::filesystem::path& path, const
 
 }  // namespace
 
+OutputTarget output_target(const std::filesystem::path& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) == 0) {
+    // Decided on what the path leads to, so /dev/stdout (a symlink to
+    // /proc/self/fd/1, itself a link to "pipe:[…]") is written as the pipe.
+    if (S_ISCHR(info.st_mode) || S_ISFIFO(info.st_mode)) return {path, true};
+    if (!S_ISREG(info.st_mode) && !S_ISDIR(info.st_mode)) {
+      throw RuntimeError("cannot write " + quoted(path) + ": it is a " + file_kind(info.st_mode) +
+                         "; an output must be a regular file, a character device or a FIFO");
+    }
+  }
+  std::filesystem::path current = path;
+  for (int hop = 0; hop <= kMaxSymlinkHops; ++hop) {
+    struct stat link {};
+    if (::lstat(current.c_str(), &link) != 0 || !S_ISLNK(link.st_mode)) return {current, false};
+    std::error_code error;
+    const std::filesystem::path next = std::filesystem::read_symlink(current, error);
+    if (error) {
+      throw RuntimeError("cannot write " + quoted(path) + ": reading the symlink " +
+                         quoted(current) + " failed (" + error.message() + ")");
+    }
+    current = next.is_absolute() ? next : current.parent_path() / next;
+  }
+  throw RuntimeError("cannot write " + quoted(path) + ": too many levels of symbolic links");
+}
+
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
-  auto [temp_path, raw_fd] = create_temp_beside(path, "tmp");
+  const OutputTarget target = output_target(path);
+  if (target.in_place) {
+    write_in_place(target.path, contents);
+    return;
+  }
+  const std::string what = described(path, target);
+  auto [temp_path, raw_fd] = create_temp_beside(target.path, "tmp", what);
   FileDescriptor fd(raw_fd);
-  auto fail = [&, temp = temp_path](const std::string& what, int error) {
+  auto fail = [&, temp = temp_path](const std::string& step, int error) {
     if (fd.get() >= 0) fd.close();
     ::unlink(temp.c_str());
-    throw RuntimeError("cannot write " + quoted(path) + ": " + what + " failed (" +
+    throw RuntimeError("cannot write " + what + ": " + step + " failed (" +
                        std::strerror(error) + ")");
   };
-
-  const char* next = contents.data();
-  std::size_t remaining = contents.size();
-  while (remaining > 0) {
-    const ssize_t written = ::write(fd.get(), next, remaining);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      fail("writing the temporary file " + quoted(temp_path), errno);
-    }
-    next += written;
-    remaining -= static_cast<std::size_t>(written);
+  if (const int error = write_all(fd.get(), contents); error != 0) {
+    fail("writing the temporary file " + quoted(temp_path), error);
   }
   if (fd.close() != 0) fail("closing the temporary file " + quoted(temp_path), errno);
-  if (std::rename(temp_path.c_str(), path.c_str()) != 0) {
+  // Over the symlink's target, not the link: the link stays a link.
+  if (std::rename(temp_path.c_str(), target.path.c_str()) != 0) {
     fail("renaming the temporary file " + quoted(temp_path) + " over it", errno);
   }
 }
 
 void check_writable(const std::filesystem::path& path) {
-  const std::filesystem::path directory = directory_of(path);
+  const OutputTarget target = output_target(path);
+  if (target.in_place) {
+    if (::access(target.path.c_str(), W_OK) != 0) {
+      throw RuntimeError("cannot write " + quoted(path) + " (" + std::strerror(errno) + ")");
+    }
+    return;
+  }
+  const std::string what = described(path, target);
+  const std::filesystem::path directory = directory_of(target.path);
   std::error_code error;
   if (!std::filesystem::is_directory(directory, error)) {
-    throw RuntimeError("cannot write " + quoted(path) + ": directory " + quoted(directory) +
+    throw RuntimeError("cannot write " + what + ": directory " + quoted(directory) +
                        " does not exist");
   }
-  auto [probe_path, raw_fd] = create_temp_beside(path, "probe");
+  auto [probe_path, raw_fd] = create_temp_beside(target.path, "probe", what);
   FileDescriptor fd(raw_fd);
   fd.close();
   ::unlink(probe_path.c_str());

@@ -4,20 +4,28 @@
 // promised shape, that their numbers are what the library computes (the CLI
 // is a thin layer), and that every kind of bad input fails with one line
 // naming the culprit and leaves no output behind.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -158,19 +166,51 @@ class Cli : public ::testing::Test {
     return names;
   }
 
-  /// Runs `args`, which must fail with `status`, print exactly one line
-  /// "gradnoise: error: ..." containing `needle` (case-insensitive) and
-  /// leave the directory as it was (no output, no temp file).
-  void expect_failure(const std::vector<std::string>& args, int status, const std::string& needle) {
+  /// Runs `args` (after `setup`), which must fail with `status`, print
+  /// exactly one line "gradnoise: error: ..." containing `needle`
+  /// (case-insensitive) and leave the directory as it was (no output, no temp
+  /// file). Returns that line.
+  std::string expect_failure(const std::vector<std::string>& args, int status,
+                             const std::string& needle, const std::string& setup = "") {
     const std::vector<std::string> before = listing();
-    const RunResult result = run(args);
+    const RunResult result = run(args, setup);
     EXPECT_EQ(result.status, status) << result.err;
     const std::vector<std::string> lines = lines_of(result.err);
-    ASSERT_EQ(lines.size(), 1u) << result.err;
+    EXPECT_EQ(lines.size(), 1u) << result.err;
+    if (lines.size() != 1u) return {};
     EXPECT_EQ(lines[0].rfind("gradnoise: error: ", 0), 0u) << lines[0];
     EXPECT_NE(lower(lines[0]).find(lower(needle)), std::string::npos)
         << "message does not mention '" << needle << "': " << lines[0];
     EXPECT_EQ(listing(), before) << "the failed run left files behind";
+    return lines[0];
+  }
+
+  /// A run refused for naming one file twice: `command` plus `extra`, with
+  /// the output's flag and path and the other flag (an input's or an
+  /// output's) that the message must name.
+  struct SameFile {
+    std::vector<std::string> extra;
+    std::string output_flag, output_path, other_flag;
+  };
+
+  /// Each case must fail with exit 2 and one line naming both flags and the
+  /// output's path, writing nothing; the `inputs` keep their bytes.
+  void expect_same_file_refused(const std::vector<std::string>& command,
+                                const std::vector<SameFile>& cases,
+                                const std::vector<fs::path>& inputs) {
+    std::vector<std::string> before;
+    for (const fs::path& input : inputs) before.push_back(read_text(input));
+    for (const SameFile& c : cases) {
+      SCOPED_TRACE(c.output_flag + " " + c.output_path);
+      std::vector<std::string> args = command;
+      args.insert(args.end(), c.extra.begin(), c.extra.end());
+      const std::string line = expect_failure(args, 2, c.output_flag);
+      EXPECT_NE(line.find(c.other_flag), std::string::npos) << line;
+      EXPECT_NE(line.find(c.output_path), std::string::npos) << line;
+    }
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      EXPECT_EQ(read_text(inputs[i]), before[i]) << inputs[i];
+    }
   }
 
   /// The standard output flags of a profile run, all in the temp dir.
@@ -966,6 +1006,248 @@ TEST_F(Cli, CsvNumbersOutOfRangeAndControlBytes) {
       << evil.err;
   EXPECT_EQ(evil.err.find('\x1b'), std::string::npos);
   EXPECT_EQ(lines_of(evil.err).size(), 1u) << evil.err;
+}
+
+// ---- Outputs never replace what is at their path ----------------------------------
+
+/// Reads a FIFO while a command writes it: opened (without blocking) before
+/// the command runs, so the command's open does not wait for a reader, read
+/// as the command writes, and drained once it has exited. A command that
+/// never writes leaves it empty rather than hanging the test.
+class FifoReader {
+ public:
+  explicit FifoReader(const fs::path& path)
+      : fd_(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)) {
+    thread_ = std::thread([this] {
+      char buffer[4096];
+      for (;;) {
+        const bool last = done_.load();
+        for (ssize_t got; (got = ::read(fd_, buffer, sizeof buffer)) > 0;) {
+          bytes_.append(buffer, static_cast<std::size_t>(got));
+        }
+        if (last) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  FifoReader(const FifoReader&) = delete;
+  FifoReader& operator=(const FifoReader&) = delete;
+  ~FifoReader() { finish(); }
+
+  bool opened() const { return fd_ >= 0; }
+  /// Everything written, once the writer has exited.
+  std::string finish() {
+    if (thread_.joinable()) {
+      done_ = true;
+      thread_.join();
+      if (fd_ >= 0) ::close(fd_);
+    }
+    return bytes_;
+  }
+
+ private:
+  int fd_;
+  std::atomic<bool> done_{false};
+  std::string bytes_;
+  std::thread thread_;
+};
+
+TEST_F(Cli, ProfileRefusesAnOutputThatIsAnInput) {
+  synth(20, 3, 1);
+  write_npy(path("W.npy"), {1, 3}, {0.1, -0.2, 0.3});
+  write_npy(path("b.npy"), {1}, {0.5});
+  fs::create_symlink("Y.npy", path("y_link.npy"));
+  fs::create_hard_link(path("X.npy"), path("x_hard.npy"));
+  const std::string spelt_otherwise = (dir_ / "." / "X.npy").string();
+  const std::string layer = p("W.npy") + ":" + p("b.npy");
+  // Each beside a harmless output, which must not be written either.
+  const std::string report = p("report.json");
+  expect_same_file_refused(
+      {"profile", "--x", p("X.npy"), "--y", p("Y.npy")},
+      {{{"--out", p("X.npy")}, "--out", p("X.npy"), "--x"},
+       {{"--out", report, "--curve", p("Y.npy")}, "--curve", p("Y.npy"), "--y"},
+       {{"--out", report, "--param-stats", spelt_otherwise}, "--param-stats", spelt_otherwise, "--x"},
+       {{"--out", p("y_link.npy")}, "--out", p("y_link.npy"), "--y"},
+       {{"--out", report, "--curve", p("x_hard.npy")}, "--curve", p("x_hard.npy"), "--x"},
+       {{"--layer", layer, "--spectrum", "1", "--out", report, "--spectrum-csv", p("W.npy")},
+        "--spectrum-csv", p("W.npy"), "--layer"},
+       {{"--layer", layer, "--theta", "0.5", "--out", report, "--tests-csv", p("b.npy")},
+        "--tests-csv", p("b.npy"), "--layer"}},
+      {path("X.npy"), path("Y.npy"), path("W.npy"), path("b.npy")});
+  EXPECT_TRUE(fs::is_symlink(path("y_link.npy")));
+}
+
+TEST_F(Cli, SweepRefusesAnOutputThatIsAnInput) {
+  synth(20, 3, 1);
+  fs::copy_file(path("X.npy"), path("Xt.npy"));
+  fs::copy_file(path("Y.npy"), path("Yt.npy"));
+  write_npy(path("W.npy"), {1, 3}, {0.1, -0.2, 0.3});
+  expect_same_file_refused(
+      {"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+       "--steps", "5"},
+      {{{"--out", p("X.npy")}, "--out", p("X.npy"), "--x"},
+       {{"--out", p("runs.csv"), "--summary", p("Y.npy")}, "--summary", p("Y.npy"), "--y"},
+       {{"--layer", p("W.npy"), "--out", p("runs.csv"), "--final-weights", p("W.npy")},
+        "--final-weights", p("W.npy"), "--layer"},
+       {{"--out", p("runs.csv"), "--checkpoint", p("X.npy")}, "--checkpoint", p("X.npy"), "--x"},
+       {{"--test-x", p("Xt.npy"), "--test-y", p("Yt.npy"), "--out", p("Yt.npy")},
+        "--out", p("Yt.npy"), "--test-y"},
+       // A checkpoint, read to resume and rewritten as the sweep goes, is no
+       // place for another output.
+       {{"--out", p("ck.bin"), "--checkpoint", p("ck.bin")}, "--checkpoint", p("ck.bin"), "--out"}},
+      {path("X.npy"), path("Y.npy"), path("Xt.npy"), path("Yt.npy"), path("W.npy")});
+}
+
+TEST_F(Cli, DatasetFilesAreInputs) {
+  // The folder's files are inputs (the folder itself is not): refused before
+  // anything is loaded, so stand-in files do.
+  const fs::path data = path("fashion");
+  fs::create_directory(data);
+  write_bytes(data / "train-images-idx3-ubyte.gz", "precious");
+  const std::string output = (data / "train-images-idx3-ubyte.gz").string();
+  const std::string setup = "GRADNOISE_FASHION_MNIST_DIR=" + shell_quote(data.string()) + " ";
+  const std::string line = expect_failure(
+      {"profile", "--dataset", "fashion-mnist", "--loss", "ce", "--out", output}, 2, "--out", setup);
+  EXPECT_NE(line.find("--dataset"), std::string::npos) << line;
+  EXPECT_NE(line.find(output), std::string::npos) << line;
+  EXPECT_EQ(read_text(data / "train-images-idx3-ubyte.gz"), "precious");
+}
+
+TEST_F(Cli, TwoOutputsThatAreOneFileAreRefused) {
+  synth(20, 3, 1);
+  write_bytes(path("report.json"), "old report");
+  fs::create_hard_link(path("report.json"), path("alias.json"));
+  fs::create_symlink("report.json", path("link.json"));
+  // A hard link, a symlink, and a file yet to be created spelt two ways.
+  const std::string not_yet = (dir_ / "." / "curve.csv").string();
+  expect_same_file_refused(
+      {"profile", "--x", p("X.npy"), "--y", p("Y.npy")},
+      {{{"--out", p("report.json"), "--curve", p("alias.json")}, "--curve", p("alias.json"), "--out"},
+       {{"--out", p("link.json"), "--curve", p("report.json")}, "--curve", p("report.json"), "--out"},
+       {{"--out", p("curve.csv"), "--curve", not_yet}, "--curve", not_yet, "--out"},
+       {{"--out", "-", "--curve", "-"}, "--curve", "-", "--out"},
+       // The tests' stdout is a file, which /proc/self/fd/1 also names (not
+       // /dev/stdout: as root a regression could replace that link in /dev).
+       {{"--out", "-", "--curve", "/proc/self/fd/1"}, "--curve", "/proc/self/fd/1", "--out"}},
+      {path("report.json")});
+  EXPECT_TRUE(fs::is_symlink(path("link.json")));
+
+  // The same for sweep outputs.
+  expect_same_file_refused(
+      {"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+       "--steps", "5"},
+      {{{"--out", p("report.json"), "--summary", p("alias.json")}, "--summary", p("alias.json"),
+        "--out"}},
+      {path("report.json")});
+}
+
+TEST_F(Cli, SymlinkOutputsAreWrittenThrough) {
+  synth(20, 3, 1);
+  fs::create_directory(path("results"));
+  write_bytes(path("results/report.json"), "old report");
+  fs::create_symlink("results/report.json", path("report.json"));   // relative
+  fs::create_symlink(path("results/curve.csv"), path("curve.csv"));  // absolute, dangling
+  fs::create_symlink("stats_link.npy", path("stats.npy"));           // a chain, dangling
+  fs::create_symlink("results/stats.npy", path("stats_link.npy"));
+  const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--out",
+                                p("report.json"), "--curve", p("curve.csv"), "--param-stats",
+                                p("stats.npy")});
+  ASSERT_EQ(result.status, 0) << result.err;
+
+  for (const char* link : {"report.json", "curve.csv", "stats.npy", "stats_link.npy"}) {
+    EXPECT_TRUE(fs::is_symlink(path(link))) << link;
+  }
+  EXPECT_EQ(fs::read_symlink(path("report.json")), "results/report.json");
+  const nlohmann::json report = nlohmann::json::parse(read_text(path("results/report.json")));
+  EXPECT_EQ(report["n"], 20);
+  EXPECT_EQ(lines_of(read_text(path("results/curve.csv")))[0],
+            "batch_size,var_without_replacement,var_with_replacement");
+  EXPECT_EQ(read_npy(path("results/stats.npy")).shape, (std::vector<std::int64_t>{4, 2}));
+  // No temp file left beside the links or the targets.
+  std::vector<std::string> results;
+  for (const auto& entry : fs::directory_iterator(path("results"))) {
+    results.push_back(entry.path().filename());
+  }
+  std::sort(results.begin(), results.end());
+  EXPECT_EQ(results, (std::vector<std::string>{"curve.csv", "report.json", "stats.npy"}));
+  EXPECT_EQ(listing(), (std::vector<std::string>{"X.npy", "Y.npy", "curve.csv", "report.json",
+                                                 "results", "stats.npy", "stats_link.npy"}));
+
+  // The sweep's checkpoint, written as it goes, follows its link too.
+  fs::create_symlink("results/ck.bin", path("ck.bin"));
+  const RunResult sweep =
+      run({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+           "--steps", "5", "--out", p("runs.csv"), "--checkpoint", p("ck.bin"),
+           "--checkpoint-every", "0"});
+  ASSERT_EQ(sweep.status, 0) << sweep.err;
+  EXPECT_TRUE(fs::is_symlink(path("ck.bin")));
+  EXPECT_TRUE(fs::is_regular_file(path("results/ck.bin")));
+}
+
+TEST_F(Cli, FifoOutputIsWrittenInPlace) {
+  synth(20, 3, 1);
+  ASSERT_EQ(::mkfifo(path("report.fifo").c_str(), 0600), 0) << std::strerror(errno);
+  FifoReader reader(path("report.fifo"));
+  ASSERT_TRUE(reader.opened()) << std::strerror(errno);
+  const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--out",
+                                p("report.fifo"), "--curve", p("curve.csv")});
+  const std::string bytes = reader.finish();
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(fs::is_fifo(path("report.fifo")));
+  ASSERT_FALSE(bytes.empty());
+  EXPECT_EQ(nlohmann::json::parse(bytes)["n"], 20);
+  EXPECT_EQ(listing(), (std::vector<std::string>{"X.npy", "Y.npy", "curve.csv", "report.fifo"}));
+}
+
+TEST_F(Cli, DeviceOutputIsWrittenInPlace) {
+  synth(20, 3, 1);
+  // As root, a private /dev/null (so a regression cannot replace the
+  // machine's); otherwise /dev/null itself, which a user cannot replace but
+  // the old code still failed on.
+  fs::path device = path("null");
+  if (::mknod(device.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0) device = "/dev/null";
+  const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--out",
+                                device.string(), "--curve", p("curve.csv")});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_TRUE(fs::is_character_file(device)) << device;
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  EXPECT_FALSE(read_text(path("curve.csv")).empty());
+}
+
+TEST_F(Cli, DashWritesTextOutputsToStdout) {
+  synth(20, 3, 1);
+  const std::vector<std::string> data = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                         "--batch-sizes", "pow2"};
+  std::vector<std::string> to_file = data;
+  to_file.insert(to_file.end(), {"--curve", p("curve.csv")});
+  ASSERT_EQ(run(to_file).status, 0);
+  std::vector<std::string> to_stdout = data;
+  to_stdout.insert(to_stdout.end(), {"--curve", "-", "--out", p("report.json")});
+  const RunResult result = run(to_stdout);
+  ASSERT_EQ(result.status, 0) << result.err;
+  // stdout is the CSV alone; the summary went to stderr.
+  EXPECT_EQ(result.out, read_text(path("curve.csv")));
+  EXPECT_NE(result.err.find("trace_cov"), std::string::npos) << result.err;
+  EXPECT_FALSE(fs::exists(path("-")));
+  EXPECT_TRUE(fs::exists(path("report.json")));
+
+  // The sweep's CSV too.
+  const std::vector<std::string> sweep = {"sweep", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                          "--batch-sizes", "4", "--lrs", "0.1", "--steps", "5",
+                                          "--out"};
+  std::vector<std::string> sweep_file = sweep;
+  sweep_file.push_back(p("runs.csv"));
+  ASSERT_EQ(run(sweep_file).status, 0);
+  std::vector<std::string> sweep_stdout = sweep;
+  sweep_stdout.push_back("-");
+  const RunResult swept = run(sweep_stdout);
+  ASSERT_EQ(swept.status, 0) << swept.err;
+  EXPECT_EQ(swept.out, read_text(path("runs.csv")));
+  EXPECT_FALSE(fs::exists(path("-")));
+
+  // A binary output does not go to stdout.
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--param-stats", "-"}, 2,
+                 "--param-stats");
 }
 
 }  // namespace

@@ -3,7 +3,12 @@
 // that the message names the offending file, since that sentence is what a
 // CLI user sees.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -665,6 +670,90 @@ TEST_F(IoFiles, CheckWritableProbesWithoutLeavingFiles) {
   const fs::path unwritable = path("missing") / "out.json";
   const std::string message = error_message<RuntimeError>([&] { check_writable(unwritable); });
   EXPECT_CONTAINS(message, unwritable.string());
+}
+
+TEST_F(IoFiles, WriteFollowsSymlinksAndKeepsThem) {
+  fs::create_directory(path("out"));
+  write_bytes(path("out/report.json"), "old");
+  fs::create_symlink("out/report.json", path("report.json"));
+  write_file_atomic(path("report.json"), "new");
+  EXPECT_TRUE(fs::is_symlink(path("report.json")));
+  EXPECT_EQ(fs::read_symlink(path("report.json")), "out/report.json");
+  EXPECT_EQ(read_bytes(path("out/report.json")), "new");
+  EXPECT_EQ(output_target(path("report.json")).path, path("out/report.json"));
+
+  // A dangling link (here a chain of two) names the file to create.
+  fs::create_symlink("hop", path("weights.npy"));
+  fs::create_symlink("out/weights.npy", path("hop"));
+  write_npy(path("weights.npy"), {2}, {1.5, -2});
+  EXPECT_TRUE(fs::is_symlink(path("weights.npy")));
+  EXPECT_EQ(read_npy(path("out/weights.npy")).values, (std::vector<double>{1.5, -2}));
+  EXPECT_EQ(listing(), (std::vector<std::string>{"hop", "out", "report.json", "weights.npy"}));
+  std::vector<std::string> out;
+  for (const auto& entry : fs::directory_iterator(path("out"))) out.push_back(entry.path().filename());
+  std::sort(out.begin(), out.end());
+  EXPECT_EQ(out, (std::vector<std::string>{"report.json", "weights.npy"}));
+}
+
+TEST_F(IoFiles, DanglingSymlinkIntoAMissingDirectoryOrALoopFails) {
+  fs::create_symlink("missing/report.json", path("report.json"));
+  std::string message = error_message<RuntimeError>([&] { check_writable(path("report.json")); });
+  EXPECT_CONTAINS(message, path("report.json").string());
+  EXPECT_CONTAINS(message, "missing");
+  message = error_message<RuntimeError>([&] { write_file_atomic(path("report.json"), "x"); });
+  EXPECT_CONTAINS(message, path("report.json").string());
+  fs::create_symlink("loop_b", path("loop_a"));
+  fs::create_symlink("loop_a", path("loop_b"));
+  message = error_message<RuntimeError>([&] { write_file_atomic(path("loop_a"), "x"); });
+  EXPECT_CONTAINS(message, "symbolic links");
+  EXPECT_EQ(listing(), (std::vector<std::string>{"loop_a", "loop_b", "report.json"}));
+}
+
+TEST_F(IoFiles, FifoIsWrittenInPlace) {
+  ASSERT_EQ(::mkfifo(path("pipe").c_str(), 0600), 0);
+  // A reader opened first, so the write need not wait; the contents fit the
+  // pipe's buffer, so one thread does.
+  const int reader = ::open(path("pipe").c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  EXPECT_TRUE(output_target(path("pipe")).in_place);
+  EXPECT_NO_THROW(check_writable(path("pipe")));
+  write_npy(path("pipe"), {1}, {3.0});
+  std::string bytes(4096, '\0');
+  const ssize_t got = ::read(reader, bytes.data(), bytes.size());
+  ::close(reader);
+  ASSERT_GT(got, 0);
+  bytes.resize(static_cast<std::size_t>(got));
+  write_bytes(path("copy.npy"), bytes);
+  EXPECT_EQ(read_npy(path("copy.npy")).values, (std::vector<double>{3.0}));
+  EXPECT_TRUE(fs::is_fifo(path("pipe")));
+  EXPECT_EQ(listing(), (std::vector<std::string>{"copy.npy", "pipe"}));
+}
+
+TEST_F(IoFiles, CharacterDeviceIsWrittenInPlace) {
+  // As root a private /dev/null, so a regression cannot replace the machine's.
+  fs::path device = path("null");
+  if (::mknod(device.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0) device = "/dev/null";
+  EXPECT_TRUE(output_target(device).in_place);
+  EXPECT_NO_THROW(check_writable(device));
+  write_file_atomic(device, "discarded");
+  EXPECT_TRUE(fs::is_character_file(device));
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+}
+
+TEST_F(IoFiles, SocketIsRefused) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string name = path("sock").string();
+  ASSERT_LT(name.size(), sizeof address.sun_path);
+  std::copy(name.begin(), name.end(), address.sun_path);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address), 0);
+  const std::string message = error_message<RuntimeError>([&] { check_writable(path("sock")); });
+  ::close(fd);
+  EXPECT_CONTAINS(message, "socket");
+  EXPECT_CONTAINS(message, name);
+  EXPECT_TRUE(fs::is_socket(path("sock")));
 }
 
 // ---- load_xy ---------------------------------------------------------------------

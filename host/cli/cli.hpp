@@ -57,17 +57,29 @@ inline CLI::Validator non_negative_integer() {
 }
 
 /// Every output of one run, held in memory until all of it is ready; then
-/// written to temp files beside the targets and renamed into place, so a
-/// failed run leaves none of its outputs behind.
+/// written so that nothing at an output path is replaced by something else and
+/// a failed run leaves none of its files behind (docs/OUTPUTS.md): regular
+/// files are staged beside their targets (symlinks followed) and renamed into
+/// place; character devices, FIFOs and "-" (stdout) are written directly.
 class OutputSet {
  public:
-  /// `flag` names the option in messages (e.g. "--out").
+  /// `flag` names the option in messages (e.g. "--out"); "-" is stdout.
   void add_text(std::string flag, std::filesystem::path path);
+  /// A binary .npy output; "-" is refused.
   void add_npy(std::string flag, std::filesystem::path path);
+  /// A file the command writes itself as it runs (the sweep's checkpoint):
+  /// checked with the outputs, never committed.
+  void add_external(std::string flag, std::filesystem::path path);
+  /// Files the command reads; no output may be one of them.
+  void add_inputs(const std::vector<InputFile>& files);
 
-  /// Throws unless every path is distinct and can be created; call before
-  /// any long computation.
+  /// Throws InputError when an output is an input or two outputs are one
+  /// file (same device and inode, through symlinks and hard links), and
+  /// unless every output can be written; call before any long computation.
   void check_writable_all() const;
+
+  /// Whether an output goes to stdout, so the summary must go elsewhere.
+  bool writes_stdout() const;
 
   void set_text(const std::filesystem::path& path, std::string contents);
   void set_npy(const std::filesystem::path& path, std::vector<std::int64_t> shape,
@@ -82,13 +94,16 @@ class OutputSet {
     std::string flag;
     std::filesystem::path path;
     bool is_npy = false;
+    bool external = false;
     bool ready = false;
     std::string text;
     std::vector<std::int64_t> shape;
     std::vector<double> values;
   };
+  void add(std::string flag, std::filesystem::path path, bool is_npy, bool external);
   Output& find(const std::filesystem::path& path);
   std::vector<Output> outputs_;
+  std::vector<InputFile> inputs_;
 };
 
 /// Options of `gradnoise profile`, as parsed.

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli/cli.hpp"
@@ -50,16 +51,21 @@ void require_finite(const std::string& what, const std::vector<double>& values, 
   }
 }
 
+/// --layer W.npy[:b.npy]: the weight file and the bias file ("" when none).
+std::pair<std::string, std::string> layer_files(const std::string& spec) {
+  const std::size_t colon = spec.rfind(':');
+  if (colon == std::string::npos) return {spec, ""};
+  return {spec.substr(0, colon), spec.substr(colon + 1)};
+}
+
 /// --layer W.npy[:b.npy], input to output.
 Model load_layers(const std::vector<std::string>& specs, nlohmann::ordered_json& files) {
   current_stage = "loading the model";
   Model model;
   std::string previous_weight;
   for (const std::string& spec : specs) {
-    const std::size_t colon = spec.rfind(':');
-    const std::string weight_path = colon == std::string::npos ? spec : spec.substr(0, colon);
-    const std::string bias_path = colon == std::string::npos ? "" : spec.substr(colon + 1);
-    if (weight_path.empty() || (colon != std::string::npos && bias_path.empty())) {
+    const auto [weight_path, bias_path] = layer_files(spec);
+    if (weight_path.empty() || (spec.find(':') != std::string::npos && bias_path.empty())) {
       throw InputError("--layer '" + spec + "' must be W.npy or W.npy:b.npy.");
     }
 
@@ -103,6 +109,27 @@ Model load_layers(const std::vector<std::string>& specs, nlohmann::ordered_json&
 }
 
 }  // namespace
+
+std::vector<InputFile> input_files(const DataModelArgs& args) {
+  std::vector<InputFile> files;
+  if (!args.x_path.empty()) files.push_back({"--x", args.x_path});
+  if (!args.y_path.empty()) files.push_back({"--y", args.y_path});
+  for (const std::string& spec : args.layers) {
+    const auto [weight_path, bias_path] = layer_files(spec);
+    if (!weight_path.empty()) files.push_back({"--layer", weight_path});
+    if (!bias_path.empty()) files.push_back({"--layer", bias_path});
+  }
+  if (!args.dataset.empty()) {
+    // Whichever of its files the loader picks (.gz or plain), all count.
+    std::error_code error;
+    for (std::filesystem::directory_iterator entry(fashion_mnist_dir(), error), end;
+         !error && entry != end; entry.increment(error)) {
+      std::error_code not_a_file;  // a dangling link in the folder is no input
+      if (entry->is_regular_file(not_a_file)) files.push_back({"--dataset", entry->path().string()});
+    }
+  }
+  return files;
+}
 
 Device parse_device(const std::string& name) {
   if (name == "auto") return Device::automatic;

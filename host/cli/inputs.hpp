@@ -50,6 +50,17 @@ void add_data_model_options(CLI::App* command, DataModelArgs& args, const std::s
 /// with --layer files.
 void check_data_model_combinations(const DataModelArgs& args, bool seed_also_samples);
 
+/// A file a command reads, named by the option that gave it.
+struct InputFile {
+  std::string flag;  // "--x", "--layer", "--dataset", ...
+  std::string path;
+};
+
+/// Every file the shared options make the command read: --x, --y, each
+/// --layer's W and b, and for --dataset every file in its directory (the
+/// directory itself is not an input). For the check that no output is one.
+std::vector<InputFile> input_files(const DataModelArgs& args);
+
 /// The CLI's names of the library's enums; each throws InputError naming the
 /// flag and the valid names.
 Device parse_device(const std::string& name);

@@ -167,6 +167,7 @@ int run_profile(const ProfileArgs& args) {
   bool param_stats = !args.param_stats_path.empty();
 
   OutputSet outputs;
+  outputs.add_inputs(input_files(args.inputs));
   if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
   if (!args.curve_path.empty()) outputs.add_text("--curve", args.curve_path);
   if (!args.param_stats_path.empty()) outputs.add_npy("--param-stats", args.param_stats_path);
@@ -278,12 +279,14 @@ int run_profile(const ProfileArgs& args) {
   }
   outputs.commit();
 
-  std::cout << summary_text(result, context) << shape_summary_text(shape);
+  // stdout holds the output given as "-", alone; the summary goes to stderr.
+  std::ostream& summary = outputs.writes_stdout() ? std::cerr : std::cout;
+  summary << summary_text(result, context) << shape_summary_text(shape);
   for (const std::string& path : {args.out_path, args.curve_path, args.param_stats_path,
                                   args.spectrum_csv_path, args.tests_csv_path}) {
-    if (!path.empty()) std::cout << "wrote " << path << "\n";
+    if (!path.empty()) summary << "wrote " << path << "\n";
   }
-  std::cout.flush();
+  summary.flush();
   for (const std::string& warning : profile_warnings(result)) {
     std::cerr << "gradnoise: warning: " << warning << "\n";
   }

@@ -284,9 +284,14 @@ int run_sweep(const SweepArgs& args) {
   config.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
 
   OutputSet outputs;
+  outputs.add_inputs(input_files(args.inputs));
+  if (!args.test_x_path.empty()) outputs.add_inputs({{"--test-x", args.test_x_path}});
+  if (!args.test_y_path.empty()) outputs.add_inputs({{"--test-y", args.test_y_path}});
   if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
   if (!args.summary_path.empty()) outputs.add_text("--summary", args.summary_path);
   if (!args.weights_path.empty()) outputs.add_npy("--final-weights", args.weights_path);
+  // Written as the sweep runs (and read to resume): no other output or input may be it.
+  if (!args.checkpoint_path.empty()) outputs.add_external("--checkpoint", args.checkpoint_path);
   outputs.check_writable_all();
 
   LoadedData train = load_data(args.inputs, loss);
@@ -367,19 +372,21 @@ int run_sweep(const SweepArgs& args) {
   }
   outputs.commit();
 
-  std::cout << "sweep: " << result.final_weights.size() << " runs x " << config.steps
-            << " steps, " << result.run_steps << " SGD steps in " << result.elapsed_s << " s\n";
-  std::cout << "batch_size,lr,train_loss_mean,train_loss_std,weight_var,diverged_fraction\n";
+  // stdout holds the output given as "-", alone; the summary goes to stderr.
+  std::ostream& summary = outputs.writes_stdout() ? std::cerr : std::cout;
+  summary << "sweep: " << result.final_weights.size() << " runs x " << config.steps
+          << " steps, " << result.run_steps << " SGD steps in " << result.elapsed_s << " s\n";
+  summary << "batch_size,lr,train_loss_mean,train_loss_std,weight_var,diverged_fraction\n";
   const auto text = [](const std::optional<double>& value) {
     return value ? std::to_string(*value) : std::string("null");
   };
   for (const GridPointSummary& point : result.grid) {
-    std::cout << point.batch_size << "," << point.lr << "," << text(point.train_loss_mean) << ","
-              << text(point.train_loss_std) << "," << text(point.weight_var) << ","
-              << point.diverged_fraction << "\n";
+    summary << point.batch_size << "," << point.lr << "," << text(point.train_loss_mean) << ","
+            << text(point.train_loss_std) << "," << text(point.weight_var) << ","
+            << point.diverged_fraction << "\n";
   }
   for (const std::string& path : {args.out_path, args.summary_path, args.weights_path}) {
-    if (!path.empty()) std::cout << "wrote " << path << "\n";
+    if (!path.empty()) summary << "wrote " << path << "\n";
   }
   if (!result.divergences.empty()) {
     std::cerr << "gradnoise: warning: " << result.divergences.size()

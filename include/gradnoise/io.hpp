@@ -1,6 +1,7 @@
 // Reading and writing data: NumPy .npy, CSV, IDX (+gzip), the Fashion-MNIST
-// set, and outputs written atomically (temp file + rename) so a failed run
-// never leaves a partial file. Every error is an InputError/RuntimeError with
+// set, and outputs: regular files written atomically (temp file + rename) so a
+// failed run never leaves a partial file, symlinks written through, devices
+// and FIFOs written in place (docs/OUTPUTS.md). Every error is an InputError/RuntimeError with
 // one sentence naming the file and what was expected.
 #pragma once
 
@@ -66,11 +67,31 @@ std::filesystem::path fashion_mnist_dir();
 Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& split, Loss loss,
                            std::int64_t limit = 0);
 
-/// Writes `contents` to `path` atomically: a temp file beside it, then rename.
+/// Where writing to a path puts the bytes.
+struct OutputTarget {
+  /// The file written: the path with its symlinks followed (a dangling link
+  /// names the file to create). A character device or FIFO keeps the path as
+  /// given.
+  std::filesystem::path path;
+  /// A character device or FIFO: opened and written, no temp file, no rename.
+  bool in_place = false;
+};
+
+/// Follows `path`'s symlinks and says how it is written. RuntimeError for a
+/// symlink loop, or when `path` is something other than a regular file, a
+/// directory, a character device or a FIFO (a block device, a socket).
+OutputTarget output_target(const std::filesystem::path& path);
+
+/// Writes `contents` to `path` without replacing what is there: a regular
+/// file (or a new one) is replaced atomically by a temp file beside it and a
+/// rename, through any symlink to it, so the link stays a link; a character
+/// device or FIFO is opened and written in place.
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
 
-/// Throws RuntimeError unless a file can be created in `path`'s directory;
-/// run before a long computation so a bad output path fails fast.
+/// Throws RuntimeError unless `path` can be written as write_file_atomic
+/// writes it (a file can be created in its target's directory, or the device
+/// or FIFO is writable); run before a long computation so a bad output path
+/// fails fast. Never opens a FIFO (that would wait for a reader).
 void check_writable(const std::filesystem::path& path);
 
 // ---- Synthetic regression data ------------------------------------------
