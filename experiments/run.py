@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """The seed papers' predictions, tested with `gradnoise sweep` and `gradnoise profile`.
 
-    experiments/run qian_klabjan | ziyin | smith_elsen_de
+    experiments/run qian_klabjan | ziyin | smith_elsen_de  [--update-committed]
 
 Each experiment reads experiments/<name>/config.json, runs the gradnoise binary
-(GRADNOISE, else build/gradnoise), keeps raw outputs in experiments/<name>/out/
-(not committed), and writes experiments/<name>/result.png and results.json,
-which its RESULT.md discusses.
+(GRADNOISE, else build/gradnoise), and writes its raw outputs, result.png and
+results.json to experiments/<name>/out/ (not committed). With
+--update-committed, result.png and results.json replace the committed copies
+in experiments/<name>/, which its RESULT.md discusses.
 """
 import gzip
 import json
@@ -49,8 +50,13 @@ def lists(values):
     return ",".join(str(v) for v in values)
 
 
+# Where result.png and results.json go: the experiment's out/ folder, or with
+# --update-committed the experiment's folder itself (set by main).
+DEST = {}
+
+
 def save_results(experiment, results):
-    path = HERE / experiment / "results.json"
+    path = DEST[experiment] / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
 
@@ -130,7 +136,7 @@ def qian_klabjan(config, out):
         ax.set_xlabel("batch size b")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "qian_klabjan" / "result.png", dpi=110)
+    fig.savefig(DEST["qian_klabjan"] / "result.png", dpi=110)
     save_results("qian_klabjan", results)
 
 
@@ -260,7 +266,7 @@ def ziyin(config, out):
                                 ["loss", "trace_cov", "noise_curvature_ratio", "cov_hessian_cosine",
                                  "noise_scale_simple", "noise_scale_b_noise"]}
     fig.tight_layout()
-    fig.savefig(HERE / "ziyin" / "result.png", dpi=110)
+    fig.savefig(DEST["ziyin"] / "result.png", dpi=110)
     save_results("ziyin", results)
 
 
@@ -382,7 +388,7 @@ def smith_elsen_de(config, out):
     ax.set_title("best learning rate against batch size")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "smith_elsen_de" / "result.png", dpi=110)
+    fig.savefig(DEST["smith_elsen_de"] / "result.png", dpi=110)
     save_results("smith_elsen_de", results)
 
 
@@ -390,14 +396,18 @@ EXPERIMENTS = {"qian_klabjan": qian_klabjan, "ziyin": ziyin, "smith_elsen_de": s
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in EXPERIMENTS:
-        fail(f"usage: experiments/run {' | '.join(EXPERIMENTS)}")
+    args = sys.argv[1:]
+    update = "--update-committed" in args
+    args = [a for a in args if a != "--update-committed"]
+    if len(args) != 1 or args[0] not in EXPERIMENTS:
+        fail(f"usage: experiments/run {' | '.join(EXPERIMENTS)} [--update-committed]")
     if not Path(GRADNOISE).exists():
         fail(f"no gradnoise binary at {GRADNOISE}; build it first (scripts/setup) or set GRADNOISE.")
-    name = sys.argv[1]
+    name = args[0]
     config = json.loads((HERE / name / "config.json").read_text())
     out = HERE / name / "out"
     out.mkdir(exist_ok=True)
+    DEST[name] = HERE / name if update else out
     start = time.time()
     EXPERIMENTS[name](config, out)
     print(f"{name}: {time.time() - start:.0f} s")
