@@ -624,6 +624,29 @@ TEST_F(Cli, HalfGivenDataHugeSeedAndRepeatedBatchSize) {
                  2, "more than once");
 }
 
+// One bad value must not ask for unbounded memory or work: a stray huge
+// label, absurd --hidden widths, a sweep of huge runs, a huge pair count are
+// refused up front with a sentence naming the option (issue 14, item 7).
+TEST_F(Cli, UnboundedModelsAndWorkAreRefusedUpFront) {
+  write_classification(8, 4, 3);
+  std::vector<double> labels = {1, 2, 0, 1, 1e7, 2, 1, 0};
+  write_npy(path("huge_label.npy"), {8}, labels);
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("huge_label.npy"), "--loss", "ce",
+                  "--out", p("report.json")},
+                 2, "10000001 classes");
+  synth(20, 2, 1);
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--hidden", "500000,500000",
+                  "--out", p("report.json")},
+                 2, "--hidden 500000,500000");
+  expect_failure({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--hidden", "2000",
+                  "--batch-sizes", "1,2,4,8", "--lrs", "0.1,0.2,0.3", "--replicas", "100000000",
+                  "--steps", "2", "--out", p("runs.csv")},
+                 2, "--replicas");
+  expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--estimators",
+                  "1,2,99999999999", "--out", p("report.json")},
+                 2, "--estimators");
+}
+
 TEST_F(Cli, NaNInWeights) {
   synth(10, 2, 1);
   std::vector<double> w = {0.1, std::numeric_limits<double>::quiet_NaN()};

@@ -1,6 +1,10 @@
 // The data and model options shared by the commands (see inputs.hpp).
 #include "cli/inputs.hpp"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -291,6 +295,46 @@ void check_fit(const Model& model, const std::string& model_source, LoadedData& 
 }
 
 
+double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+std::string gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+  return text;
+}
+
+void check_memory(double bytes, const std::string& what) {
+  const double memory = physical_memory_bytes();
+  if (memory > 0 && bytes > 0.8 * memory) {
+    throw InputError(what + ", about " + gib(bytes) + " of float64 state, more than this machine's " +
+                     gib(memory) + " of memory can hold.");
+  }
+}
+
+namespace {
+
+/// Bytes a profile of a model with `params` parameters keeps: θ, the running
+/// mean and M2, the per-parameter variance and products, per-thread copies.
+double model_state_bytes(double params) { return 8.0 * 8.0 * params; }
+
+/// The classes of a built model are the largest label + 1, so one stray huge
+/// label would make an enormous model: refuse more classes than
+/// max(2N, 1024) unless --layer files fix the number of outputs.
+void check_class_count(const LoadedData& loaded) {
+  const std::int64_t k = loaded.data.k, n = loaded.data.n;
+  if (k > std::max<std::int64_t>(2 * n, 1024)) {
+    throw InputError(loaded.target_source + " has label " + std::to_string(k - 1) +
+                     ", which would make " + std::to_string(k) + " classes for " +
+                     std::to_string(n) + " samples; labels must be class indices 0..K-1 "
+                     "(a model given by --layer files fixes K).");
+  }
+}
+
+}  // namespace
+
 BuiltModel load_model(const DataModelArgs& args, LoadedData& loaded, Loss loss) {
   current_stage = "building the model";
   BuiltModel built;
@@ -307,9 +351,19 @@ BuiltModel load_model(const DataModelArgs& args, LoadedData& loaded, Loss loss) 
     const Init init = mentioning("--init", args.init, [&] { return parse_init(args.init); });
     const std::vector<std::int64_t> hidden =
         args.hidden.empty() ? std::vector<std::int64_t>{} : parse_hidden(args.hidden);
+    if (loss_targets(loss) == TargetKind::labels) check_class_count(loaded);
     std::vector<std::int64_t> widths{loaded.data.d};
     widths.insert(widths.end(), hidden.begin(), hidden.end());
     widths.push_back(loaded.data.k);
+    double params = 0;
+    for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+      params += static_cast<double>(widths[l + 1]) * static_cast<double>(widths[l] + 1);
+    }
+    char count[32];
+    std::snprintf(count, sizeof count, "%.3g", params);
+    check_memory(model_state_bytes(params),
+                 (hidden.empty() ? std::string("the model") : "--hidden " + args.hidden) +
+                     " makes a model of " + count + " parameters");
     if (init == Init::lstsq) {
       built.model = mentioning("--init", "lstsq",
                                [&] { return fit_least_squares(loaded.data, !args.no_bias); });

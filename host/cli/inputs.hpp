@@ -68,6 +68,10 @@ Init parse_init(const std::string& name);
 Sampling parse_sampling(const std::string& name);
 CsvHeader parse_csv_header(const std::string& name);
 
+/// Throws InputError "<what>, about X GiB …" when `bytes` exceed 80% of this
+/// machine's physical memory: refuse before allocating, not die in the attempt.
+void check_memory(double bytes, const std::string& what);
+
 /// "mse (squared error), ce (...), bce (...)": --loss's help, from the registry.
 std::string loss_choices();
 

@@ -85,6 +85,13 @@ std::vector<std::int64_t> parse_estimators(const std::string& spec) {
     throw InputError("--estimators " + spec + " must give two batch sizes and optionally a pair count.");
   }
   if (values.size() == 2) values.push_back(100);
+  // Each pair is two minibatch gradients: bound the work one value can ask for.
+  constexpr std::int64_t kMaxPairs = 1000000;
+  if (values[2] > kMaxPairs) {
+    throw InputError("--estimators asks for " + std::to_string(values[2]) + " pairs; at most " +
+                     std::to_string(kMaxPairs) + " are allowed (the estimators' error falls as "
+                     "1/sqrt(pairs), so a few hundred are usually enough).");
+  }
   return values;
 }
 

@@ -321,6 +321,13 @@ int run_sweep(const SweepArgs& args) {
     check_fit(model.model, model.source, *test, loss);
   }
 
+  // Every run keeps θ, its last gradient and (with momentum) a velocity.
+  const double runs = static_cast<double>(config.batch_sizes.size()) *
+                      static_cast<double>(config.lrs.size()) * static_cast<double>(config.replicas);
+  check_memory(8.0 * runs * static_cast<double>(model.model.num_params()) * (config.momentum > 0 ? 3 : 2),
+               "--batch-sizes × --lrs × --replicas make " + std::to_string(static_cast<long long>(runs)) +
+                   " runs of " + std::to_string(model.model.num_params()) + " parameters");
+
   current_stage = "setting up the sweep";
   Sweep sweep(model.model, train.data, test ? &test->data : nullptr, config);
   ProfileOptions start_options;
