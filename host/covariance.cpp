@@ -668,6 +668,7 @@ CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& dat
     // columns (Fashion-MNIST linear, k = 10: blocks of 4–8 took ~25% less time).
     eo.block = options.block > 0 ? options.block : std::min(dim, (eo.k + 1) / 2 + 1);
     eo.seed = options.seed;
+    eo.progress = options.progress;
     return eo;
   };
 

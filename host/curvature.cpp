@@ -369,6 +369,7 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
     eigen.tol = options.tol;
     eigen.max_passes = options.max_passes;
     eigen.seed = options.seed;
+    eigen.progress = options.progress;
     EigenResult top = top_eigenpairs(p, apply_hessian, eigen);
     report.hessian_top_eigenvalues = std::move(top.values);
     report.hessian_eigen_residuals = std::move(top.residuals);

@@ -178,6 +178,11 @@ EigenResult top_eigenpairs(std::int64_t dim, const BlockOperator& apply, const E
       all_converged = all_converged && result.residuals[c] <= options.tol * std::max(scale, 1e-300);
     }
     result.vectors = std::move(x);
+    if (options.progress) {
+      double worst = 0;
+      for (const double r : result.residuals) worst = std::max(worst, r / std::max(scale, 1e-300));
+      options.progress(result.passes, options.max_passes, worst);
+    }
     // The basis spans everything: Rayleigh–Ritz is then exact.
     if (basis_cols == dim) all_converged = all_converged || have == k;
     if (all_converged || result.passes >= options.max_passes || basis_cols == dim) {

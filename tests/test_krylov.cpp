@@ -131,3 +131,38 @@ TEST(Krylov, RejectsImpossibleK) {
 
 }  // namespace
 }  // namespace gradnoise
+
+namespace gradnoise {
+namespace {
+
+// The progress hook sees every pass, in order, and the last call reports the
+// passes the result counts (issue 14, item 12: long solves are not silent).
+TEST(Krylov, ProgressIsReportedAfterEveryPass) {
+  const std::int64_t dim = 40;
+  std::vector<double> diag(dim);
+  for (std::int64_t i = 0; i < dim; ++i) diag[i] = 1.0 / static_cast<double>(i + 1);
+  const BlockOperator apply = [&](const double* in, double* out, std::int64_t cols) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      for (std::int64_t i = 0; i < dim; ++i) out[c * dim + i] = diag[i] * in[c * dim + i];
+    }
+  };
+  std::vector<std::int64_t> seen;
+  double last_residual = -1;
+  EigenOptions options;
+  options.k = 3;
+  options.block = 2;
+  options.progress = [&](std::int64_t pass, std::int64_t max_passes, double residual) {
+    seen.push_back(pass);
+    EXPECT_EQ(max_passes, options.max_passes);
+    last_residual = residual;
+  };
+  const EigenResult result = top_eigenpairs(dim, apply, options);
+  ASSERT_FALSE(seen.empty());
+  for (std::size_t j = 0; j < seen.size(); ++j) EXPECT_EQ(seen[j], static_cast<std::int64_t>(j + 1));
+  EXPECT_EQ(seen.back(), result.passes);
+  EXPECT_TRUE(result.converged);
+  EXPECT_LE(last_residual, options.tol);
+}
+
+}  // namespace
+}  // namespace gradnoise

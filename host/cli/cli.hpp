@@ -124,6 +124,7 @@ struct ProfileArgs {
   double theta = 0;                 // batch-size tests at this θ; 0: none
   std::string tests_csv_path;
   std::string estimators;           // "B_SMALL,B_BIG[,PAIRS]"; empty: none
+  bool quiet = false;               // no progress line on a terminal
 
   // Which options were given explicitly (CLI11 fills these in).
   CLI::Option* batch_sizes_option = nullptr;

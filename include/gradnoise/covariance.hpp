@@ -135,6 +135,7 @@ struct SpectrumOptions {
   bool exact_trace_sq = false;
   double exact_trace_sq_max_flops = 1e11;
   TraceSqMethod trace_sq_method = TraceSqMethod::automatic;
+  EigenProgress progress;  // optional: after every eigensolver pass
 };
 
 struct CovarianceSpectrum {

@@ -95,6 +95,7 @@ struct CurvatureOptions {
   /// ‖H‖_F come from the dense P×P matrices H and Σ when P ≤ this (cost
   /// O(N P²) time, 2 P² doubles of memory); above it they are left empty.
   std::int64_t dense_max_params = 2048;
+  EigenProgress progress;  // optional: after every eigensolver pass
 };
 
 struct CurvatureReport {

@@ -25,12 +25,19 @@ struct ExternalOperator {
   std::string device = "cpu";
 };
 
+/// Called after every pass of an eigensolver: the passes so far, the most
+/// allowed, and the worst residual of the wanted pairs relative to max|θ|
+/// (converged when it reaches `tol`). For progress displays.
+using EigenProgress =
+    std::function<void(std::int64_t pass, std::int64_t max_passes, double relative_residual)>;
+
 struct EigenOptions {
   std::int64_t k = 10;          // eigenpairs wanted (largest algebraic)
   double tol = 1e-10;           // ‖A y − θ y‖ ≤ tol · max|θ| for each of the k
   std::int64_t max_passes = 60; // applications of A to a block
   std::int64_t block = 0;       // block size; 0 means k + 4
   std::uint64_t seed = 0;       // the random start block (Philox)
+  EigenProgress progress;       // optional
 };
 
 struct EigenResult {
