@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 
 // The build may pass the project version; this default must follow
@@ -186,6 +187,29 @@ std::vector<std::string> profile_warnings(const Profile& profile) {
                        "meaningful there");
   }
   return warnings;
+}
+
+double rounding_grad_norm_sq(const Dataset& data) {
+  if (data.n <= 0) return 0;
+  double x_sq = 0, y_sq = 0;
+  for (const double v : data.x) x_sq += v * v;
+  for (const double v : data.y) y_sq += v * v;
+  const double n = static_cast<double>(data.n);
+  const double targets = data.y.empty() ? 1.0 : y_sq / n;
+  const double inputs = x_sq / n + 1.0;
+  const double relative = 1e4 * std::numeric_limits<double>::epsilon();
+  return relative * relative * targets * inputs;
+}
+
+std::string undefine_rounding_ratios(Profile& profile, double floor) {
+  if (!(profile.mean_sample_grad_norm_sq <= floor)) return {};
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  profile.noise_scale_simple = nan;
+  for (LayerProfile& layer : profile.layers) layer.noise_scale_simple = nan;
+  return "the per-sample gradients are at rounding level (mean |g_i|^2 = " +
+         short_number(profile.mean_sample_grad_norm_sq) + ", below " + short_number(floor) +
+         " for data of this size): the model fits the data exactly, so grad_norm_sq and "
+         "trace_cov measure rounding, and noise_scale_simple is reported as null";
 }
 
 std::string summary_text(const Profile& profile, const ReportContext& context) {

@@ -647,6 +647,29 @@ TEST_F(Cli, UnboundedModelsAndWorkAreRefusedUpFront) {
                  2, "--estimators");
 }
 
+// At an exact least-squares fit every per-sample gradient is rounding error:
+// B_simple is a ratio of rounding and is reported as null with a warning; a
+// tiny but real label noise keeps it a number (issue 14, item 4).
+TEST_F(Cli, RatiosOfRoundingErrorsAreUndefined) {
+  for (const std::string noise : {"0", "1e-6"}) {
+    SCOPED_TRACE("label noise " + noise);
+    const RunResult made = run({"synth", "--n", "200", "--d", "5", "--seed", "4", "--label-noise",
+                                noise, "--x-out", p("Xfit.npy"), "--y-out", p("Yfit.npy")});
+    ASSERT_EQ(made.status, 0) << made.err;
+    const RunResult result = run({"profile", "--x", p("Xfit.npy"), "--y", p("Yfit.npy"), "--init",
+                                  "lstsq", "--out", p("fit.json")});
+    ASSERT_EQ(result.status, 0) << result.err;
+    const nlohmann::json report = nlohmann::json::parse(read_text(path("fit.json")));
+    if (noise == "0") {
+      EXPECT_TRUE(report["noise_scale_simple"].is_null()) << report["noise_scale_simple"];
+      EXPECT_TRUE(report["layers"][0]["noise_scale_simple"].is_null());
+      EXPECT_NE(result.err.find("rounding level"), std::string::npos) << result.err;
+    } else {
+      EXPECT_TRUE(report["noise_scale_simple"].is_number()) << result.err;
+    }
+  }
+}
+
 TEST_F(Cli, NaNInWeights) {
   synth(10, 2, 1);
   std::vector<double> w = {0.1, std::numeric_limits<double>::quiet_NaN()};

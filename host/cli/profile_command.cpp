@@ -244,7 +244,10 @@ int run_profile(const ProfileArgs& args) {
   Profiler session(std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data),
                    session_options);
   const std::int64_t chunk_rows = session.chunk_rows();
-  const Profile result = session.profile(model, param_stats);
+  Profile result = session.profile(model, param_stats);
+  // At an exact fit the gradients are rounding error and their ratio means nothing.
+  const std::string rounding_warning =
+      undefine_rounding_ratios(result, rounding_grad_norm_sq(loaded.data));
 
   ShapeResults shape;
   EigenProgressLine progress(!args.quiet && ::isatty(STDERR_FILENO));
@@ -342,6 +345,7 @@ int run_profile(const ProfileArgs& args) {
   for (const std::string& warning : profile_warnings(result)) {
     std::cerr << "gradnoise: warning: " << warning << "\n";
   }
+  if (!rounding_warning.empty()) std::cerr << "gradnoise: warning: " << rounding_warning << "\n";
   return 0;
 }
 

@@ -63,6 +63,16 @@ std::vector<std::int64_t> preview_batch_sizes(std::int64_t n, std::size_t max_ro
 /// ‖G‖² = 0 so B_simple is undefined); empty when there is nothing to say.
 std::vector<std::string> profile_warnings(const Profile& profile);
 
+/// The size below which mean‖g_i‖² is rounding error of the forward pass,
+/// not signal: (1e4 ε)² · mean‖y‖² · mean‖x̃‖² (mean‖y‖² = 1 for labels, where
+/// |δ| ≤ 1). An exact fit (e.g. --init lstsq on noiseless targets) sits there.
+double rounding_grad_norm_sq(const Dataset& data);
+
+/// When the per-sample gradients are at rounding level (mean‖g_i‖² ≤ `floor`),
+/// tr Σ / ‖G‖² is a ratio of rounding errors: sets every noise_scale_simple to
+/// NaN (reported as null) and returns the warning that says why; else empty.
+std::string undefine_rounding_ratios(Profile& profile, double floor);
+
 /// A few lines for stdout: n, P, loss, ‖G‖², tr Σ, B_simple, one line per
 /// layer and a few rows of the curve (preview_batch_sizes).
 std::string summary_text(const Profile& profile, const ReportContext& context);
