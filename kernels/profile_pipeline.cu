@@ -528,19 +528,29 @@ struct FusedEngine {
   void finish(Profile& result) { fused.finish(result); }
 };
 
+/// Feeds n rows in chunks of `chunk` through the feeder's two buffers in
+/// turn: use(fed, m, first) queues its work on `stream` before the buffer is
+/// marked in use and refilled.
+template <typename Feeder, typename Use>
+void for_each_fed_chunk(Feeder& feeder, std::int64_t n, std::int64_t chunk, cudaStream_t stream,
+                        Use&& use) {
+  std::int64_t chunk_index = 0;
+  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
+    const int b = static_cast<int>(chunk_index % 2);
+    const std::int64_t m = std::min(chunk, n - first);
+    use(feeder.feed(b, first, m, stream), m, first);
+    feeder.consumed(b, stream);
+  }
+}
+
 /// Streams n rows through `engine` in chunks of `chunk` rows.
 template <typename Engine, typename MakeFeeder>
 Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t stream,
             MakeFeeder make_feeder) {
   auto feeder = make_feeder(chunk);
-  std::int64_t chunk_index = 0;
-  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
-    const int b = static_cast<int>(chunk_index % 2);
-    const std::int64_t m = std::min(chunk, n - first);
-    const Chunk chunk_view = feeder.feed(b, first, m, stream);
-    engine.process(chunk_view, m, first);
-    feeder.consumed(b, stream);
-  }
+  for_each_fed_chunk(feeder, n, chunk, stream, [&](const Chunk& fed, std::int64_t m, std::int64_t first) {
+    engine.process(fed, m, first);
+  });
   Profile result;
   engine.finish(result);
   return result;
@@ -567,11 +577,7 @@ void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss
   view.inputs.resize(static_cast<std::size_t>(model.num_layers()));
   view.errors.resize(view.inputs.size());
   view.weights.resize(view.inputs.size());
-  std::int64_t chunk_index = 0;
-  for (std::int64_t first = 0; first < n; first += chunk, ++chunk_index) {
-    const int b = static_cast<int>(chunk_index % 2);
-    const std::int64_t m = std::min(chunk, n - first);
-    const Chunk fed = feeder.feed(b, first, m, stream);
+  for_each_fed_chunk(feeder, n, chunk, stream, [&](const Chunk& fed, std::int64_t m, std::int64_t first) {
     pipeline.forward_backward(fed, m, first);
     view.first = first;
     view.rows = m;
@@ -582,8 +588,7 @@ void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss
     }
     view.outputs = pipeline.model_output();
     visit(view);
-    feeder.consumed(b, stream);
-  }
+  });
   pipeline.check_flags();  // synchronises the stream: every visit's work has finished
 }
 
