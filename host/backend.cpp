@@ -73,18 +73,15 @@ namespace {
 
 /// The float64 reference: the streaming engine and the exact matrix-free
 /// operators of host/covariance.cpp and host/curvature.cpp.
-class CpuBackend final : public Backend {
+class CpuBackend final : public DataBackend {
  public:
   CpuBackend(std::shared_ptr<const DataSource> data, Loss loss, std::int64_t chunk_rows, int threads)
-      : data_(std::move(data)), loss_(loss), chunk_rows_(chunk_rows), threads_(threads) {}
+      : DataBackend(std::move(data), loss, chunk_rows), threads_(threads) {}
 
   std::string device() const override { return "cpu"; }
-  std::int64_t chunk_rows() const override { return chunk_rows_; }
 
   Profile compute_profile(const Model& model, const ProfileOptions& options) override {
-    ProfileOptions cpu = options;
-    cpu.loss = loss_;
-    cpu.chunk_rows = chunk_rows_;
+    ProfileOptions cpu = session_options(options);
     cpu.threads = threads_;
     return profile_cpu(model, *data_, cpu);
   }
@@ -105,9 +102,6 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  std::shared_ptr<const DataSource> data_;
-  Loss loss_;
-  std::int64_t chunk_rows_;
   int threads_;
 };
 

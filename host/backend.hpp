@@ -67,6 +67,28 @@ class Backend {
   virtual Profile compute_profile(const Model& model, const ProfileOptions& options) = 0;
 };
 
+/// What both backends keep: the data (shared, so it outlives every caller),
+/// the loss and the rows per chunk.
+class DataBackend : public Backend {
+ public:
+  std::int64_t chunk_rows() const override { return chunk_rows_; }
+
+ protected:
+  DataBackend(std::shared_ptr<const DataSource> data, Loss loss, std::int64_t chunk_rows)
+      : data_(std::move(data)), loss_(loss), chunk_rows_(chunk_rows) {}
+  /// `options` with the session's loss and chunk rows.
+  ProfileOptions session_options(const ProfileOptions& options) const {
+    ProfileOptions own = options;
+    own.loss = loss_;
+    own.chunk_rows = chunk_rows_;
+    return own;
+  }
+
+  std::shared_ptr<const DataSource> data_;
+  Loss loss_;
+  std::int64_t chunk_rows_;
+};
+
 /// Var_i(g_iᵀ unit), chunk-centred and Chan-merged, in one CPU pass (the CPU
 /// backend's batch-test product; host/curvature.cpp).
 double projected_variance(const Model& model, const DataSource& data, Loss loss,

@@ -10,20 +10,17 @@
 namespace gradnoise::detail {
 namespace {
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public DataBackend {
  public:
   CudaBackend(std::shared_ptr<const DataSource> data, Loss loss, std::int64_t chunk_rows,
               bool fused_linear)
-      : data_(std::move(data)), loss_(loss), chunk_rows_(chunk_rows), fused_linear_(fused_linear),
+      : DataBackend(std::move(data), loss, chunk_rows), fused_linear_(fused_linear),
         name_(cuda_device_name()) {}
 
   std::string device() const override { return name_; }
-  std::int64_t chunk_rows() const override { return chunk_rows_; }
 
   Profile compute_profile(const Model& model, const ProfileOptions& options) override {
-    ProfileOptions gpu = options;
-    gpu.loss = loss_;
-    gpu.chunk_rows = chunk_rows_;
+    ProfileOptions gpu = session_options(options);
     gpu.fused_linear = fused_linear_;
     return profile_cuda(model, *data_, gpu);
   }
@@ -49,9 +46,6 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  std::shared_ptr<const DataSource> data_;
-  Loss loss_;
-  std::int64_t chunk_rows_;
   bool fused_linear_;
   std::string name_;
 };
