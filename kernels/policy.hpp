@@ -92,4 +92,17 @@ inline std::int64_t usable_device_bytes(std::size_t free_bytes) {
   return static_cast<std::int64_t>(free_bytes / 10 * 9);
 }
 
+/// A session's resident copy goes up in chunks of this many bytes (two
+/// pinned buffers of it), converted on the host by threads of at least
+/// kResidentConvertGrain values each.
+inline constexpr std::int64_t kResidentStagingBytes = std::int64_t{64} << 20;
+inline constexpr std::int64_t kResidentConvertGrain = std::int64_t{1} << 18;
+
+/// Whether a session keeps a resident copy of `bytes` of data on a device
+/// with `free_bytes` free: when it takes at most half of the usable memory,
+/// so the passes' chunk workspaces (which shrink to fit) keep the rest.
+inline bool fits_resident(std::int64_t bytes, std::size_t free_bytes) {
+  return bytes >= 0 && bytes <= usable_device_bytes(free_bytes) / 2;
+}
+
 }  // namespace gradnoise::detail

@@ -106,6 +106,10 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
       "profile", "Profile the gradient noise of a model on a data set, exactly.");
   add_data_model_options(command, args.inputs, "Seed of --init gaussian and of --estimators");
   command->add_option("--device", args.device, "auto, cpu or cuda")->capture_default_str();
+  command->add_option("--gpu-dtype", args.gpu_dtype,
+                      "On a GPU, keep the data on the device in float32 (half the bytes; every "
+                      "sum is still float64) or float64")
+      ->capture_default_str();
   command->add_option("--out", args.out_path, "Write the report as JSON")
       ->type_name("FILE");
   command->add_option(
@@ -208,6 +212,8 @@ int run_profile(const ProfileArgs& args) {
   session_options.loss = loss;
   session_options.device =
       mentioning("--device", args.device, [&] { return parse_device(args.device); });
+  session_options.gpu_dtype =
+      mentioning("--gpu-dtype", args.gpu_dtype, [&] { return parse_gpu_dtype(args.gpu_dtype); });
   session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
   // The parts of the noise's shape that only the CPU computes (per-layer
   // spectra, tr(Σ²), the batch tests' own pass) take the CPU's chunk default.
