@@ -47,6 +47,21 @@ inline constexpr std::int64_t kSweepMaxBlocks = 65535;
 /// Largest K the fused kernel keeps in registers; larger K goes to the GEMM pipeline.
 inline constexpr int kFusedMaxOutputs = 16;
 
+/// The fused kernel is compiled for these output counts (without param
+/// stats; with them, for kFusedMaxOutputs only): a model with K outputs runs
+/// the smallest bucket ≥ K, so per-thread arrays have compile-time sizes.
+inline constexpr int kFusedOutputBuckets[] = {1, 2, 4, 8, kFusedMaxOutputs};
+
+/// The bucket a model with k outputs runs (0 for k outside 1..kFusedMaxOutputs).
+constexpr int fused_output_bucket(std::int64_t k, bool param_stats) {
+  if (k < 1 || k > kFusedMaxOutputs) return 0;
+  if (param_stats) return kFusedMaxOutputs;
+  for (int bucket : kFusedOutputBuckets) {
+    if (k <= bucket) return bucket;
+  }
+  return 0;
+}
+
 /// Rows per tile, and persistent blocks per SM.
 inline constexpr int kFusedTileRows = 32;
 inline constexpr int kFusedBlocksPerSm = 2;
