@@ -93,20 +93,24 @@ __global__ void __launch_bounds__(kThreads, PS ? 1 : detail::kFusedBlocksPerSm) 
 
     // A: forward, output errors, losses.
     for (int i = warp; i < rows; i += kFusedWarps) {
-      double z[KB] = {};
+      // Indexed by compile-time constants only, so it stays in registers for
+      // the loop over the row; the loss's error row gets its own copy.
+      double acc[KB] = {};
       double x_sq = 0;
-      detail::partial_row_dots<KB>(xt + i * a.d, a.weight, a.d, a.k, lane, kWarp, z, x_sq);
+      detail::partial_row_dots<KB>(xt + i * a.d, a.weight, a.d, a.k, lane, kWarp, acc, x_sq);
 #pragma unroll
       for (int c = 0; c < KB; ++c) {
-        if (c < a.k) z[c] = warp_sum(z[c]);  // a.k is uniform: every lane takes part
+        if (c < a.k) acc[c] = warp_sum(acc[c]);  // a.k is uniform: every lane takes part
       }
       x_sq = warp_sum(x_sq);
       if (lane == 0) {
         double* delta = u + i * kFusedMaxOutputs;
+        double z[KB];
         bool finite = true;
-        for (int c = 0; c < a.k; ++c) {
-          if (a.bias) z[c] += a.bias_vec[c];
-          finite = finite && isfinite(z[c]);
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          z[c] = acc[c] + (a.bias && c < a.k ? a.bias_vec[c] : 0.0);
+          finite = finite && (c >= a.k || isfinite(z[c]));
         }
         const std::int64_t row = a.first_row + first + i;
         double loss = 0;

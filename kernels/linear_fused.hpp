@@ -28,6 +28,8 @@ template <int KB, typename T>
 GN_HOST_DEVICE inline void partial_row_dots(const T* x, const double* weight, std::int64_t d,
                                             int k, std::int64_t start, std::int64_t stride,
                                             double* z, double& x_sq) {
+  // Four rows' loads in flight for K ≤ 8; wider buckets have no registers to spare.
+  GN_UNROLL((KB <= 8 ? 4 : 1))
   for (std::int64_t j = start; j < d; j += stride) {
     const double value = static_cast<double>(x[j]);
     x_sq += value * value;
