@@ -31,6 +31,7 @@ from ._gradnoise import (
     _sweep,
     cuda_built,
     cuda_device_count,
+    fashion_mnist,
     losses,
     version,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "sweep",
     "cuda_built",
     "cuda_device_count",
+    "fashion_mnist",
     "losses",
     "__version__",
 ]

@@ -24,6 +24,7 @@
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/error.hpp"
+#include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/report.hpp"
@@ -753,6 +754,20 @@ nb::tuple run_sweep(nb::handle x, nb::handle y, nb::handle batch_sizes, std::vec
   return nb::make_tuple(to_python(summary), rows, final_weights);
 }
 
+/// Fashion-MNIST by the library's reader: (X N×784 float64 in [0, 1], labels
+/// int32), the arrays owning the loaded vectors (no copy).
+nb::tuple fashion_mnist(const std::string& split, std::int64_t limit) {
+  auto data = std::make_shared<Dataset>(load_fashion_mnist(fashion_mnist_dir(), split, Loss::cross_entropy, limit));
+  auto* keep = new std::shared_ptr<Dataset>(data);
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<Dataset>*>(p); });
+  nb::ndarray<nb::numpy, double, nb::ndim<2>> x(data->x.data(),
+                                                {static_cast<std::size_t>(data->n), static_cast<std::size_t>(data->d)},
+                                                owner);
+  nb::ndarray<nb::numpy, std::int32_t, nb::ndim<1>> labels(data->labels.data(),
+                                                           {static_cast<std::size_t>(data->n)}, owner);
+  return nb::make_tuple(x, labels);
+}
+
 }  // namespace
 }  // namespace gradnoise::python
 
@@ -780,6 +795,11 @@ NB_MODULE(_gradnoise, m) {
     for (const Loss loss : all_losses()) names.push_back(loss_name(loss));
     return names;
   }, "The loss names: 'mse', 'ce', 'bce'.");
+
+  m.def("fashion_mnist", &fashion_mnist, nb::arg("split") = "train", nb::arg("limit") = 0,
+        "Fashion-MNIST from Debian's dataset-fashion-mnist (or $GRADNOISE_FASHION_MNIST_DIR): "
+        "(X, labels) with X N×784 float64 pixels in [0, 1] and int32 labels in [0, 10); "
+        "split 'train' (60000) or 'test' (10000); limit > 0 keeps the first `limit` samples.");
 
   nb::class_<LayerProfile>(m, "LayerProfile", "One layer's share of a profile.")
       .def_ro("name", &LayerProfile::name)
@@ -849,7 +869,12 @@ NB_MODULE(_gradnoise, m) {
       .def_prop_ro("zero_copy", &PyProfiler::zero_copy)
       .def_prop_ro("on_cuda", &PyProfiler::on_cuda_device)
       .def_prop_ro("input_address", &PyProfiler::input_address)
-      .def("profile", &PyProfiler::profile, nb::arg("weights"), nb::arg("param_stats") = false)
+      .def("profile", &PyProfiler::profile, nb::arg("weights"), nb::arg("param_stats") = false,
+           "profile(weights, param_stats=False) -> Profile\n\n"
+           "The exact profile at `weights`: [W1, b1, W2, b2, ...] (a bias right after its weight; "
+           "a weight not followed by a vector has none), [(W1, b1), (W2, None), ...] or one 2-D W; "
+           "NumPy arrays or tensors, float32 or float64, W out×in. param_stats=True adds param_var "
+           "(diag Σ). One pass over the data, with the GIL released.")
       .def("shape", &PyProfiler::shape, nb::arg("weights").none(), nb::arg("spectrum"), nb::arg("theta"),
            nb::arg("hessian"), nb::arg("exact_trace_sq"), nb::arg("batch_sizes").none(),
            nb::arg("estimators").none(), nb::arg("seed"))
