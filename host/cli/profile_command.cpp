@@ -21,6 +21,7 @@
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/report.hpp"
 #include "gradnoise/session.hpp"
+#include "gradnoise/shape.hpp"
 #include "backend.hpp"
 
 namespace gradnoise::cli {
@@ -255,42 +256,17 @@ int run_profile(const ProfileArgs& args) {
   const std::string rounding_warning =
       undefine_rounding_ratios(result, rounding_grad_norm_sq(loaded.data));
 
-  ShapeResults shape;
   EigenProgressLine progress(!args.quiet && ::isatty(STDERR_FILENO));
-  if (args.spectrum > 0) {
-    current_stage = "finding the covariance spectrum";
-    SpectrumOptions spectrum_options;
-    spectrum_options.k = std::min(args.spectrum, model.num_params());
-    spectrum_options.chunk_rows = cpu_chunk_rows;
-    spectrum_options.keep_vectors = false;
-    spectrum_options.exact_trace_sq = args.exact_trace_sq;
-    spectrum_options.progress = progress.for_stage("covariance spectrum");
-    shape.spectrum = covariance_spectrum(
-        model, loaded.data, loss, result, spectrum_options,
-        {session.covariance_operator(model, result.param_mean), session.device()});
-    shape.spectrum_device = session.device();
-    current_stage = "analysing the curvature";
-    CurvatureOptions curvature_options;
-    curvature_options.k = std::min(args.spectrum, model.num_params());
-    curvature_options.gauss_newton = args.hessian == "gn";
-    curvature_options.chunk_rows = cpu_chunk_rows;
-    curvature_options.progress = progress.for_stage("Hessian spectrum");
-    std::optional<double> trace_sq;
-    if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
-    const ExternalOperator hessian{session.hessian_operator(model, curvature_options.gauss_newton),
-                                   session.device()};
-    shape.curvature =
-        curvature(model, loaded.data, loss, result, curvature_options, trace_sq, hessian);
-  }
-  if (args.theta > 0) {
-    current_stage = "running the batch-size tests";
-    const std::vector<std::int64_t> test_sizes =
-        batch_sizes.empty() ? parse_batch_sizes("pow2", loaded.data.n) : batch_sizes;
-    const ExternalProjection product{session.grad_cov_grad_operator(model, result.param_mean),
-                                     session.device()};
-    shape.tests = batch_tests(model, loaded.data, loss, result, args.theta, test_sizes,
-                              cpu_chunk_rows, product);
-  }
+  ShapeOptions shape_options;
+  shape_options.spectrum = args.spectrum;
+  shape_options.gauss_newton = args.hessian == "gn";
+  shape_options.exact_trace_sq = args.exact_trace_sq;
+  shape_options.theta = args.theta;
+  shape_options.batch_sizes = batch_sizes;
+  shape_options.chunk_rows = cpu_chunk_rows;
+  shape_options.progress = [&progress](const std::string& stage) { return progress.for_stage(stage); };
+  if (args.spectrum > 0 || args.theta > 0) current_stage = "analysing the noise's shape";
+  ShapeResults shape = noise_shape(session, model, result, shape_options);
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";
     shape.estimators = mentioning("--estimators", args.estimators, [&] {
