@@ -5,6 +5,9 @@
 // against the float64 CPU backend on a subset; a configuration that does not
 // agree prints no time.
 //
+// Then a session's resident data (gradnoise::Profiler on the GPU): the time
+// per profile call, host to host, for small and Fashion-MNIST-sized data.
+//
 //   bench_cuda_profile [--n N] [--reps R] [--csv out.csv]
 #include <cub/device/device_reduce.cuh>
 
@@ -22,6 +25,10 @@
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"
+#include "gradnoise/session.hpp"
+#include "linear_fused.cuh"
+#include "plan.hpp"
+#include "policy.hpp"
 
 namespace gradnoise {
 namespace {
@@ -39,6 +46,31 @@ __global__ void fill_kernel(float* out, std::int64_t count, std::uint32_t seed, 
     h ^= h >> 13;
     out[j] = offset + (static_cast<float>(h >> 8) * (1.0f / 8388608.0f) - 1.0f);
   }
+}
+
+/// A host data set of uniform inputs and, by loss, real targets or labels.
+Dataset synthetic_host_data(std::int64_t n, std::int64_t d, std::int64_t k, Loss loss) {
+  Dataset data;
+  data.n = n;
+  data.d = d;
+  data.k = k;
+  data.x.resize(static_cast<std::size_t>(n * d));
+  std::uint64_t state = 0x9e3779b97f4a7c15ull;
+  const auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) * 0x1.0p-53 - 0.5;
+  };
+  for (double& v : data.x) v = next();
+  if (loss_targets(loss) == TargetKind::labels) {
+    data.labels.resize(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) data.labels[i] = static_cast<std::int32_t>(i % k);
+  } else {
+    data.y.resize(static_cast<std::size_t>(n * k));
+    for (double& v : data.y) v = next();
+  }
+  return data;
 }
 
 int blocks_for(std::int64_t count) {
@@ -106,6 +138,41 @@ bool agrees(const Model& model, const DeviceData& dev, const ProfileOptions& opt
   return ok;
 }
 
+/// A session on the GPU keeps its data on the device: the time of one
+/// profile call (host to host, the median of many) once the data is there.
+void session_timings(int reps) {
+  struct Case {
+    std::int64_t n, d, k;
+    Loss loss;
+  };
+  std::printf("\n| session (resident float32) | N | D | K | first call ms (upload) | per call us |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (const Case& c :
+       {Case{4096, 256, 1, Loss::squared}, Case{std::int64_t{1} << 20, 784, 10, Loss::cross_entropy}}) {
+    Dataset data = synthetic_host_data(c.n, c.d, c.k, c.loss);
+    SessionOptions options;
+    options.loss = c.loss;
+    options.device = Device::cuda;
+    Profiler session(std::move(data), options);
+    const std::vector<std::int64_t> widths = {c.d, c.k};
+    const Model model = make_model(widths, true, Init::gaussian, 0);
+    const auto start = std::chrono::steady_clock::now();
+    session.profile(model);
+    const double first = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const int calls = c.n <= 4096 ? 200 * reps : 4 * reps;
+    std::vector<double> times;
+    for (int r = 0; r < calls; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      session.profile(model);
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("| %s | %lld | %lld | %lld | %.2f | %.1f |\n", loss_name(c.loss),
+                static_cast<long long>(c.n), static_cast<long long>(c.d), static_cast<long long>(c.k),
+                first * 1e3, times[times.size() / 2] * 1e6);
+  }
+}
+
 int bench_main(int argc, char** argv) {
   std::int64_t n = std::int64_t{1} << 22;
   int reps = 5;
@@ -137,6 +204,7 @@ int bench_main(int argc, char** argv) {
       std::int64_t d, k, h;
     };
     const std::vector<Config> configs = {{256, 1, 0},  {256, 10, 0},  {256, 100, 0},
+                                         {784, 1, 0},  {784, 10, 0},
                                          {1024, 1, 0}, {1024, 10, 0}, {1024, 100, 0},
                                          {784, 10, 256}, {784, 10, 1024}};
     for (const Config& c : configs) {
@@ -208,6 +276,19 @@ int bench_main(int argc, char** argv) {
           }
         });
       }
+      detail::PassShape shape;
+      shape.n = n;
+      shape.fused = cuda::use_fused_linear(model, options);
+      shape.chunk_rows = options.chunk_rows;
+      int device = 0, sms = 0;
+      GN_CUDA_CHECK(cudaGetDevice(&device));
+      GN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      shape.sms = sms;
+      const detail::PassPlan plan = detail::profile_pass_plan(model, shape);
+      std::printf("<!-- plan: %s, %lld launches, %.2f GB through DRAM = %.2f x the floor -->\n",
+                  plan.fused ? "fused" : "pipeline", static_cast<long long>(plan.launches),
+                  static_cast<double>(plan.dram_bytes) * 1e-9,
+                  static_cast<double>(plan.dram_bytes) / static_cast<double>(plan.min_bytes));
       const double gbps = bytes / t * 1e-9;
       std::printf("| %s | %lld | %lld | %lld | %.3f | %.2f | %.1f | %.2f | %.2f | %s |\n", name.c_str(),
                   static_cast<long long>(c.d), static_cast<long long>(c.k),
@@ -218,6 +299,7 @@ int bench_main(int argc, char** argv) {
             << bytes << ',' << gbps << ',' << copy_gbps << ',' << reduce_gbps << ',' << t_gemm << '\n';
       }
     }
+    session_timings(reps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_profile: %s\n", e.what());
     return 1;

@@ -1,4 +1,5 @@
-// How many rows a chunk of the CUDA pipeline can hold: pure arithmetic on the
+// How many rows a chunk of the CUDA pipeline can hold, and what a pass moves
+// and launches (PassPlan): pure arithmetic on the
 // model's widths and the free device memory, kept apart from CUDA so CPU tests
 // cover it.
 #pragma once
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "gradnoise/model.hpp"
+#include "moments.hpp"
 #include "policy.hpp"
 
 namespace gradnoise::detail {
@@ -62,6 +64,115 @@ inline std::int64_t plan_chunk_rows(const ChunkFootprint& fp, std::int64_t budge
   std::int64_t rows = 1;
   while (rows * 2 <= fit) rows *= 2;
   return fit < 1 ? 0 : rows;
+}
+
+}  // namespace gradnoise::detail
+
+namespace gradnoise::detail {
+
+/// Where a GPU pass's rows come from.
+enum class RowOrigin { host, resident };
+
+/// What one GPU profile pass does, read off the structure of the code in
+/// linear_fused.cu and profile_pipeline.cu: the kernels it launches (a cuBLAS
+/// call counts as one) and the bytes it moves through device memory, so CPU
+/// tests can hold each path to the bandwidth floor and bench_cuda_profile can
+/// turn a time into bytes per second. DRAM bytes assume what a kernel re-reads
+/// within a tile stays in L1/L2 (the fused kernel's second look at a tile);
+/// `l2_bytes` is the traffic that should stay in L2 (weights re-read per
+/// block, the fused blocks' per-tile merges).
+struct PassPlan {
+  bool fused = false;
+  std::int64_t chunks = 0;
+  std::int64_t launches = 0;
+  std::int64_t dram_bytes = 0;  // read and written
+  std::int64_t l2_bytes = 0;
+  std::int64_t min_bytes = 0;   // the floor: each input and target read once
+};
+
+struct PassShape {
+  std::int64_t n = 0;
+  bool labels = false;
+  bool param_stats = false;
+  std::int64_t value_bytes = 4;  // an input or real target as stored on the device
+  RowOrigin origin = RowOrigin::resident;
+  bool fused = false;            // use_fused_linear's answer
+  std::int64_t chunk_rows = 0;   // the pipeline's rows per chunk
+  int sms = 132;                 // the device's SMs (the fused grid)
+};
+
+inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
+  const std::int64_t n = s.n, d = model.input_dim(), k = model.output_dim();
+  const std::int64_t targets = s.labels ? n * 4 : n * k * s.value_bytes;
+  PassPlan plan;
+  plan.fused = s.fused;
+  plan.min_bytes = n * d * s.value_bytes + targets;
+  const std::int64_t p = model.num_params();
+  const std::int64_t moments = (s.param_stats ? 2 : 1) * 8;  // mean (and M2) per slot
+  if (s.fused) {
+    const std::int64_t blocks = std::int64_t{kFusedBlocksPerSm} * s.sms;
+    const std::int64_t tiles = ceil_div(n, kFusedTileRows);
+    plan.chunks = 1;
+    // Resident rows are read in place; host rows arrive in float64 chunks
+    // (the copy in, then the kernel's read).
+    const std::int64_t chunk = s.chunk_rows > 0 ? std::min(s.chunk_rows, n) : n;
+    if (s.origin == RowOrigin::host) {
+      plan.chunks = ceil_div(n, chunk);
+      const std::int64_t rows_bytes = n * d * 8 + (s.labels ? n * 4 : n * k * 8);
+      plan.dram_bytes += 2 * rows_bytes;
+    } else {
+      plan.dram_bytes += plan.min_bytes;
+    }
+    // Weights once from DRAM, then from L2 by every block; block moments
+    // written once and read by the final merge; per tile, each block's merge
+    // reads and writes its moments (in L2: blocks × P × 8 bytes).
+    plan.dram_bytes += p * 8 + 2 * blocks * p * moments + 2 * p * moments;
+    plan.l2_bytes += (blocks - 1) * p * 8 * plan.chunks + 2 * tiles * p * moments;
+    // Per chunk the fused kernel; then the block merge, the two-stage
+    // reduction of the shifts and the scalars' merge.
+    plan.launches = plan.chunks + 1 + 2 + 1;
+    return plan;
+  }
+  const std::int64_t chunk = std::max<std::int64_t>(1, std::min(s.chunk_rows > 0 ? s.chunk_rows : n, n));
+  plan.chunks = ceil_div(n, chunk);
+  const std::int64_t layers = model.num_layers();
+  std::int64_t per_chunk = 0;
+  // The feeder: resident rows widened to float64 on the device (inputs, and
+  // real targets); host rows copied in (no kernel).
+  if (s.origin == RowOrigin::resident) per_chunk += s.labels ? 1 : 2;
+  for (const Layer& layer : model.layers) {
+    per_chunk += 1 + (layer.has_bias() ? 1 : 0);  // forward GEMM and bias
+    // Column means of δ and a (2 launches each), centring, three two-stage
+    // reductions, C's GEMM and its reduction, chunk mean, merge, its
+    // reduction, the layer's scalars.
+    per_chunk += 4 + 1 + 6 + 1 + 2 + 1 + 1 + 2 + 1;
+    if (s.param_stats) per_chunk += 2 + 4 + 3 + 1;
+  }
+  per_chunk += 1 + (layers - 1);  // the output errors; backward GEMMs
+  per_chunk += 6;                 // the loss: two reductions, a divide, a merge
+  plan.launches = plan.chunks * per_chunk;
+  // DRAM traffic in float64 values per row: the widening (read the stored
+  // value, write float64), then per layer the forward GEMM (read a, write z),
+  // column means (read δ and a), the in-place centring (read and write both),
+  // C's GEMM (read both); per row scalars written and read; the output errors.
+  std::int64_t row_bytes = 0;
+  if (s.origin == RowOrigin::resident) {
+    row_bytes += d * (s.value_bytes + 8) + (s.labels ? 4 : k * (s.value_bytes + 8));
+  } else {
+    row_bytes += d * 8 + (s.labels ? 4 : k * 8);  // the host copy's writes
+  }
+  for (const Layer& layer : model.layers) {
+    const std::int64_t widths = layer.in + layer.out;
+    row_bytes += 8 * (layer.in + layer.out);  // forward: read a, write z
+    row_bytes += 8 * widths;                  // column means
+    row_bytes += 8 * 2 * widths;              // centring, in place
+    row_bytes += 8 * widths;                  // C = UᵀV/m
+    row_bytes += 8 * 6 * 2;                   // the row scalars, written and read
+    if (s.param_stats) row_bytes += 8 * 7 * widths;
+  }
+  row_bytes += 8 * (3 * k + 2) + (s.labels ? 4 : k * 8);  // output errors and losses
+  plan.dram_bytes = n * row_bytes + plan.chunks * layers * 2 * p * moments;
+  return plan;
 }
 
 }  // namespace gradnoise::detail

@@ -98,13 +98,16 @@ inline DeviceRows<float> device_rows(const DeviceData& data) {
   return {data.n, data.d, data.k, data.x, data.y, data.labels};
 }
 
+struct FusedCache;  // linear_fused.cuh
+
 /// The profile of device-resident rows (profile_pipeline.cu): the fused
 /// linear kernel reads them in place, the GEMM pipeline through DeviceFeeder's
 /// float64 chunks. Work is queued on `stream`; returns with the result on the
-/// host.
+/// host. `cache` (a session's) keeps the fused kernel's buffers between calls.
 template <typename T>
 Profile profile_device_rows(const Model& model, const DeviceRows<T>& data,
-                            const ProfileOptions& options, cudaStream_t stream);
+                            const ProfileOptions& options, cudaStream_t stream,
+                            FusedCache* cache = nullptr);
 
 /// Queues dst[j] = double(src[j]) for j < count on `stream` (a copy for
 /// float64 sources).

@@ -306,8 +306,11 @@ bool use_fused_linear(const Model& model, const ProfileOptions& options) {
 }
 
 FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream)
-    : model_(model), options_(options), stream_(stream) {
+    : model_(&model), options_(options), stream_(stream) {
   const Layer& layer = model.layers.at(0);
+  d_ = layer.in;
+  k_ = layer.out;
+  bias_used_ = layer.has_bias();
   int device = 0, sms = 0;
   GN_CUDA_CHECK(cudaGetDevice(&device));
   GN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -323,34 +326,53 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
     with_fused_kernel<double>(options.loss, layer.out, options.param_stats, allow);
   }
   weight_ = DeviceBuffer<double>(layer.weight.size());
-  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), layer.weight.data(),
-                                layer.weight.size() * sizeof(double), cudaMemcpyHostToDevice, stream));
-  if (layer.has_bias()) {
-    bias_ = DeviceBuffer<double>(layer.bias.size());
-    GN_CUDA_CHECK(cudaMemcpyAsync(bias_.data(), layer.bias.data(), layer.bias.size() * sizeof(double),
-                                  cudaMemcpyHostToDevice, stream));
-  }
+  if (layer.has_bias()) bias_ = DeviceBuffer<double>(layer.bias.size());
   const auto per_grid = static_cast<std::size_t>(num_blocks_) * static_cast<std::size_t>(slots_);
   block_mean_ = DeviceBuffer<double>(per_grid);
-  GN_CUDA_CHECK(cudaMemsetAsync(block_mean_.data(), 0, per_grid * sizeof(double), stream));
-  if (options.param_stats) {
-    block_m2_ = DeviceBuffer<double>(per_grid);
-    GN_CUDA_CHECK(cudaMemsetAsync(block_m2_.data(), 0, per_grid * sizeof(double), stream));
-  }
+  if (options.param_stats) block_m2_ = DeviceBuffer<double>(per_grid);
   block_scalars_ = DeviceBuffer<BlockScalars>(static_cast<std::size_t>(num_blocks_));
-  GN_CUDA_CHECK(cudaMemsetAsync(block_scalars_.data(), 0, num_blocks_ * sizeof(BlockScalars), stream));
   flags_ = DeviceBuffer<unsigned long long>(2);
-  const unsigned long long none[2] = {kNoRow, kNoRow};
-  GN_CUDA_CHECK(cudaMemcpyAsync(flags_.data(), none, sizeof(none), cudaMemcpyHostToDevice, stream));
-  // The host arrays above are pageable and `none` lives on this stack frame.
-  GN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  mean_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
+  shift_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
+  if (options.param_stats) m2_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
+  partial_ = DeviceBuffer<double>(kMaxReduceBlocks);
+  shift_total_ = DeviceBuffer<double>(1);
+  total_ = DeviceBuffer<BlockScalars>(1);
+  reset(model);
+}
+
+bool FusedLinear::fits(const Model& model, const ProfileOptions& options) const {
+  if (model.num_layers() != 1) return false;
+  const Layer& layer = model.layers[0];
+  return layer.in == d_ && layer.out == k_ && layer.has_bias() == bias_used_ &&
+         options.loss == options_.loss && options.param_stats == options_.param_stats;
+}
+
+void FusedLinear::reset(const Model& model) {
+  model_ = &model;
+  const Layer& layer = model.layers.at(0);
+  // Pageable host memory: each copy has left the host's array when the call returns.
+  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), layer.weight.data(),
+                                layer.weight.size() * sizeof(double), cudaMemcpyHostToDevice, stream_));
+  if (layer.has_bias()) {
+    GN_CUDA_CHECK(cudaMemcpyAsync(bias_.data(), layer.bias.data(), layer.bias.size() * sizeof(double),
+                                  cudaMemcpyHostToDevice, stream_));
+  }
+  const auto per_grid = static_cast<std::size_t>(num_blocks_) * static_cast<std::size_t>(slots_);
+  GN_CUDA_CHECK(cudaMemsetAsync(block_mean_.data(), 0, per_grid * sizeof(double), stream_));
+  if (options_.param_stats) {
+    GN_CUDA_CHECK(cudaMemsetAsync(block_m2_.data(), 0, per_grid * sizeof(double), stream_));
+  }
+  GN_CUDA_CHECK(cudaMemsetAsync(block_scalars_.data(), 0, num_blocks_ * sizeof(BlockScalars), stream_));
+  static_assert(kNoRow == ~0ull, "kNoRow is all bits set: a byte fill of 0xFF");
+  GN_CUDA_CHECK(cudaMemsetAsync(flags_.data(), 0xFF, 2 * sizeof(unsigned long long), stream_));
 }
 
 template <typename T>
 void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels, std::int64_t rows,
                              std::int64_t first_row) {
   if (rows <= 0) return;
-  const Layer& layer = model_.layers[0];
+  const Layer& layer = model_->layers[0];
   FusedArgs args{};
   args.d = layer.in;
   args.k = static_cast<int>(layer.out);
@@ -379,34 +401,29 @@ template void FusedLinear::accumulate<double>(const double*, const double*, cons
                                               std::int64_t, std::int64_t);
 
 void FusedLinear::finish(Profile& result) {
-  DeviceBuffer<double> mean(static_cast<std::size_t>(slots_)), shift(static_cast<std::size_t>(slots_));
-  DeviceBuffer<double> m2;
-  if (options_.param_stats) m2 = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
   merge_block_slots_kernel<<<grid_for(slots_), kThreads, 0, stream_>>>(
-      num_blocks_, slots_, block_mean_.data(), block_m2_.data(), block_scalars_.data(), mean.data(),
-      m2.data(), shift.data());
+      num_blocks_, slots_, block_mean_.data(), block_m2_.data(), block_scalars_.data(), mean_.data(),
+      m2_.data(), shift_.data());
   GN_CUDA_CHECK(cudaGetLastError());
-  DeviceBuffer<double> partial(kMaxReduceBlocks), shift_total(1);
-  reduce(slots_, LoadArray<double>{shift.data()}, partial.data(), shift_total.data(), stream_);
-  DeviceBuffer<BlockScalars> total(1);
+  reduce(slots_, LoadArray<double>{shift_.data()}, partial_.data(), shift_total_.data(), stream_);
   merge_block_scalars_kernel<<<1, 1, 0, stream_>>>(num_blocks_, block_scalars_.data(),
-                                                   shift_total.data(), total.data());
+                                                   shift_total_.data(), total_.data());
   GN_CUDA_CHECK(cudaGetLastError());
 
   unsigned long long flags[2];
   BlockScalars scalars;
   std::vector<double> host_mean(static_cast<std::size_t>(slots_)), host_m2;
   GN_CUDA_CHECK(cudaMemcpyAsync(flags, flags_.data(), sizeof(flags), cudaMemcpyDeviceToHost, stream_));
-  GN_CUDA_CHECK(cudaMemcpyAsync(&scalars, total.data(), sizeof(scalars), cudaMemcpyDeviceToHost, stream_));
-  GN_CUDA_CHECK(cudaMemcpyAsync(host_mean.data(), mean.data(), host_mean.size() * sizeof(double),
+  GN_CUDA_CHECK(cudaMemcpyAsync(&scalars, total_.data(), sizeof(scalars), cudaMemcpyDeviceToHost, stream_));
+  GN_CUDA_CHECK(cudaMemcpyAsync(host_mean.data(), mean_.data(), host_mean.size() * sizeof(double),
                                 cudaMemcpyDeviceToHost, stream_));
   if (options_.param_stats) {
     host_m2.resize(static_cast<std::size_t>(slots_));
-    GN_CUDA_CHECK(cudaMemcpyAsync(host_m2.data(), m2.data(), host_m2.size() * sizeof(double),
+    GN_CUDA_CHECK(cudaMemcpyAsync(host_m2.data(), m2_.data(), host_m2.size() * sizeof(double),
                                   cudaMemcpyDeviceToHost, stream_));
   }
   GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  throw_if_flagged(flags[0], flags[1], model_.output_dim(), options_.loss);
+  throw_if_flagged(flags[0], flags[1], model_->output_dim(), options_.loss);
 
   const double inv_n = 1.0 / static_cast<double>(scalars.count);
   result.n = scalars.count;

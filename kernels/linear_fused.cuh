@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "cuda_support.hpp"
 #include "gradnoise/profile.hpp"
@@ -20,8 +21,17 @@ bool use_fused_linear(const Model& model, const ProfileOptions& options);
 class FusedLinear {
  public:
   /// Per-block running moments for a fixed grid (kFusedBlocksPerSm), so the
-  /// order of every addition depends only on the data and the GPU.
+  /// order of every addition depends only on the data and the GPU. Allocates
+  /// every buffer a profile needs, then reset(model).
   FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream);
+
+  /// Whether this object can profile `model` with `options` after reset():
+  /// the same shape, loss and param_stats (a session keeps one between calls).
+  bool fits(const Model& model, const ProfileOptions& options) const;
+
+  /// Queues the upload of `model`'s weights (which must outlive finish()) and
+  /// the zeroing of the moments and flags: a fresh profile, no allocation.
+  void reset(const Model& model);
 
   /// Queues rows [first_row, first_row + rows) held at x (rows×D), y (rows×K,
   /// squared loss) or labels (rows, cross-entropy); T is float or double.
@@ -35,9 +45,11 @@ class FusedLinear {
   void finish(Profile& result);
 
  private:
-  const Model& model_;
+  const Model* model_;
   ProfileOptions options_;
   cudaStream_t stream_;
+  std::int64_t d_ = 0, k_ = 0;
+  bool bias_used_ = false;
   int num_blocks_ = 0;
   std::int64_t slots_ = 0;
   std::size_t shared_bytes_ = 0;
@@ -45,6 +57,15 @@ class FusedLinear {
   DeviceBuffer<double> block_mean_, block_m2_;
   DeviceBuffer<detail::BlockScalars> block_scalars_;
   DeviceBuffer<unsigned long long> flags_;
+  // finish()'s merged moments, shifts and scalars.
+  DeviceBuffer<double> mean_, m2_, shift_, partial_, shift_total_;
+  DeviceBuffer<detail::BlockScalars> total_;
+};
+
+/// A session's fused-kernel state, kept between profile calls of the same
+/// shape (kernels/resident.cuh).
+struct FusedCache {
+  std::unique_ptr<FusedLinear> fused;
 };
 
 }  // namespace gradnoise::cuda

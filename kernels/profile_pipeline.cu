@@ -629,10 +629,12 @@ class DeviceRowsShape final : public DataSource {
 /// runs again; then totals the layers. `direct`, when given, is
 /// device-resident data that the fused kernel reads in place (no chunk copies
 /// at all); the GEMM pipeline takes it through make_feeder's chunks.
+/// `cache`, when given with `direct`, keeps the fused kernel's buffers
+/// between calls (a session's).
 template <typename MakeFeeder, typename T = float>
 Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileOptions& options,
                      cudaStream_t stream, MakeFeeder make_feeder,
-                     const DeviceRows<T>* direct = nullptr) {
+                     const DeviceRows<T>* direct = nullptr, FusedCache* cache = nullptr) {
   const auto start = std::chrono::steady_clock::now();
   const bool labels = loss_targets(options.loss) == TargetKind::labels;
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
@@ -645,14 +647,21 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
           Pipeline pipeline(model, options, chunk, labels, stream);
           return run(pipeline, n, chunk, stream, make_feeder);
         }
-        FusedLinear fused(model, options, stream);
         if (direct == nullptr) {
+          FusedLinear fused(model, options, stream);
           FusedEngine engine{fused};
           return run(engine, n, chunk, stream, make_feeder);
         }
-        fused.accumulate(direct->x, direct->y, direct->labels, n, 0);
+        FusedCache own;
+        FusedCache& kept = cache != nullptr ? *cache : own;
+        if (kept.fused && kept.fused->fits(model, options)) {
+          kept.fused->reset(model);
+        } else {
+          kept.fused = std::make_unique<FusedLinear>(model, options, stream);
+        }
+        kept.fused->accumulate(direct->x, direct->y, direct->labels, n, 0);
         Profile profile;
-        fused.finish(profile);
+        kept.fused->finish(profile);
         return profile;
       });
   for (LayerProfile& lp : result.layers) {
@@ -671,7 +680,7 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
 
 template <typename T>
 Profile profile_device_rows(const Model& model, const DeviceRows<T>& data,
-                            const ProfileOptions& options, cudaStream_t stream) {
+                            const ProfileOptions& options, cudaStream_t stream, FusedCache* cache) {
   const DeviceRowsShape<T> shape(data);
   check_profile_inputs(model, shape, options);
   require_device();
@@ -680,13 +689,13 @@ Profile profile_device_rows(const Model& model, const DeviceRows<T>& data,
   }
   return plan_and_run(
       model, shape, options, stream,
-      [&](std::int64_t chunk) { return DeviceFeeder<T>(data, chunk); }, &data);
+      [&](std::int64_t chunk) { return DeviceFeeder<T>(data, chunk); }, &data, cache);
 }
 
 template Profile profile_device_rows<float>(const Model&, const DeviceRows<float>&,
-                                            const ProfileOptions&, cudaStream_t);
+                                            const ProfileOptions&, cudaStream_t, FusedCache*);
 template Profile profile_device_rows<double>(const Model&, const DeviceRows<double>&,
-                                             const ProfileOptions&, cudaStream_t);
+                                             const ProfileOptions&, cudaStream_t, FusedCache*);
 
 }  // namespace cuda
 

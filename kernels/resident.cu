@@ -169,9 +169,11 @@ ResidentDataPtr make_resident(const DataSource& data, Loss loss, GpuDtype dtype)
 
 Profile profile_resident(ResidentData& data, const Model& model, const ProfileOptions& options) {
   if (data.dtype == GpuDtype::float32) {
-    return cuda::profile_device_rows(model, data.rows<float>(), options, data.stream.get());
+    return cuda::profile_device_rows(model, data.rows<float>(), options, data.stream.get(),
+                                     &data.fused);
   }
-  return cuda::profile_device_rows(model, data.rows<double>(), options, data.stream.get());
+  return cuda::profile_device_rows(model, data.rows<double>(), options, data.stream.get(),
+                                   &data.fused);
 }
 
 }  // namespace gradnoise

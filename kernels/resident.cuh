@@ -9,6 +9,7 @@
 #include "chunk_feeder.cuh"
 #include "cuda_entry.hpp"
 #include "cuda_support.hpp"
+#include "linear_fused.cuh"
 
 namespace gradnoise {
 
@@ -21,6 +22,8 @@ class ResidentData {
   cuda::DeviceBuffer<float> x32, y32;
   cuda::DeviceBuffer<double> x64, y64;
   cuda::DeviceBuffer<std::int32_t> label_ids;
+  /// The fused kernel's buffers, kept from one profile call to the next.
+  cuda::FusedCache fused;
 
   template <typename T>
   cuda::DeviceRows<T> rows() const {

@@ -79,6 +79,29 @@ TEST(GpuSession, ResidentProfilesMatchTheCpuSessionCallAfterCall) {
   }
 }
 
+// The session keeps the fused kernel's buffers between calls; a call with
+// another shape, bias or param_stats must not reuse what does not fit.
+TEST(GpuSession, KeptBuffersFollowTheModelFromCallToCall) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const Loss loss = Loss::cross_entropy;
+  const auto data = std::make_shared<const Dataset>(
+      rounded_to_float32(random_dataset(300, 7, 3, loss, 4)));
+  Profiler cpu(data, session_options(loss, Device::cpu, GpuDtype::float32));
+  Profiler gpu(data, session_options(loss, Device::cuda, GpuDtype::float32));
+  struct Step {
+    std::vector<std::int64_t> widths;
+    bool bias, param_stats;
+  };
+  for (const Step& step : {Step{{7, 3}, true, false}, Step{{7, 3}, false, false},
+                           Step{{7, 3}, true, true}, Step{{7, 5, 3}, true, false},
+                           Step{{7, 3}, true, false}}) {
+    const Model model = random_model(step.widths, step.bias, 9);
+    SCOPED_TRACE(std::to_string(step.widths.size() - 1) + " layers" + (step.bias ? " bias" : "") +
+                 (step.param_stats ? " param stats" : ""));
+    expect_close(gpu.profile(model, step.param_stats), cpu.profile(model, step.param_stats), 1e-9);
+  }
+}
+
 TEST(GpuSession, ResidentProductsMatchTheCpuSession) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const Loss loss = Loss::cross_entropy;
