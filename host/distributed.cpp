@@ -4,6 +4,7 @@
 #include <chrono>
 #include <limits>
 
+#include "cuda_entry.hpp"
 #include "gradnoise/covariance.hpp"
 #include "moments.hpp"
 
@@ -167,6 +168,16 @@ class DistributedBackend final : public Backend {
 std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::unique_ptr<Backend> local,
                                                   std::int64_t part_rows, std::int64_t whole_rows) {
   return std::make_unique<DistributedBackend>(comm, std::move(local), part_rows, whole_rows);
+}
+
+std::shared_ptr<Backend> make_rank_backend(Communicator& comm, Device device,
+                                           std::shared_ptr<const DataPart> part, Loss loss,
+                                           std::int64_t chunk_rows, bool fused_linear) {
+  if (resolve_device(device) == Place::cuda) select_cuda_device(comm.local_rank());
+  const std::int64_t part_rows = part->num_samples(), whole_rows = part->whole_samples();
+  std::unique_ptr<Backend> local = make_backend(device, std::move(part), loss, chunk_rows, 0, fused_linear);
+  if (comm.size() == 1) return local;
+  return make_distributed_backend(comm, std::move(local), part_rows, whole_rows);
 }
 
 BlockOperator distributed_layer_covariance(Communicator& comm, const Model& model,

@@ -62,6 +62,13 @@ Profile profile_from_moments(const std::vector<double>& moments, const Model& mo
 std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::unique_ptr<Backend> local,
                                                   std::int64_t part_rows, std::int64_t whole_rows);
 
+/// This rank's session backend on its `part`: the device's backend (with a
+/// GPU, the rank's local one: local rank mod the node's GPUs), wrapped in
+/// the distributed backend when there are several ranks.
+std::shared_ptr<Backend> make_rank_backend(Communicator& comm, Device device,
+                                           std::shared_ptr<const DataPart> part, Loss loss,
+                                           std::int64_t chunk_rows, bool fused_linear);
+
 /// Σ_ll·V (one layer's diagonal block, CPU) summed over the ranks' parts.
 BlockOperator distributed_layer_covariance(Communicator& comm, const Model& model,
                                            const DataSource& part, Loss loss,

@@ -190,12 +190,16 @@ std::vector<std::string> profile_warnings(const Profile& profile) {
 }
 
 double rounding_grad_norm_sq(const Dataset& data) {
-  if (data.n <= 0) return 0;
   double x_sq = 0, y_sq = 0;
   for (const double v : data.x) x_sq += v * v;
   for (const double v : data.y) y_sq += v * v;
-  const double n = static_cast<double>(data.n);
-  const double targets = data.y.empty() ? 1.0 : y_sq / n;
+  return rounding_grad_norm_sq(x_sq, y_sq, data.n, !data.y.empty());
+}
+
+double rounding_grad_norm_sq(double x_sq, double y_sq, std::int64_t samples, bool real_targets) {
+  if (samples <= 0) return 0;
+  const double n = static_cast<double>(samples);
+  const double targets = real_targets ? y_sq / n : 1.0;
   const double inputs = x_sq / n + 1.0;
   const double relative = 1e4 * std::numeric_limits<double>::epsilon();
   return relative * relative * targets * inputs;

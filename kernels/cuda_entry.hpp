@@ -19,6 +19,10 @@
 
 namespace gradnoise {
 
+/// Makes GPU `ordinal` mod the device count current for this process (an
+/// MPI rank's local GPU); nothing without a device or a CUDA build.
+void select_cuda_device(int ordinal);
+
 /// The profile on the current CUDA device, streaming chunks of rows from
 /// `data` through pinned host memory. Work is queued on `stream` (the default
 /// stream when null); the call returns when the result is on the host.
