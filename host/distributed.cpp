@@ -170,10 +170,14 @@ std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::uniqu
   return std::make_unique<DistributedBackend>(comm, std::move(local), part_rows, whole_rows);
 }
 
+void select_rank_device(Communicator& comm, Device device) {
+  if (device != Device::cpu && resolve_device(device) == Place::cuda) select_cuda_device(comm.local_rank());
+}
+
 std::shared_ptr<Backend> make_rank_backend(Communicator& comm, Device device,
                                            std::shared_ptr<const DataPart> part, Loss loss,
                                            std::int64_t chunk_rows, bool fused_linear) {
-  if (resolve_device(device) == Place::cuda) select_cuda_device(comm.local_rank());
+  select_rank_device(comm, device);
   const std::int64_t part_rows = part->num_samples(), whole_rows = part->whole_samples();
   std::unique_ptr<Backend> local = make_backend(device, std::move(part), loss, chunk_rows, 0, fused_linear);
   if (comm.size() == 1) return local;

@@ -62,6 +62,10 @@ Profile profile_from_moments(const std::vector<double>& moments, const Model& mo
 std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::unique_ptr<Backend> local,
                                                   std::int64_t part_rows, std::int64_t whole_rows);
 
+/// With a GPU for `device`, makes the rank's local GPU current (local rank
+/// mod the node's GPUs: one rank per GPU).
+void select_rank_device(Communicator& comm, Device device);
+
 /// This rank's session backend on its `part`: the device's backend (with a
 /// GPU, the rank's local one: local rank mod the node's GPUs), wrapped in
 /// the distributed backend when there are several ranks.
