@@ -287,7 +287,10 @@ int run_profile(const ProfileArgs& args) {
   // spectra, tr(Σ²), the batch tests' own pass) take the CPU's chunk default.
   const std::int64_t cpu_chunk_rows = args.chunk_rows > 0 ? args.chunk_rows : detail::kCpuChunkRows;
   // Labels: the classes are the largest label + 1 over every rank's rows.
-  if (ranks && loss_targets(loss) == TargetKind::labels) loaded.data.k = comm.max(loaded.data.k);
+  if (ranks && loss_targets(loss) == TargetKind::labels) {
+    loaded.data.k = comm.max(loaded.data.k);
+    loaded.description["k"] = loaded.data.k;
+  }
 
   BuiltModel built;
   std::vector<std::int64_t> batch_sizes;
