@@ -162,14 +162,6 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_;
 };
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError("--checkpoint " + path + " cannot be read.");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
-
 }  // namespace
 
 CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
@@ -357,7 +349,7 @@ int run_sweep(const SweepArgs& args) {
     if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
       current_stage = "reading the checkpoint";
       mentioning("--checkpoint", args.checkpoint_path,
-                 [&] { sweep.restore(read_bytes(args.checkpoint_path)); });
+                 [&] { sweep.restore(read_checkpoint(args.checkpoint_path)); });
       std::cerr << "gradnoise: resuming " << args.checkpoint_path << " at step "
                 << (sweep.logs_done() > 0 ? sweep.log_steps()[static_cast<std::size_t>(sweep.logs_done() - 1)] : 0)
                 << " of " << config.steps << "\n";

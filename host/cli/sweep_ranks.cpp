@@ -99,15 +99,15 @@ json point_json(std::int64_t point, const SweepResult& r) {
           {"device", r.device}};
 }
 
-std::string read_file_bytes(const std::string& path) {
+}  // namespace
+
+std::string read_checkpoint(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError("--checkpoint " + path + " cannot be read.");
   std::ostringstream bytes;
   bytes << in.rdbuf();
   return bytes.str();
 }
-
-}  // namespace
 
 std::vector<int> assign_grid_points(const SweepConfig& config, int ranks) {
   // Longest first to the least loaded rank (ties: the lower rank); a point
@@ -156,7 +156,7 @@ std::optional<SweepResult> run_sweep_over_ranks(detail::Communicator& comm, cons
       sweeps.push_back(std::make_unique<Sweep>(initial, train, test, point));
     }
     if (!checkpoint.empty() && std::filesystem::exists(checkpoint)) {
-      const json saved = json::from_cbor(read_file_bytes(checkpoint), true, false);
+      const json saved = json::from_cbor(read_checkpoint(checkpoint), true, false);
       if (saved.is_discarded() || !saved.is_array() || saved.size() != sweeps.size()) {
         throw InputError("--checkpoint " + checkpoint + " does not hold this rank's " +
                          std::to_string(sweeps.size()) + " grid points; resume with the same "

@@ -14,6 +14,9 @@ namespace gradnoise::cli {
 /// rate): longest first (cost ∝ batch size) to the least loaded rank.
 std::vector<int> assign_grid_points(const SweepConfig& config, int ranks);
 
+/// A checkpoint file's bytes; InputError naming --checkpoint when unreadable.
+std::string read_checkpoint(const std::string& path);
+
 /// Each rank's checkpoint: "PATH.rankR-of-N".
 std::string rank_checkpoint_path(const std::string& path, int rank, int ranks);
 
