@@ -5,7 +5,8 @@ results as the reference (nothing hard-coded):
   profile      -np 2 and -np 3: every report field within 1e-12 relative, the
                --param-stats and --curve too; -np 3 twice: bit-identical;
                N = 1001 (not divisible by 2 or 3), N = 5 over 3 ranks
-               (R > N/2), CSV input, cross-entropy with labels one rank lacks
+               (R > N/2), CSV input, cross-entropy with labels one rank lacks,
+               IDX (fashion-mnist) when installed
   errors       a bad row on one rank: every rank exits 2 with one message
                naming the rank, no output file, no hang; more ranks than rows
   sweep        -np 2 and -np 3: identical CSV, weights and summary (but the
@@ -134,6 +135,15 @@ def main():
         np.save(tmp / "L.npy", labels)
         np.save(tmp / "Xce.npy", xv[:200])
         profile_case(tmp, "ce", tmp / "Xce.npy", tmp / "L.npy", ["--loss", "ce"], [3])
+
+        # IDX (--dataset fashion-mnist), when the Debian package is there.
+        if Path(os.environ.get("GRADNOISE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")).is_dir():
+            base = ["profile", "--dataset", "fashion-mnist", "--split", "test", "--limit", "1001",
+                    "--loss", "ce", "--quiet"]
+            for ranks in (1, 3):
+                res = run(base + ["--out", str(tmp / f"fm-{ranks}.json")], ranks)
+                check(res.returncode == 0, f"fashion-mnist -np {ranks} failed: {res.stderr}")
+            compare_reports(tmp / "fm-1.json", tmp / "fm-3.json", "fashion-mnist -np 3")
 
         # A bad row in rank 2's part: every rank stops with one message.
         bad = xv.copy()
