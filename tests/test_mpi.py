@@ -55,10 +55,10 @@ def flat(value, prefix=""):
 VOLATILE = ("elapsed_s", "residuals", "bytes_communicated", "/ranks", "curvature_notes")
 
 
-def compare_reports(reference, other, what, rtol=1e-12):
+def compare_reports(reference, other, what, rtol=1e-12, ignore=()):
     a, b = flat(json.loads(Path(reference).read_text())), flat(json.loads(Path(other).read_text()))
     for key, x in a.items():
-        if any(v in key for v in VOLATILE):
+        if any(v in key for v in VOLATILE + tuple(ignore)):
             continue
         if key not in b:
             # Across ranks tr(Σ²) and tr(HΣ) are not computed (docs/MPI.md).
@@ -144,6 +144,22 @@ def main():
                 res = run(base + ["--out", str(tmp / f"fm-{ranks}.json")], ranks)
                 check(res.returncode == 0, f"fashion-mnist -np {ranks} failed: {res.stderr}")
             compare_reports(tmp / "fm-1.json", tmp / "fm-3.json", "fashion-mnist -np 3")
+
+        # One rank per GPU: -np 2 --device cuda against the one-process CPU
+        # report (the GPU contract: 1e-6 relative), where two GPUs exist.
+        version = run(["--version"]).stdout
+        try:
+            gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU ")
+        except OSError:
+            gpus = 0
+        if "CUDA backend built" in version and gpus >= 2:
+            res = run(["profile", "--x", str(x), "--y", str(y), "--quiet", "--device", "cuda",
+                       "--out", str(tmp / "gpu-2.json")] + shape, 2)
+            check(res.returncode == 0, f"-np 2 --device cuda failed: {res.stderr}")
+            compare_reports(tmp / "mse-1.json", tmp / "gpu-2.json", "-np 2 --device cuda", rtol=1e-6,
+                            ignore=("device", "chunk_rows"))
+        else:
+            print(f"skipped -np 2 --device cuda: {gpus} GPU(s), {version.strip()}")
 
         # A bad row in rank 2's part: every rank stops with one message.
         bad = xv.copy()
