@@ -8,9 +8,14 @@
 // Before a __host__ __device__ template that calls what it is given: the
 // callable (a host lambda, say) decides where the instantiation may run.
 #define GN_EXEC_CHECK_DISABLE _Pragma("nv_exec_check_disable")
+// Before a loop: nvcc unrolls it n times (n a constant expression; more
+// independent loads in flight per thread); the host compiler decides itself.
+#define GN_PRAGMA(x) _Pragma(#x)
+#define GN_UNROLL(n) GN_PRAGMA(unroll n)
 #else
 #define GN_HOST_DEVICE
 #define GN_EXEC_CHECK_DISABLE
+#define GN_UNROLL(n)
 #endif
 
 #include <cstdint>

@@ -62,10 +62,12 @@ std::int64_t default_chunk_rows(Place place) {
 
 std::unique_ptr<Backend> make_backend(Device requested, std::shared_ptr<const DataSource> data,
                                       Loss loss, std::int64_t chunk_rows, int threads,
-                                      bool fused_linear) {
+                                      bool fused_linear, bool gpu_resident, GpuDtype gpu_dtype) {
   const Place place = resolve_device(requested);
   const std::int64_t rows = chunk_rows > 0 ? chunk_rows : default_chunk_rows(place);
-  if (place == Place::cuda) return make_cuda_backend(std::move(data), loss, rows, fused_linear);
+  if (place == Place::cuda) {
+    return make_cuda_backend(std::move(data), loss, rows, fused_linear, gpu_resident, gpu_dtype);
+  }
   return make_cpu_backend(std::move(data), loss, rows, threads);
 }
 

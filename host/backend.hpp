@@ -101,15 +101,18 @@ Place resolve_device(Device requested);
 
 /// The backend for `requested`, working on `data` (kept alive by the backend).
 /// `chunk_rows` 0 picks the device's default; `threads` 0 is one per core (CPU).
+/// `gpu_resident` and `gpu_dtype` as in SessionOptions.
 std::unique_ptr<Backend> make_backend(Device requested, std::shared_ptr<const DataSource> data,
                                       Loss loss, std::int64_t chunk_rows, int threads,
-                                      bool fused_linear);
+                                      bool fused_linear, bool gpu_resident = false,
+                                      GpuDtype gpu_dtype = GpuDtype::float32);
 
 /// The two implementations (make_backend chooses between them).
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const DataSource> data, Loss loss,
                                           std::int64_t chunk_rows, int threads);
 std::unique_ptr<Backend> make_cuda_backend(std::shared_ptr<const DataSource> data, Loss loss,
-                                           std::int64_t chunk_rows, bool fused_linear);
+                                           std::int64_t chunk_rows, bool fused_linear,
+                                           bool resident, GpuDtype dtype);
 /// kernels/policy.hpp's default (kernels/backend_cuda.cpp).
 std::int64_t gpu_default_chunk_rows();
 

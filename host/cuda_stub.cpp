@@ -26,17 +26,26 @@ Profile profile_cuda(const Model&, const DataSource&, const ProfileOptions&, CUs
 }
 
 BlockOperator covariance_operator_cuda(const Model&, const DataSource&, Loss, std::vector<double>,
-                                       std::int64_t) {
+                                       std::int64_t, const ResidentData*) {
   refuse();
 }
 
-BlockOperator hessian_operator_cuda(const Model&, const DataSource&, Loss, bool, std::int64_t) {
+BlockOperator hessian_operator_cuda(const Model&, const DataSource&, Loss, bool, std::int64_t,
+                                    const ResidentData*) {
   refuse();
 }
 
 Profile profile_cuda_device(const Model&, const DeviceData&, const ProfileOptions&, CUstream_st*) {
   refuse();
 }
+
+void ResidentDataDeleter::operator()(ResidentData*) const {}
+
+std::int64_t resident_bytes(const DataSource&, Loss, GpuDtype) { return 0; }
+
+ResidentDataPtr make_resident(const DataSource&, Loss, GpuDtype) { refuse(); }
+
+Profile profile_resident(ResidentData&, const Model&, const ProfileOptions&) { refuse(); }
 
 void SweepCudaStateDeleter::operator()(SweepCudaState*) const {}
 

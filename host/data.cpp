@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "gradnoise/data.hpp"
@@ -66,6 +67,142 @@ void Dataset::validate(const char* what) const {
                      std::to_string(bad_label - labels.begin()) + "; expected labels in [0, " +
                      std::to_string(k) + ")");
   }
+}
+
+std::string element_type_name(ElementType type) {
+  switch (type) {
+    case ElementType::float32: return "float32";
+    case ElementType::float64: return "float64";
+    case ElementType::int8: return "int8";
+    case ElementType::int16: return "int16";
+    case ElementType::int32: return "int32";
+    case ElementType::int64: return "int64";
+    case ElementType::uint8: return "uint8";
+  }
+  return "unknown";
+}
+
+namespace {
+
+bool is_real(ElementType type) { return type == ElementType::float32 || type == ElementType::float64; }
+
+/// Calls f with a typed pointer to the view's first element.
+template <class F>
+decltype(auto) visit_elements(const ArrayView& view, F&& f) {
+  switch (view.type) {
+    case ElementType::float32: return f(static_cast<const float*>(view.data));
+    case ElementType::float64: return f(static_cast<const double*>(view.data));
+    case ElementType::int8: return f(static_cast<const std::int8_t*>(view.data));
+    case ElementType::int16: return f(static_cast<const std::int16_t*>(view.data));
+    case ElementType::int32: return f(static_cast<const std::int32_t*>(view.data));
+    case ElementType::int64: return f(static_cast<const std::int64_t*>(view.data));
+    case ElementType::uint8: return f(static_cast<const std::uint8_t*>(view.data));
+  }
+  throw RuntimeError("internal: unknown element type");
+}
+
+/// Rows [first, first + count) of the view into out (count×cols, row-major).
+template <class Out>
+void gather_rows(const ArrayView& view, std::int64_t first, std::int64_t count, Out* out) {
+  visit_elements(view, [&](const auto* base) {
+    for (std::int64_t r = 0; r < count; ++r) {
+      const auto* row = base + (first + r) * view.row_stride;
+      Out* dst = out + r * view.cols;
+      if (view.col_stride == 1) {
+        for (std::int64_t c = 0; c < view.cols; ++c) dst[c] = static_cast<Out>(row[c]);
+      } else {
+        for (std::int64_t c = 0; c < view.cols; ++c) dst[c] = static_cast<Out>(row[c * view.col_stride]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void copy_rows(const ArrayView& view, std::int64_t first, std::int64_t count, double* out) {
+  gather_rows(view, first, count, out);
+}
+
+BorrowedData::BorrowedData(ArrayView x, ArrayView targets, TargetKind kind,
+                           std::shared_ptr<const void> owner, std::int64_t classes,
+                           const std::string& x_name, const std::string& targets_name)
+    : x_(x), targets_(targets), kind_(kind), owner_(std::move(owner)) {
+  if (!is_real(x_.type)) {
+    throw InputError(x_name + " holds " + element_type_name(x_.type) +
+                     " values; expected float32 or float64");
+  }
+  if (x_.rows < 1 || x_.cols < 1 || !x_.data) {
+    throw InputError(x_name + " is empty (" + std::to_string(x_.rows) + " samples of " +
+                     std::to_string(x_.cols) + " features); expected at least one sample and feature");
+  }
+  if (targets_.rows != x_.rows) {
+    throw InputError(targets_name + " has " + std::to_string(targets_.rows) + " rows but " + x_name +
+                     " has " + std::to_string(x_.rows) + " samples; expected one target row per sample");
+  }
+  if (kind_ == TargetKind::real) {
+    if (!is_real(targets_.type)) {
+      throw InputError(targets_name + " holds " + element_type_name(targets_.type) +
+                       " values; expected float32 or float64 real targets");
+    }
+    if (targets_.cols < 1) throw InputError(targets_name + " has no columns; expected N×K real targets, K ≥ 1");
+    k_ = targets_.cols;
+    std::vector<double> row(static_cast<std::size_t>(k_));
+    for (std::int64_t i = 0; i < targets_.rows; ++i) {
+      copy_rows(targets_, i, 1, row.data());
+      for (std::int64_t c = 0; c < k_; ++c) {
+        if (!std::isfinite(row[c])) {
+          throw InputError(targets_name + " has a non-finite target at sample " + std::to_string(i) +
+                           "; expected finite numbers");
+        }
+      }
+    }
+    return;
+  }
+  if (is_real(targets_.type)) {
+    throw InputError(targets_name + " holds " + element_type_name(targets_.type) +
+                     " values; expected integer class labels (int32 or int64)");
+  }
+  if (targets_.cols != 1) {
+    throw InputError(targets_name + " has " + std::to_string(targets_.cols) +
+                     " columns; expected a vector of N class labels");
+  }
+  std::int64_t largest = -1;
+  visit_elements(targets_, [&](const auto* base) {
+    for (std::int64_t i = 0; i < targets_.rows; ++i) {
+      const auto label = static_cast<std::int64_t>(base[i * targets_.row_stride]);
+      if (label < 0 || label > std::numeric_limits<std::int32_t>::max()) {
+        throw InputError(targets_name + " has label " + std::to_string(label) + " at sample " +
+                         std::to_string(i) + "; expected class labels in [0, K)");
+      }
+      largest = std::max(largest, label);
+    }
+  });
+  k_ = classes > 0 ? classes : largest + 1;
+  if (largest >= k_) {
+    throw InputError(targets_name + " has label " + std::to_string(largest) + " but " +
+                     std::to_string(k_) + " classes were declared; expected labels in [0, " +
+                     std::to_string(k_) + ")");
+  }
+}
+
+void BorrowedData::read(std::int64_t first, std::int64_t count, double* x, double* y,
+                        std::int32_t* labels) const {
+  if (first < 0 || count < 0 || first + count > x_.rows) {
+    throw RuntimeError("internal: BorrowedData::read asked for rows [" + std::to_string(first) + ", " +
+                       std::to_string(first + count) + ") of " + std::to_string(x_.rows));
+  }
+  if (x) gather_rows(x_, first, count, x);
+  if (kind_ == TargetKind::real) {
+    if (y) gather_rows(targets_, first, count, y);
+  } else if (labels) {
+    gather_rows(targets_, first, count, labels);
+  }
+}
+
+const double* BorrowedData::inputs_in_place(std::int64_t first, std::int64_t count) const {
+  if (x_.type != ElementType::float64 || !x_.c_contiguous()) return nullptr;
+  if (first < 0 || count < 0 || first + count > x_.rows) return nullptr;
+  return static_cast<const double*>(x_.data) + first * x_.row_stride;
 }
 
 Dataset with_one_hot_targets(const Dataset& labelled) {

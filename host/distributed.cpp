@@ -174,12 +174,13 @@ void select_rank_device(Communicator& comm, Device device) {
   if (device != Device::cpu && resolve_device(device) == Place::cuda) select_cuda_device(comm.local_rank());
 }
 
-std::shared_ptr<Backend> make_rank_backend(Communicator& comm, Device device,
-                                           std::shared_ptr<const DataPart> part, Loss loss,
-                                           std::int64_t chunk_rows, bool fused_linear) {
-  select_rank_device(comm, device);
+std::shared_ptr<Backend> make_rank_backend(Communicator& comm, const SessionOptions& options,
+                                           std::shared_ptr<const DataPart> part) {
+  select_rank_device(comm, options.device);
   const std::int64_t part_rows = part->num_samples(), whole_rows = part->whole_samples();
-  std::unique_ptr<Backend> local = make_backend(device, std::move(part), loss, chunk_rows, 0, fused_linear);
+  std::unique_ptr<Backend> local =
+      make_backend(options.device, std::move(part), options.loss, options.chunk_rows, options.threads,
+                   options.fused_linear, options.gpu_resident, options.gpu_dtype);
   if (comm.size() == 1) return local;
   return make_distributed_backend(comm, std::move(local), part_rows, whole_rows);
 }

@@ -18,6 +18,7 @@
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "gradnoise/session.hpp"
 
 namespace gradnoise::detail {
 
@@ -69,9 +70,8 @@ void select_rank_device(Communicator& comm, Device device);
 /// This rank's session backend on its `part`: the device's backend (with a
 /// GPU, the rank's local one: local rank mod the node's GPUs), wrapped in
 /// the distributed backend when there are several ranks.
-std::shared_ptr<Backend> make_rank_backend(Communicator& comm, Device device,
-                                           std::shared_ptr<const DataPart> part, Loss loss,
-                                           std::int64_t chunk_rows, bool fused_linear);
+std::shared_ptr<Backend> make_rank_backend(Communicator& comm, const SessionOptions& options,
+                                           std::shared_ptr<const DataPart> part);
 
 /// Σ_ll·V (one layer's diagonal block, CPU) summed over the ranks' parts.
 BlockOperator distributed_layer_covariance(Communicator& comm, const Model& model,

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <vector>
 
 // The build may pass the project version; this default must follow
 // project(... VERSION ...) in CMakeLists.txt.
@@ -189,18 +190,32 @@ std::vector<std::string> profile_warnings(const Profile& profile) {
   return warnings;
 }
 
-double rounding_grad_norm_sq(const Dataset& data) {
+double rounding_grad_norm_sq(const DataSource& data) {
+  const std::int64_t n = data.num_samples(), d = data.num_features(), k = data.num_targets();
+  if (n <= 0) return 0;
+  const bool real = data.target_kind() == TargetKind::real;
+  constexpr std::int64_t kChunkRows = 1024;
+  std::vector<double> x(static_cast<std::size_t>(std::min(n, kChunkRows) * d));
+  std::vector<double> y(real ? static_cast<std::size_t>(std::min(n, kChunkRows) * k) : 0);
   double x_sq = 0, y_sq = 0;
-  for (const double v : data.x) x_sq += v * v;
-  for (const double v : data.y) y_sq += v * v;
-  return rounding_grad_norm_sq(x_sq, y_sq, data.n, !data.y.empty());
+  for (std::int64_t first = 0; first < n; first += kChunkRows) {
+    const std::int64_t rows = std::min(kChunkRows, n - first);
+    const double* in_place = data.inputs_in_place(first, rows);
+    data.read(first, rows, in_place ? nullptr : x.data(), real ? y.data() : nullptr, nullptr);
+    const double* inputs = in_place ? in_place : x.data();
+    for (std::int64_t j = 0; j < rows * d; ++j) x_sq += inputs[j] * inputs[j];
+    if (real) {
+      for (std::int64_t j = 0; j < rows * k; ++j) y_sq += y[j] * y[j];
+    }
+  }
+  return rounding_grad_norm_sq(x_sq, y_sq, n, real);
 }
 
 double rounding_grad_norm_sq(double x_sq, double y_sq, std::int64_t samples, bool real_targets) {
   if (samples <= 0) return 0;
-  const double n = static_cast<double>(samples);
-  const double targets = real_targets ? y_sq / n : 1.0;
-  const double inputs = x_sq / n + 1.0;
+  const double count = static_cast<double>(samples);
+  const double targets = real_targets ? y_sq / count : 1.0;
+  const double inputs = x_sq / count + 1.0;
   const double relative = 1e4 * std::numeric_limits<double>::epsilon();
   return relative * relative * targets * inputs;
 }

@@ -10,7 +10,8 @@ Profiler::Profiler(std::shared_ptr<const DataSource> data, const SessionOptions&
     : data_(std::move(data)), options_(options) {
   if (!data_) throw InputError("a profiling session needs data; got none");
   backend_ = detail::make_backend(options.device, data_, options.loss, options.chunk_rows,
-                                  options.threads, options.fused_linear);
+                                  options.threads, options.fused_linear, options.gpu_resident,
+                                  options.gpu_dtype);
 }
 
 Profiler::Profiler(std::shared_ptr<const DataSource> data, const SessionOptions& options,

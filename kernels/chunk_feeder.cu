@@ -50,17 +50,16 @@ Chunk HostFeeder::feed(int b, std::int64_t first, std::int64_t m, cudaStream_t s
   return device_.chunk(b);
 }
 
-Chunk DeviceFeeder::feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
-  widen_kernel<<<grid_for(m * data_.d), kThreads, 0, stream>>>(data_.x + first * data_.d,
-                                                               m * data_.d, device_.x(b));
+void widen(const float* src, std::int64_t count, double* dst, cudaStream_t stream) {
+  if (count <= 0) return;
+  widen_kernel<<<grid_for(count), kThreads, 0, stream>>>(src, count, dst);
   GN_CUDA_CHECK(cudaGetLastError());
-  if (data_.labels != nullptr) {
-    return {device_.x(b), nullptr, data_.labels + first};
-  }
-  widen_kernel<<<grid_for(m * data_.k), kThreads, 0, stream>>>(data_.y + first * data_.k,
-                                                               m * data_.k, device_.y(b));
-  GN_CUDA_CHECK(cudaGetLastError());
-  return {device_.x(b), device_.y(b), nullptr};
+}
+
+void widen(const double* src, std::int64_t count, double* dst, cudaStream_t stream) {
+  if (count <= 0) return;
+  GN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(double),
+                                cudaMemcpyDeviceToDevice, stream));
 }
 
 }  // namespace gradnoise::cuda

@@ -81,19 +81,56 @@ class HostFeeder {
   bool in_flight_[2] = {false, false};
 };
 
-/// Feeds chunks of device-resident float32 data, widened to float64 on the
-/// device (the pipeline centres its inputs in place, so it needs a copy).
+/// Rows already in device memory, row-major, in float32 (a caller's tensor,
+/// or a session's resident copy) or float64 (a session asked for
+/// --gpu-dtype float64): x is n×d; exactly one of y (n×k) and labels (n).
+template <typename T>
+struct DeviceRows {
+  std::int64_t n = 0;
+  std::int64_t d = 0;
+  std::int64_t k = 0;
+  const T* x = nullptr;
+  const T* y = nullptr;
+  const std::int32_t* labels = nullptr;
+};
+
+inline DeviceRows<float> device_rows(const DeviceData& data) {
+  return {data.n, data.d, data.k, data.x, data.y, data.labels};
+}
+
+/// The profile of device-resident rows (profile_pipeline.cu): the fused
+/// linear kernel reads them in place, the GEMM pipeline through DeviceFeeder's
+/// float64 chunks. Work is queued on `stream`; returns with the result on the
+/// host.
+template <typename T>
+Profile profile_device_rows(const Model& model, const DeviceRows<T>& data,
+                            const ProfileOptions& options, cudaStream_t stream);
+
+/// Queues dst[j] = double(src[j]) for j < count on `stream` (a copy for
+/// float64 sources).
+void widen(const float* src, std::int64_t count, double* dst, cudaStream_t stream);
+void widen(const double* src, std::int64_t count, double* dst, cudaStream_t stream);
+
+/// Feeds chunks of device-resident rows to the GEMM pipeline, in float64 on
+/// the device (the pipeline centres its inputs in place, so it needs a copy
+/// even of float64 rows).
+template <typename T>
 class DeviceFeeder {
  public:
-  DeviceFeeder(const DeviceData& data, std::int64_t chunk)
+  DeviceFeeder(const DeviceRows<T>& data, std::int64_t chunk)
       : data_(data), device_(chunk, data.d, data.k, data.labels != nullptr) {}
 
-  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream);
+  Chunk feed(int b, std::int64_t first, std::int64_t m, cudaStream_t stream) {
+    widen(data_.x + first * data_.d, m * data_.d, device_.x(b), stream);
+    if (data_.labels != nullptr) return {device_.x(b), nullptr, data_.labels + first};
+    widen(data_.y + first * data_.k, m * data_.k, device_.y(b), stream);
+    return {device_.x(b), device_.y(b), nullptr};
+  }
 
   void consumed(int, cudaStream_t) {}
 
  private:
-  DeviceData data_;
+  DeviceRows<T> data_;
   ChunkBuffers device_;
 };
 

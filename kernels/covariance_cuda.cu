@@ -92,7 +92,7 @@ struct CudaExec : CublasExec {
 
 /// out = Σ · in for `cols` column-major directions (host memory), one pass in
 /// chunks of `chunk` rows.
-void covariance_pass(const Model& model, const DataSource& data, Loss loss,
+void covariance_pass(const Model& model, const DataSource& data, const ResidentData* resident, Loss loss,
                      const std::vector<double>& mean_grad, std::int64_t chunk, const double* in,
                      double* out, std::int64_t cols) {
   const detail::CovarianceLayers layers = detail::covariance_layers(model, -1);
@@ -133,7 +133,7 @@ void covariance_pass(const Model& model, const DataSource& data, Loss loss,
   CudaExec exec;
   exec.stream = stream.get();
   exec.ones = ones.data();
-  for_each_device_chunk(model, data, loss, chunk, stream.get(), [&](const DeviceChunkView& view) {
+  for_each_device_chunk(model, data, resident, loss, chunk, stream.get(), [&](const DeviceChunkView& view) {
     exec.cublas = view.cublas;
     for (std::int64_t l = layers.first; l < layers.end; ++l) {
       buffers.layers[l].input = view.inputs[l];
@@ -154,7 +154,7 @@ void covariance_pass(const Model& model, const DataSource& data, Loss loss,
 
 /// Plans the chunk from the block budget and free memory, runs the pass, and
 /// on running out of memory halves the chunk and runs again.
-void covariance_apply(const Model& model, const DataSource& data, Loss loss,
+void covariance_apply(const Model& model, const DataSource& data, const ResidentData* resident, Loss loss,
                       const std::vector<double>& mean_grad, std::int64_t chunk_rows, const double* in,
                       double* out, std::int64_t cols) {
   if (cols < 1) return;
@@ -163,7 +163,7 @@ void covariance_apply(const Model& model, const DataSource& data, Loss loss,
   const std::int64_t wanted =
       std::min(chunk_rows, std::max<std::int64_t>(1, detail::kBlockBudgetDoubles / per_row));
   const auto pass = [&](std::int64_t chunk) {
-    covariance_pass(model, data, loss, mean_grad, chunk, in, out, cols);
+    covariance_pass(model, data, resident, loss, mean_grad, chunk, in, out, cols);
   };
   run_block_product(model, data.num_samples(), cols, "covariance-vector products", wanted,
                     detail::covariance_chunk_footprint(model, loss_targets(loss) == TargetKind::labels, cols), pass);
@@ -173,16 +173,17 @@ void covariance_apply(const Model& model, const DataSource& data, Loss loss,
 }  // namespace cuda
 
 BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
-                                       std::vector<double> mean_grad, std::int64_t chunk_rows) {
+                                       std::vector<double> mean_grad, std::int64_t chunk_rows,
+                                       const ResidentData* resident) {
   check_profile_inputs(model, data, ProfileOptions{.loss = loss, .chunk_rows = chunk_rows});
   cuda::require_device();
   if (static_cast<std::int64_t>(mean_grad.size()) != model.num_params()) {
     throw InputError("the mean gradient has " + std::to_string(mean_grad.size()) +
                      " entries; expected the model's " + std::to_string(model.num_params()));
   }
-  return [&model, &data, loss, grad = std::move(mean_grad), chunk_rows](const double* in, double* out,
-                                                                       std::int64_t cols) {
-    cuda::covariance_apply(model, data, loss, grad, chunk_rows, in, out, cols);
+  return [&model, &data, resident, loss, grad = std::move(mean_grad), chunk_rows](
+             const double* in, double* out, std::int64_t cols) {
+    cuda::covariance_apply(model, data, resident, loss, grad, chunk_rows, in, out, cols);
   };
 }
 

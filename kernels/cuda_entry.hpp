@@ -23,6 +23,12 @@ namespace gradnoise {
 /// MPI rank's local GPU); nothing without a device or a CUDA build.
 void select_cuda_device(int ordinal);
 
+/// A session's copy of its data on the device (inputs and real targets in
+/// the chosen precision, labels as int32) and the session's stream, kept
+/// from the first pass to the end of the session (kernels/resident.cuh).
+/// Passes given one read their rows from it instead of the DataSource.
+class ResidentData;
+
 /// The profile on the current CUDA device, streaming chunks of rows from
 /// `data` through pinned host memory. Work is queued on `stream` (the default
 /// stream when null); the call returns when the result is on the host.
@@ -37,7 +43,8 @@ Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOp
 /// returned operator refers to `model` and `data`, which must outlive it.
 BlockOperator covariance_operator_cuda(const Model& model, const DataSource& data, Loss loss,
                                        std::vector<double> mean_grad,
-                                       std::int64_t chunk_rows = detail::kDefaultGpuChunkRows);
+                                       std::int64_t chunk_rows = detail::kDefaultGpuChunkRows,
+                                       const ResidentData* resident = nullptr);
 
 /// H·V on the GPU for blocks of vectors (P × cols, column-major, host memory):
 /// the CPU HessianOperator's exact R-operator products (full Hessian, or the
@@ -49,7 +56,29 @@ BlockOperator covariance_operator_cuda(const Model& model, const DataSource& dat
 /// do not fit together, RuntimeError when there is no device.
 BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, Loss loss,
                                     bool gauss_newton,
-                                    std::int64_t chunk_rows = detail::kDefaultGpuChunkRows);
+                                    std::int64_t chunk_rows = detail::kDefaultGpuChunkRows,
+                                    const ResidentData* resident = nullptr);
+
+// ---- A session's resident data (kernels/resident.cu) ---------------------------
+
+struct ResidentDataDeleter {
+  void operator()(ResidentData* data) const;
+};
+using ResidentDataPtr = std::unique_ptr<ResidentData, ResidentDataDeleter>;
+
+/// Device bytes a resident copy of `data` takes in `dtype`.
+std::int64_t resident_bytes(const DataSource& data, Loss loss, GpuDtype dtype);
+
+/// Copies `data` onto the current device once: chunks of rows converted on
+/// the host by all cores into pinned buffers, each copy overlapping the next
+/// chunk's conversion. Returns null, copying nothing, when the copy would
+/// not fit beside the passes' workspaces (detail::fits_resident). Throws
+/// RuntimeError when there is no device.
+ResidentDataPtr make_resident(const DataSource& data, Loss loss, GpuDtype dtype);
+
+/// The profile of the resident data, on the session's stream: the fused
+/// linear kernel reads it in place; the GEMM pipeline reads float64 chunks of it.
+Profile profile_resident(ResidentData& data, const Model& model, const ProfileOptions& options);
 
 // ---- Sweeps on the GPU (kernels/sweep_cuda.cu) ---------------------------------
 

@@ -1,7 +1,7 @@
 // The CUDA pipeline's forward and backward pass, chunk by chunk, for other
 // kernels files: the GPU twin of host/chunk_pass.hpp. Each chunk's rows are
 // streamed from a host DataSource (pinned, double-buffered, as the profile
-// does), and a visitor sees every layer's input a_l and output error δ_l on
+// does) or read from a session's resident copy, and a visitor sees every layer's input a_l and output error δ_l on
 // the device. Defined in profile_pipeline.cu, beside the pipeline it drives.
 #pragma once
 
@@ -14,6 +14,10 @@
 
 #include "gradnoise/data.hpp"
 #include "gradnoise/model.hpp"
+
+namespace gradnoise {
+class ResidentData;
+}
 
 namespace gradnoise::cuda {
 
@@ -36,8 +40,10 @@ struct DeviceChunkView {
 /// its work on view.stream (through view.cublas or kernels) and must not wait
 /// for it. Returns once all queued work has finished; throws InputError for a
 /// bad label or a non-finite output (the earliest row), like the profile.
-void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss,
-                           std::int64_t chunk, cudaStream_t stream,
+/// The rows come from `resident` when given (a session's copy of `data` on
+/// the device), else stream from `data` through pinned buffers.
+void for_each_device_chunk(const Model& model, const DataSource& data, const ResidentData* resident,
+                           Loss loss, std::int64_t chunk, cudaStream_t stream,
                            const std::function<void(const DeviceChunkView&)>& visit);
 
 }  // namespace gradnoise::cuda

@@ -73,7 +73,8 @@ struct CudaExec : CublasExec {
 
 /// out = H · in for `cols` column-major directions (host memory), one pass
 /// in chunks of `chunk` rows.
-void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
+void hessian_pass(const Model& model, const DataSource& data, const ResidentData* resident,
+                  Loss loss, bool gauss_newton,
                   std::int64_t chunk, const double* in, double* out, std::int64_t cols) {
   const std::int64_t n = data.num_samples(), k = model.output_dim();
   const std::int64_t num_layers = model.num_layers();
@@ -114,7 +115,7 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
 
   CudaExec exec;
   exec.stream = stream.get();
-  for_each_device_chunk(model, data, loss, chunk, stream.get(), [&](const DeviceChunkView& view) {
+  for_each_device_chunk(model, data, resident, loss, chunk, stream.get(), [&](const DeviceChunkView& view) {
     exec.cublas = view.cublas;
     for (std::int64_t l = 0; l < num_layers; ++l) {
       buffers[l].weight = view.weights[l];
@@ -136,7 +137,8 @@ void hessian_pass(const Model& model, const DataSource& data, Loss loss, bool ga
 
 /// Plans the chunk from the budget and free memory, runs the pass, and on
 /// running out of memory halves the chunk and runs again (as the profile does).
-void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool gauss_newton,
+void hessian_apply(const Model& model, const DataSource& data, const ResidentData* resident,
+                   Loss loss, bool gauss_newton,
                    std::int64_t chunk_rows, const double* in, double* out, std::int64_t cols) {
   if (cols <= 0) return;
   const std::int64_t n = data.num_samples();
@@ -144,7 +146,7 @@ void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool g
                     detail::hessian_chunk_rows(model, cols, chunk_rows, n, detail::kBlockBudgetDoubles),
                     detail::hessian_chunk_footprint(model, loss, cols),
                     [&](std::int64_t chunk) {
-                      hessian_pass(model, data, loss, gauss_newton, chunk, in, out, cols);
+                      hessian_pass(model, data, resident, loss, gauss_newton, chunk, in, out, cols);
                     });
 }
 
@@ -152,7 +154,8 @@ void hessian_apply(const Model& model, const DataSource& data, Loss loss, bool g
 }  // namespace cuda
 
 BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, Loss loss,
-                                    bool gauss_newton, std::int64_t chunk_rows) {
+                                    bool gauss_newton, std::int64_t chunk_rows,
+                                    const ResidentData* resident) {
   ProfileOptions options;
   options.loss = loss;
   options.chunk_rows = chunk_rows;
@@ -161,9 +164,9 @@ BlockOperator hessian_operator_cuda(const Model& model, const DataSource& data, 
     throw RuntimeError("Hessian-vector products on the GPU were asked for, but no CUDA device is "
                        "present; use the CPU HessianOperator");
   }
-  return [model, &data, loss, gauss_newton, chunk_rows](const double* in, double* out,
-                                                       std::int64_t cols) {
-    cuda::hessian_apply(model, data, loss, gauss_newton, chunk_rows, in, out, cols);
+  return [model, &data, resident, loss, gauss_newton, chunk_rows](const double* in, double* out,
+                                                                 std::int64_t cols) {
+    cuda::hessian_apply(model, data, resident, loss, gauss_newton, chunk_rows, in, out, cols);
   };
 }
 

@@ -53,9 +53,13 @@ struct FusedArgs {
   unsigned long long* first_non_finite;
 };
 
-/// L: the loss type (core/losses.hpp), whose error row lane 0 runs per sample.
-template <typename T, class L>
-__global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, const T* y,
+/// L: the loss type (core/losses.hpp), whose error row lane 0 runs per sample;
+/// KB: the output bucket (K ≤ KB); PS: whether the per-parameter variances
+/// are computed.
+/// Without param stats the kernel must fit kFusedBlocksPerSm blocks per SM
+/// (at most 128 registers a thread); with them it takes what it needs.
+template <typename T, class L, int KB, bool PS>
+__global__ void __launch_bounds__(kThreads, PS ? 1 : detail::kFusedBlocksPerSm) fused_linear_kernel(const T* x, const T* y,
                                                                 const std::int32_t* labels,
                                                                 FusedArgs a) {
   extern __shared__ double act_mean[];  // D column means of the current tile
@@ -75,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, cons
 
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
   double* my_mean = a.block_mean + blockIdx.x * a.slots;
-  double* my_m2 = a.param_stats ? a.block_m2 + blockIdx.x * a.slots : nullptr;
+  double* my_m2 = PS ? a.block_m2 + blockIdx.x * a.slots : nullptr;
   if (tid == 0) scalars = a.block_scalars[blockIdx.x];
   __syncthreads();
 
@@ -89,20 +93,24 @@ __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, cons
 
     // A: forward, output errors, losses.
     for (int i = warp; i < rows; i += kFusedWarps) {
-      double z[kFusedMaxOutputs] = {};
+      // Indexed by compile-time constants only, so it stays in registers for
+      // the loop over the row; the loss's error row gets its own copy.
+      double acc[KB] = {};
       double x_sq = 0;
-      detail::partial_row_dots(xt + i * a.d, a.weight, a.d, a.k, lane, kWarp, z, x_sq);
+      detail::partial_row_dots<KB>(xt + i * a.d, a.weight, a.d, a.k, lane, kWarp, acc, x_sq);
 #pragma unroll
-      for (int c = 0; c < kFusedMaxOutputs; ++c) {
-        if (c < a.k) z[c] = warp_sum(z[c]);  // a.k is uniform: every lane takes part
+      for (int c = 0; c < KB; ++c) {
+        if (c < a.k) acc[c] = warp_sum(acc[c]);  // a.k is uniform: every lane takes part
       }
       x_sq = warp_sum(x_sq);
       if (lane == 0) {
         double* delta = u + i * kFusedMaxOutputs;
+        double z[KB];
         bool finite = true;
-        for (int c = 0; c < a.k; ++c) {
-          if (a.bias) z[c] += a.bias_vec[c];
-          finite = finite && isfinite(z[c]);
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          z[c] = acc[c] + (a.bias && c < a.k ? a.bias_vec[c] : 0.0);
+          finite = finite && (c >= a.k || isfinite(z[c]));
         }
         const std::int64_t row = a.first_row + first + i;
         double loss = 0;
@@ -110,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, cons
         if (!finite) {
           atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
         } else {
-          double target[kFusedMaxOutputs];
+          double target[KB];
           std::int32_t label = 0;
           if constexpr (L::targets == TargetKind::real) {
             for (int c = 0; c < a.k; ++c) target[c] = static_cast<double>(y[(first + i) * a.k + c]);
@@ -180,8 +188,8 @@ __global__ void __launch_bounds__(kThreads) fused_linear_kernel(const T* x, cons
     const MergeWeights w = detail::merge_weights(scalars.count, rows);
     double shift = 0, c_norm_sq = 0, act_mean_sq = 0;
     for (std::int64_t j = tid; j < a.d; j += kThreads) {
-      ColumnSums sums;
-      detail::column_tile_sums(xt + j, a.d, rows, u, a.k, a.param_stats, sums);
+      ColumnSums<KB, PS> sums;
+      detail::column_tile_sums(xt + j, a.d, rows, u, a.k, sums);
       act_mean[j] = sums.act_mean;
       act_mean_sq += sums.act_mean * sums.act_mean;
       shift += detail::merge_column(sums, j, a.d, a.k, rows, delta_mean, u_sq_sum, w, my_mean, my_m2,
@@ -270,6 +278,27 @@ int max_shared_optin() {
   return bytes;
 }
 
+/// Calls use(kernel) with the fused kernel compiled for `loss`, K ≤ bucket
+/// and param_stats (detail::fused_output_bucket).
+template <typename T, typename Use>
+void with_fused_kernel(Loss loss, std::int64_t k, bool param_stats, Use&& use) {
+  losses::visit_loss(loss, [&](auto l) {
+    using L = decltype(l);
+    if (param_stats) {
+      use(fused_linear_kernel<T, L, kFusedMaxOutputs, true>);
+      return;
+    }
+    switch (detail::fused_output_bucket(k, false)) {
+      case 1: use(fused_linear_kernel<T, L, 1, false>); break;
+      case 2: use(fused_linear_kernel<T, L, 2, false>); break;
+      case 4: use(fused_linear_kernel<T, L, 4, false>); break;
+      case 8: use(fused_linear_kernel<T, L, 8, false>); break;
+      case kFusedMaxOutputs: use(fused_linear_kernel<T, L, kFusedMaxOutputs, false>); break;
+      default: throw RuntimeError("internal: the fused kernel takes 1 to 16 outputs");
+    }
+  });
+}
+
 }  // namespace
 
 bool use_fused_linear(const Model& model, const ProfileOptions& options) {
@@ -286,15 +315,12 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   slots_ = layer.num_params();
   shared_bytes_ = static_cast<std::size_t>(layer.in) * sizeof(double);
   if (shared_bytes_ > (48u << 10)) {
-    losses::visit_loss(options.loss, [&](auto loss) {
-      using L = decltype(loss);
-      GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<float, L>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const auto allow = [&](auto kernel) {
+      GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(shared_bytes_)));
-      GN_CUDA_CHECK(cudaFuncSetAttribute(fused_linear_kernel<double, L>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(shared_bytes_)));
-    });
+    };
+    with_fused_kernel<float>(options.loss, layer.out, options.param_stats, allow);
+    with_fused_kernel<double>(options.loss, layer.out, options.param_stats, allow);
   }
   weight_ = DeviceBuffer<double>(layer.weight.size());
   GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), layer.weight.data(),
@@ -341,9 +367,8 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
   args.block_scalars = block_scalars_.data();
   args.first_bad_label = flags_.data();
   args.first_non_finite = flags_.data() + 1;
-  losses::visit_loss(options_.loss, [&](auto loss) {
-    fused_linear_kernel<T, decltype(loss)><<<num_blocks_, kThreads, shared_bytes_, stream_>>>(
-        x, y, labels, args);
+  with_fused_kernel<T>(options_.loss, layer.out, options_.param_stats, [&](auto kernel) {
+    kernel<<<num_blocks_, kThreads, shared_bytes_, stream_>>>(x, y, labels, args);
   });
   GN_CUDA_CHECK(cudaGetLastError());
 }

@@ -18,16 +18,22 @@
 
 namespace gradnoise::detail {
 
+/// The kernel is compiled for K ≤ KB outputs, KB one of kFusedOutputBuckets
+/// (policy.hpp), so per-thread arrays have compile-time sizes and stay in
+/// registers; outputs c with k ≤ c < KB are skipped.
+
 /// Partial sums over features j = start, start + stride, ... < d of one row:
-/// z_k += W_kj x_j for every output k, and ‖x‖².
-template <typename T>
+/// z_k += W_kj x_j for every output k < K ≤ KB, and ‖x‖².
+template <int KB, typename T>
 GN_HOST_DEVICE inline void partial_row_dots(const T* x, const double* weight, std::int64_t d,
                                             int k, std::int64_t start, std::int64_t stride,
                                             double* z, double& x_sq) {
+  // Four rows' loads in flight for K ≤ 8; wider buckets have no registers to spare.
+  GN_UNROLL((KB <= 8 ? 4 : 1))
   for (std::int64_t j = start; j < d; j += stride) {
     const double value = static_cast<double>(x[j]);
     x_sq += value * value;
-    for (int c = 0; c < kFusedMaxOutputs; ++c) {
+    for (int c = 0; c < KB; ++c) {
       if (c < k) z[c] += weight[c * d + j] * value;
     }
   }
@@ -50,18 +56,21 @@ GN_HOST_DEVICE inline void partial_row_centred(const T* x, const double* act_mea
 /// the column mean ā_j, Σ v², and per output k: Σ u_k v (→ C), and with
 /// param_stats Σ u_k² v², Σ u_k v², Σ u_k² v. `u` is the tile's centred
 /// errors, rows × K, row-major with row stride kFusedMaxOutputs.
+/// The param_stats sums exist only when PS (param_stats) is compiled in.
+template <int KB, bool PS>
 struct ColumnSums {
+  static constexpr int kStats = PS ? KB : 1;
   double act_mean = 0;
   double v_sq = 0;
-  double uv[kFusedMaxOutputs] = {};
-  double uu_vv[kFusedMaxOutputs] = {};
-  double u_vv[kFusedMaxOutputs] = {};
-  double uu_v[kFusedMaxOutputs] = {};
+  double uv[KB] = {};
+  double uu_vv[kStats] = {};
+  double u_vv[kStats] = {};
+  double uu_v[kStats] = {};
 };
 
-template <typename T>
+template <int KB, bool PS, typename T>
 GN_HOST_DEVICE inline void column_tile_sums(const T* x_col, std::int64_t d, int rows, const double* u,
-                                            int k, bool param_stats, ColumnSums& s) {
+                                            int k, ColumnSums<KB, PS>& s) {
   double total = 0;
   for (int i = 0; i < rows; ++i) total += static_cast<double>(x_col[i * d]);
   s.act_mean = total / rows;
@@ -69,10 +78,10 @@ GN_HOST_DEVICE inline void column_tile_sums(const T* x_col, std::int64_t d, int 
     const double v = static_cast<double>(x_col[i * d]) - s.act_mean;
     s.v_sq += v * v;
     const double* ui = u + i * kFusedMaxOutputs;
-    for (int c = 0; c < kFusedMaxOutputs; ++c) {
+    for (int c = 0; c < KB; ++c) {
       if (c >= k) continue;
       s.uv[c] += ui[c] * v;
-      if (param_stats) {
+      if constexpr (PS) {
         const double uu = ui[c] * ui[c];
         s.uu_vv[c] += uu * v * v;
         s.u_vv[c] += ui[c] * v * v;
@@ -86,18 +95,21 @@ GN_HOST_DEVICE inline void column_tile_sums(const T* x_col, std::int64_t d, int 
 /// running moments (slot c·d + j of `mean`/`m2`, the docs/MATH.md flattening).
 /// Returns Σ_c d_c² (the merge's squared mean shifts) and adds Σ_c C_cj² to
 /// c_norm_sq, both for the tile's scalar sum of squares.
-GN_HOST_DEVICE inline double merge_column(const ColumnSums& s, std::int64_t j, std::int64_t d, int k,
-                                          int rows, const double* delta_mean, const double* u_sq_sum,
-                                          MergeWeights w, double* mean, double* m2, double& c_norm_sq) {
+/// `m2` is null exactly when PS is false.
+template <int KB, bool PS>
+GN_HOST_DEVICE inline double merge_column(const ColumnSums<KB, PS>& s, std::int64_t j, std::int64_t d,
+                                          int k, int rows, const double* delta_mean,
+                                          const double* u_sq_sum, MergeWeights w, double* mean,
+                                          double* m2, double& c_norm_sq) {
   double diff_sq = 0;
   const double m = rows;
-  for (int c = 0; c < kFusedMaxOutputs; ++c) {
+  for (int c = 0; c < KB; ++c) {
     if (c >= k) continue;
     const double c_cj = s.uv[c] / m;
     c_norm_sq += c_cj * c_cj;
     const double tile_mean = delta_mean[c] * s.act_mean + c_cj;
     double tile_m2 = 0;
-    if (m2 != nullptr) {
+    if constexpr (PS) {
       tile_m2 = chunk_slot_centred_sum(delta_mean[c], s.act_mean, c_cj, u_sq_sum[c], s.v_sq,
                                        s.uu_vv[c], s.u_vv[c], s.uu_v[c], m);
     }

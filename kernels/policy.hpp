@@ -47,6 +47,21 @@ inline constexpr std::int64_t kSweepMaxBlocks = 65535;
 /// Largest K the fused kernel keeps in registers; larger K goes to the GEMM pipeline.
 inline constexpr int kFusedMaxOutputs = 16;
 
+/// The fused kernel is compiled for these output counts (without param
+/// stats; with them, for kFusedMaxOutputs only): a model with K outputs runs
+/// the smallest bucket ≥ K, so per-thread arrays have compile-time sizes.
+inline constexpr int kFusedOutputBuckets[] = {1, 2, 4, 8, kFusedMaxOutputs};
+
+/// The bucket a model with k outputs runs (0 for k outside 1..kFusedMaxOutputs).
+constexpr int fused_output_bucket(std::int64_t k, bool param_stats) {
+  if (k < 1 || k > kFusedMaxOutputs) return 0;
+  if (param_stats) return kFusedMaxOutputs;
+  for (int bucket : kFusedOutputBuckets) {
+    if (k <= bucket) return bucket;
+  }
+  return 0;
+}
+
 /// Rows per tile, and persistent blocks per SM.
 inline constexpr int kFusedTileRows = 32;
 inline constexpr int kFusedBlocksPerSm = 2;
@@ -90,6 +105,19 @@ inline constexpr std::int64_t kBlockBudgetDoubles = std::int64_t{1} << 27;
 /// tenths, leaving the rest to cuBLAS's workspaces and other tenants.
 inline std::int64_t usable_device_bytes(std::size_t free_bytes) {
   return static_cast<std::int64_t>(free_bytes / 10 * 9);
+}
+
+/// A session's resident copy goes up in chunks of this many bytes (two
+/// pinned buffers of it), converted on the host by threads of at least
+/// kResidentConvertGrain values each.
+inline constexpr std::int64_t kResidentStagingBytes = std::int64_t{64} << 20;
+inline constexpr std::int64_t kResidentConvertGrain = std::int64_t{1} << 18;
+
+/// Whether a session keeps a resident copy of `bytes` of data on a device
+/// with `free_bytes` free: when it takes at most half of the usable memory,
+/// so the passes' chunk workspaces (which shrink to fit) keep the rest.
+inline bool fits_resident(std::int64_t bytes, std::size_t free_bytes) {
+  return bytes >= 0 && bytes <= usable_device_bytes(free_bytes) / 2;
 }
 
 }  // namespace gradnoise::detail

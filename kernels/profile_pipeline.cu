@@ -36,6 +36,7 @@
 #include "plan.hpp"
 #include "policy.hpp"
 #include "reduce.cuh"
+#include "resident.cuh"
 
 namespace gradnoise {
 namespace cuda {
@@ -562,42 +563,54 @@ Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t str
 /// device_chunks.cuh): the pipeline's forward and backward per chunk, then
 /// `visit`, whose work is queued on the same stream, so the next chunk's
 /// forward pass (which reuses the buffers) runs after it.
-void for_each_device_chunk(const Model& model, const DataSource& data, Loss loss,
-                           std::int64_t chunk, cudaStream_t stream,
+void for_each_device_chunk(const Model& model, const DataSource& data, const ResidentData* resident,
+                           Loss loss, std::int64_t chunk, cudaStream_t stream,
                            const std::function<void(const DeviceChunkView&)>& visit) {
   const std::int64_t n = data.num_samples();
   const bool labels = loss_targets(loss) == TargetKind::labels;
   ProfileOptions options;
   options.loss = loss;
   Pipeline pipeline(model, options, chunk, labels, stream);
-  HostFeeder feeder(data, chunk, model.output_dim(), labels);
   DeviceChunkView view;
   view.cublas = pipeline.cublas();
   view.stream = stream;
   view.inputs.resize(static_cast<std::size_t>(model.num_layers()));
   view.errors.resize(view.inputs.size());
   view.weights.resize(view.inputs.size());
-  for_each_fed_chunk(feeder, n, chunk, stream, [&](const Chunk& fed, std::int64_t m, std::int64_t first) {
-    pipeline.forward_backward(fed, m, first);
-    view.first = first;
-    view.rows = m;
-    for (std::int64_t l = 0; l < model.num_layers(); ++l) {
-      view.inputs[l] = pipeline.layer_input(l, fed);
-      view.errors[l] = pipeline.layer_error(l);
-      view.weights[l] = pipeline.layer_weight(l);
-    }
-    view.outputs = pipeline.model_output();
-    visit(view);
-  });
+  const auto pass = [&](auto& feeder) {
+    for_each_fed_chunk(feeder, n, chunk, stream, [&](const Chunk& fed, std::int64_t m, std::int64_t first) {
+      pipeline.forward_backward(fed, m, first);
+      view.first = first;
+      view.rows = m;
+      for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+        view.inputs[l] = pipeline.layer_input(l, fed);
+        view.errors[l] = pipeline.layer_error(l);
+        view.weights[l] = pipeline.layer_weight(l);
+      }
+      view.outputs = pipeline.model_output();
+      visit(view);
+    });
+  };
+  if (resident == nullptr) {
+    HostFeeder feeder(data, chunk, model.output_dim(), labels);
+    pass(feeder);
+  } else if (resident->dtype == GpuDtype::float32) {
+    DeviceFeeder<float> feeder(resident->rows<float>(), chunk);
+    pass(feeder);
+  } else {
+    DeviceFeeder<double> feeder(resident->rows<double>(), chunk);
+    pass(feeder);
+  }
   pipeline.check_flags();  // synchronises the stream: every visit's work has finished
 }
 
 namespace {
 
-/// The shape of device-resident data, for the shared input checks.
-class DeviceDataShape final : public DataSource {
+/// The shape of device-resident rows, for the shared input checks.
+template <typename T>
+class DeviceRowsShape final : public DataSource {
  public:
-  explicit DeviceDataShape(const DeviceData& data) : data_(data) {}
+  explicit DeviceRowsShape(const DeviceRows<T>& data) : data_(data) {}
   std::int64_t num_samples() const override { return data_.n; }
   std::int64_t num_features() const override { return data_.d; }
   TargetKind target_kind() const override {
@@ -609,16 +622,17 @@ class DeviceDataShape final : public DataSource {
   }
 
  private:
-  DeviceData data_;
+  DeviceRows<T> data_;
 };
 
 /// Plans the chunk, runs, and on running out of memory halves the chunk and
-/// runs again; then totals the layers.
-/// `direct`, when given, is device-resident data that the fused kernel reads
-/// in place (no chunk copies at all).
-template <typename MakeFeeder>
+/// runs again; then totals the layers. `direct`, when given, is
+/// device-resident data that the fused kernel reads in place (no chunk copies
+/// at all); the GEMM pipeline takes it through make_feeder's chunks.
+template <typename MakeFeeder, typename T = float>
 Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileOptions& options,
-                     cudaStream_t stream, MakeFeeder make_feeder, const DeviceData* direct = nullptr) {
+                     cudaStream_t stream, MakeFeeder make_feeder,
+                     const DeviceRows<T>* direct = nullptr) {
   const auto start = std::chrono::steady_clock::now();
   const bool labels = loss_targets(options.loss) == TargetKind::labels;
   const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
@@ -654,6 +668,26 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
 }
 
 }  // namespace
+
+template <typename T>
+Profile profile_device_rows(const Model& model, const DeviceRows<T>& data,
+                            const ProfileOptions& options, cudaStream_t stream) {
+  const DeviceRowsShape<T> shape(data);
+  check_profile_inputs(model, shape, options);
+  require_device();
+  if (data.x == nullptr || (data.y == nullptr) == (data.labels == nullptr)) {
+    throw InputError("device data needs inputs and exactly one of real targets and labels");
+  }
+  return plan_and_run(
+      model, shape, options, stream,
+      [&](std::int64_t chunk) { return DeviceFeeder<T>(data, chunk); }, &data);
+}
+
+template Profile profile_device_rows<float>(const Model&, const DeviceRows<float>&,
+                                            const ProfileOptions&, cudaStream_t);
+template Profile profile_device_rows<double>(const Model&, const DeviceRows<double>&,
+                                             const ProfileOptions&, cudaStream_t);
+
 }  // namespace cuda
 
 Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOptions& options,
@@ -668,14 +702,7 @@ Profile profile_cuda(const Model& model, const DataSource& data, const ProfileOp
 
 Profile profile_cuda_device(const Model& model, const DeviceData& data,
                             const ProfileOptions& options, CUstream_st* stream) {
-  const cuda::DeviceDataShape shape(data);
-  check_profile_inputs(model, shape, options);
-  cuda::require_device();
-  if (data.x == nullptr || (data.y == nullptr) == (data.labels == nullptr)) {
-    throw InputError("device data needs inputs and exactly one of real targets and labels");
-  }
-  return cuda::plan_and_run(model, shape, options, stream,
-                            [&](std::int64_t chunk) { return cuda::DeviceFeeder(data, chunk); });
+  return cuda::profile_device_rows(model, cuda::device_rows(data), options, stream);
 }
 
 }  // namespace gradnoise

@@ -501,6 +501,15 @@ TEST_F(Cli, MissingXFile) {
   expect_failure(args, 2, "missing.npy");
 }
 
+TEST_F(Cli, UnknownGpuDtype) {
+  synth(10, 2, 1);
+  std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"),
+                                   "--gpu-dtype", "float16"};
+  for (const std::string& flag : output_flags()) args.push_back(flag);
+  const std::string line = expect_failure(args, 2, "--gpu-dtype");
+  EXPECT_NE(line.find("float32 or float64"), std::string::npos) << line;
+}
+
 TEST_F(Cli, TruncatedNpy) {
   synth(10, 2, 1);
   const std::string bytes = read_text(path("X.npy"));

@@ -34,9 +34,12 @@ struct Emulated {
   BlockScalars total;
 };
 
-/// What linear_fused.cu computes, with its thread loops written as plain loops.
-Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_rows, int num_blocks,
-                 bool param_stats) {
+/// What linear_fused.cu computes, with its thread loops written as plain
+/// loops, compiled like the kernel for K ≤ KB outputs and param stats PS.
+template <int KB, bool PS>
+Emulated emulate_bucket(const Model& model, const Dataset& data, Loss loss, int tile_rows,
+                        int num_blocks) {
+  constexpr bool param_stats = PS;
   const Layer& layer = model.layers.at(0);
   const std::int64_t n = data.n, d = data.d;
   const int k = static_cast<int>(layer.out);
@@ -58,8 +61,8 @@ Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_ro
       std::vector<double> u(static_cast<std::size_t>(rows * kFusedMaxOutputs), 0.0);
       std::vector<double> loss_i(rows), delta_sq(rows), x_sq(rows, 0.0);
       for (int i = 0; i < rows; ++i) {
-        double z[kFusedMaxOutputs] = {};
-        partial_row_dots(x + i * d, layer.weight.data(), d, k, 0, 1, z, x_sq[i]);
+        double z[KB] = {};
+        partial_row_dots<KB>(x + i * d, layer.weight.data(), d, k, 0, 1, z, x_sq[i]);
         for (int c = 0; c < k; ++c) z[c] += bias ? layer.bias[c] : 0.0;
         double* delta = u.data() + i * kFusedMaxOutputs;
         const double* y = data.y.empty() ? nullptr : data.y.data() + (first + i) * k;
@@ -94,8 +97,8 @@ Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_ro
       std::vector<double> act_mean(static_cast<std::size_t>(d));
       double shift_sq = 0, c_norm_sq = 0, act_mean_sq = 0;
       for (std::int64_t j = 0; j < d; ++j) {
-        ColumnSums sums;
-        column_tile_sums(x + j, d, rows, u.data(), k, param_stats, sums);
+        ColumnSums<KB, PS> sums;
+        column_tile_sums(x + j, d, rows, u.data(), k, sums);
         act_mean[j] = sums.act_mean;
         act_mean_sq += sums.act_mean * sums.act_mean;
         shift_sq += merge_column(sums, j, d, k, rows, delta_mean, u_sq_sum, w, block_mean[b].data(),
@@ -133,6 +136,52 @@ Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_ro
     merge_block_scalars(out.total, block_scalars[b], shift);
   }
   return out;
+}
+
+/// The kernel's dispatch: the bucket fused_output_bucket picks.
+Emulated emulate(const Model& model, const Dataset& data, Loss loss, int tile_rows, int num_blocks,
+                 bool param_stats) {
+  if (param_stats) return emulate_bucket<kFusedMaxOutputs, true>(model, data, loss, tile_rows, num_blocks);
+  switch (fused_output_bucket(model.output_dim(), false)) {
+    case 1: return emulate_bucket<1, false>(model, data, loss, tile_rows, num_blocks);
+    case 2: return emulate_bucket<2, false>(model, data, loss, tile_rows, num_blocks);
+    case 4: return emulate_bucket<4, false>(model, data, loss, tile_rows, num_blocks);
+    case 8: return emulate_bucket<8, false>(model, data, loss, tile_rows, num_blocks);
+    default: return emulate_bucket<kFusedMaxOutputs, false>(model, data, loss, tile_rows, num_blocks);
+  }
+}
+
+TEST(LinearFusedBuckets, EachKRunsTheSmallestBucketThatHoldsIt) {
+  EXPECT_EQ(fused_output_bucket(1, false), 1);
+  EXPECT_EQ(fused_output_bucket(2, false), 2);
+  EXPECT_EQ(fused_output_bucket(3, false), 4);
+  EXPECT_EQ(fused_output_bucket(7, false), 8);
+  EXPECT_EQ(fused_output_bucket(10, false), 16);
+  EXPECT_EQ(fused_output_bucket(16, false), 16);
+  EXPECT_EQ(fused_output_bucket(3, true), kFusedMaxOutputs);
+  EXPECT_EQ(fused_output_bucket(0, false), 0);
+  EXPECT_EQ(fused_output_bucket(17, false), 0);
+  for (std::int64_t k = 1; k <= kFusedMaxOutputs; ++k) {
+    EXPECT_GE(fused_output_bucket(k, false), k);
+    EXPECT_GE(fused_output_bucket(k, true), k);
+  }
+}
+
+// The outputs a bucket holds beyond K are skipped, not computed as zeros:
+// a model runs to the same bits in its own bucket and in the widest one.
+TEST(LinearFusedBuckets, ABucketGivesTheSameBitsAsTheWidest) {
+  for (const std::int64_t k : {1, 2, 3, 7}) {
+    SCOPED_TRACE(k);
+    const Model model = random_model({9, k}, true, 5);
+    const Dataset data = random_dataset(77, 9, k, Loss::cross_entropy, 6, 0.8);
+    const Emulated own = emulate(model, data, Loss::cross_entropy, 32, 3, false);
+    const Emulated widest =
+        emulate_bucket<kFusedMaxOutputs, false>(model, data, Loss::cross_entropy, 32, 3);
+    EXPECT_EQ(own.mean, widest.mean);
+    EXPECT_EQ(own.total.m2_total, widest.total.m2_total);
+    EXPECT_EQ(own.total.sum_norm_sq, widest.total.sum_norm_sq);
+    EXPECT_EQ(own.total.loss_m2, widest.total.loss_m2);
+  }
 }
 
 struct FusedCase {

@@ -59,5 +59,17 @@ TEST(CudaPolicy, MemoryBudgets) {
   EXPECT_EQ(detail::usable_device_bytes(9), 0);
 }
 
+TEST(CudaPolicy, ResidentCopyTakesAtMostHalfTheUsableMemory) {
+  const std::size_t free_bytes = std::size_t{80} << 30;
+  const std::int64_t half = detail::usable_device_bytes(free_bytes) / 2;
+  EXPECT_TRUE(detail::fits_resident(0, free_bytes));
+  EXPECT_TRUE(detail::fits_resident(half, free_bytes));
+  EXPECT_FALSE(detail::fits_resident(half + 1, free_bytes));
+  EXPECT_FALSE(detail::fits_resident(1, 0));
+  EXPECT_FALSE(detail::fits_resident(-1, free_bytes));
+  // Staging buffers hold at least one row of the widest data sets we expect.
+  EXPECT_GE(detail::kResidentStagingBytes, std::int64_t{4096} * 8 * 64);
+}
+
 }  // namespace
 }  // namespace gradnoise

@@ -110,6 +110,7 @@ class OutputSet {
 struct ProfileArgs {
   DataModelArgs inputs;  // data and model: --dataset/--x/--y, --loss, --layer/--hidden/...
   std::string device = "auto";
+  std::string gpu_dtype = "float32";  // the resident copy's precision on a GPU
   std::string out_path;
   std::string curve_path;
   bool curve_loss = false;

@@ -142,6 +142,12 @@ Device parse_device(const std::string& name) {
   throw InputError("--device '" + name + "' is not known; expected auto, cpu or cuda");
 }
 
+GpuDtype parse_gpu_dtype(const std::string& name) {
+  if (name == "float32") return GpuDtype::float32;
+  if (name == "float64") return GpuDtype::float64;
+  throw InputError("--gpu-dtype '" + name + "' is not known; expected float32 or float64");
+}
+
 Init parse_init(const std::string& name) {
   if (name == "zeros") return Init::zeros;
   if (name == "gaussian") return Init::gaussian;

@@ -64,6 +64,8 @@ std::vector<InputFile> input_files(const DataModelArgs& args);
 /// The CLI's names of the library's enums; each throws InputError naming the
 /// flag and the valid names.
 Device parse_device(const std::string& name);
+/// float32 or float64.
+GpuDtype parse_gpu_dtype(const std::string& name);
 Init parse_init(const std::string& name);
 Sampling parse_sampling(const std::string& name);
 CsvHeader parse_csv_header(const std::string& name);

@@ -22,6 +22,7 @@
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/report.hpp"
 #include "gradnoise/session.hpp"
+#include "gradnoise/shape.hpp"
 #include "backend.hpp"
 #include "comm.hpp"
 #include "distributed.hpp"
@@ -109,6 +110,10 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
       "profile", "Profile the gradient noise of a model on a data set, exactly.");
   add_data_model_options(command, args.inputs, "Seed of --init gaussian and of --estimators");
   command->add_option("--device", args.device, "auto, cpu or cuda")->capture_default_str();
+  command->add_option("--gpu-dtype", args.gpu_dtype,
+                      "On a GPU, keep the data on the device in float32 (half the bytes; every "
+                      "sum is still float64) or float64")
+      ->capture_default_str();
   command->add_option("--out", args.out_path, "Write the report as JSON")
       ->type_name("FILE");
   command->add_option(
@@ -266,6 +271,8 @@ int run_profile(const ProfileArgs& args) {
     session_options.loss = loss;
     session_options.device =
         mentioning("--device", args.device, [&] { return parse_device(args.device); });
+    session_options.gpu_dtype =
+        mentioning("--gpu-dtype", args.gpu_dtype, [&] { return parse_gpu_dtype(args.gpu_dtype); });
     session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
     param_stats = !args.param_stats_path.empty();
 
@@ -309,8 +316,7 @@ int run_profile(const ProfileArgs& args) {
         std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data), loaded.first_row,
         loaded.whole_rows);
     session.emplace(part, session_options,
-                    detail::make_rank_backend(comm, session_options.device, part, loss,
-                                              args.chunk_rows, session_options.fused_linear));
+                    detail::make_rank_backend(comm, session_options, part));
   });
   const Model& model = built.model;
   const nlohmann::ordered_json& model_description = built.description;
@@ -322,49 +328,25 @@ int run_profile(const ProfileArgs& args) {
   const std::string rounding_warning = undefine_rounding_ratios(
       result, ranks ? rounding_floor(comm, loaded) : rounding_grad_norm_sq(loaded.data));
 
-  ShapeResults shape;
   EigenProgressLine progress(writer && !args.quiet && ::isatty(STDERR_FILENO));
-  if (args.spectrum > 0) {
-    current_stage = "finding the covariance spectrum";
-    SpectrumOptions spectrum_options;
-    spectrum_options.k = std::min(args.spectrum, model.num_params());
-    spectrum_options.chunk_rows = cpu_chunk_rows;
-    spectrum_options.keep_vectors = false;
-    spectrum_options.exact_trace_sq = args.exact_trace_sq;
-    spectrum_options.progress = progress.for_stage("covariance spectrum");
-    if (ranks) {
-      spectrum_options.layer_covariance = [&](std::int64_t layer) {
-        return detail::distributed_layer_covariance(comm, model, *part, loss, result.param_mean,
-                                                    cpu_chunk_rows, layer);
-      };
-    }
-    shape.spectrum = covariance_spectrum(
-        model, *part, loss, result, spectrum_options,
-        {session->covariance_operator(model, result.param_mean), session->device()});
-    shape.spectrum_device = session->device();
-    current_stage = "analysing the curvature";
-    CurvatureOptions curvature_options;
-    curvature_options.k = std::min(args.spectrum, model.num_params());
-    curvature_options.gauss_newton = args.hessian == "gn";
-    curvature_options.chunk_rows = cpu_chunk_rows;
-    curvature_options.progress = progress.for_stage("Hessian spectrum");
-    if (ranks) curvature_options.sum_over_parts = [&](double value) { return comm.sum(value); };
-    std::optional<double> trace_sq;
-    if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
-    const ExternalOperator hessian{session->hessian_operator(model, curvature_options.gauss_newton),
-                                   session->device()};
-    shape.curvature =
-        curvature(model, *part, loss, result, curvature_options, trace_sq, hessian);
+  ShapeOptions shape_options;
+  shape_options.spectrum = args.spectrum;
+  shape_options.gauss_newton = args.hessian == "gn";
+  shape_options.exact_trace_sq = args.exact_trace_sq;
+  shape_options.theta = args.theta;
+  shape_options.batch_sizes = batch_sizes;
+  shape_options.chunk_rows = cpu_chunk_rows;
+  shape_options.progress = [&progress](const std::string& stage) { return progress.for_stage(stage); };
+  if (ranks) {
+    // Summed over the ranks' parts, as the session's own products are.
+    shape_options.layer_covariance = [&](std::int64_t layer) {
+      return detail::distributed_layer_covariance(comm, model, *part, loss, result.param_mean,
+                                                  cpu_chunk_rows, layer);
+    };
+    shape_options.sum_over_parts = [&](double value) { return comm.sum(value); };
   }
-  if (args.theta > 0) {
-    current_stage = "running the batch-size tests";
-    const std::vector<std::int64_t> test_sizes =
-        batch_sizes.empty() ? parse_batch_sizes("pow2", loaded.whole_rows) : batch_sizes;
-    const ExternalProjection product{session->grad_cov_grad_operator(model, result.param_mean),
-                                     session->device()};
-    shape.tests = batch_tests(model, *part, loss, result, args.theta, test_sizes,
-                              cpu_chunk_rows, product);
-  }
+  if (args.spectrum > 0 || args.theta > 0) current_stage = "analysing the noise's shape";
+  ShapeResults shape = noise_shape(*session, model, result, shape_options);
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";
     shape.estimators = mentioning("--estimators", args.estimators, [&] {

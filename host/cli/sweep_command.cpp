@@ -50,92 +50,6 @@ std::vector<double> parse_lrs(const std::string& spec) {
   return lrs;
 }
 
-using json = nlohmann::ordered_json;
-
-json optional_json(const std::optional<double>& value) {
-  return value && std::isfinite(*value) ? json(*value) : json(nullptr);
-}
-
-json summary_json(const SweepResult& result, const SweepConfig& config, const SweepArgs& args,
-                  const LoadedData& train, const BuiltModel& model, const Profile& start) {
-  json grid = json::array();
-  for (const GridPointSummary& point : result.grid) {
-    json trajectory = json::array();
-    for (const ReplicaStats& stats : point.trajectory) {
-      trajectory.push_back({{"step", stats.step},
-                            {"live_replicas", stats.live_replicas},
-                            {"weight_var", optional_json(stats.weight_var)},
-                            {"grad_var", optional_json(stats.grad_var)},
-                            {"expected_minibatch_noise", optional_json(stats.expected_minibatch_noise)},
-                            {"train_loss_mean", optional_json(stats.train_loss_mean)},
-                            {"train_loss_std", optional_json(stats.train_loss_std)},
-                            {"test_loss_mean", optional_json(stats.test_loss_mean)},
-                            {"test_accuracy_mean", optional_json(stats.test_accuracy_mean)}});
-    }
-    const ReplicaStats* last = point.trajectory.empty() ? nullptr : &point.trajectory.back();
-    grid.push_back({{"batch_size", point.batch_size},
-                    {"lr", point.lr},
-                    {"train_loss_mean", optional_json(point.train_loss_mean)},
-                    {"train_loss_std", optional_json(point.train_loss_std)},
-                    {"weight_var", optional_json(point.weight_var)},
-                    {"diverged_fraction", point.diverged_fraction},
-                    {"final_test_loss_mean", last ? optional_json(last->test_loss_mean) : json(nullptr)},
-                    {"final_test_accuracy_mean",
-                     last ? optional_json(last->test_accuracy_mean) : json(nullptr)},
-                    {"trajectory", trajectory}});
-  }
-  // A row of each run, for the grid point and replica of its divergence.
-  std::vector<const SweepRow*> row_of(result.final_weights.size(), nullptr);
-  for (const SweepRow& row : result.rows) {
-    if (!row_of[static_cast<std::size_t>(row.run)]) row_of[static_cast<std::size_t>(row.run)] = &row;
-  }
-  json divergences = json::array();
-  for (const Divergence& d : result.divergences) {
-    const SweepRow* any = row_of[static_cast<std::size_t>(d.run)];
-    divergences.push_back({{"run", d.run},
-                           {"batch_size", any ? any->batch_size : 0},
-                           {"lr", any ? any->lr : 0.0},
-                           {"replica", any ? any->replica : 0},
-                           {"step", d.step},
-                           {"reason", d.reason}});
-  }
-  const double rate = result.elapsed_s > 0 ? static_cast<double>(result.run_steps) / result.elapsed_s : 0;
-  return {{"gradnoise_version", version()},
-          {"command", "sweep"},
-          {"loss", loss_name(config.loss)},
-          {"data", train.description},
-          {"model", model.description},
-          {"num_params", result.num_params},
-          {"config",
-           {{"batch_sizes", config.batch_sizes},
-            {"lrs", config.lrs},
-            {"replicas", config.replicas},
-            {"first_replica", config.first_replica},
-            {"steps", config.steps},
-            {"sampling", sampling_name(config.sampling)},
-            {"label_noise", config.label_noise},
-            {"weight_decay", config.weight_decay},
-            {"momentum", config.momentum},
-            {"log_every", config.log_every},
-            {"seed", config.seed},
-            {"profile", config.profile},
-            {"divergence_factor", config.divergence_factor},
-            {"test_data", args.test || !args.test_x_path.empty()},
-            {"device_requested", args.device},
-            {"device", result.device}}},
-          {"start",
-           {{"train_loss", start.loss},
-            {"grad_norm_sq", start.grad_norm_sq},
-            {"trace_cov", start.trace_cov},
-            {"noise_scale_simple", optional_json(start.noise_scale_simple)}}},
-          {"num_runs", static_cast<std::int64_t>(result.final_weights.size())},
-          {"run_steps", result.run_steps},
-          {"elapsed_s", result.elapsed_s},
-          {"run_steps_per_s", rate},
-          {"grid", grid},
-          {"divergences", divergences}};
-}
-
 /// A one-line progress bar on stderr, redrawn in place.
 class ProgressBar {
  public:
@@ -380,8 +294,10 @@ int run_sweep(const SweepArgs& args) {
     current_stage = "preparing the outputs";
     if (!args.out_path.empty()) outputs.set_text(args.out_path, sweep_rows_csv(result));
     if (!args.summary_path.empty()) {
-      outputs.set_text(args.summary_path,
-                       summary_json(result, config, args, train, model, start).dump(2) + "\n");
+      const SweepReportContext context{train.description, model.description,
+                                       args.test || !args.test_x_path.empty(), args.device};
+      outputs.set_text(args.summary_path, sweep_summary_json(result, config, start, context).dump(2) + "
+");
     }
     if (!args.weights_path.empty()) {
       std::vector<double> weights;

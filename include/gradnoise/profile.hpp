@@ -14,6 +14,11 @@ namespace gradnoise {
 
 enum class Device { automatic, cpu, cuda };
 
+/// The precision of a GPU session's resident copy of the inputs and real
+/// targets: float32 (half the bytes, the default; every sum is still float64)
+/// or float64 (the host's values exactly).
+enum class GpuDtype { float32, float64 };
+
 struct ProfileOptions {
   Loss loss = Loss::squared;
   Device device = Device::automatic;

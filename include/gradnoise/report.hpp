@@ -17,6 +17,7 @@
 #include "gradnoise/covariance.hpp"
 #include "gradnoise/curvature.hpp"
 #include "gradnoise/profile.hpp"
+#include "gradnoise/sweep.hpp"
 
 namespace gradnoise {
 
@@ -66,7 +67,8 @@ std::vector<std::string> profile_warnings(const Profile& profile);
 /// The size below which mean‖g_i‖² is rounding error of the forward pass,
 /// not signal: (1e4 ε)² · mean‖y‖² · mean‖x̃‖² (mean‖y‖² = 1 for labels, where
 /// |δ| ≤ 1). An exact fit (e.g. --init lstsq on noiseless targets) sits there.
-double rounding_grad_norm_sq(const Dataset& data);
+/// One pass over the data (in chunks, so any DataSource will do).
+double rounding_grad_norm_sq(const DataSource& data);
 /// The same from the sums Σ‖x_i‖² and Σ‖y_i‖² (0 for labels) over n samples,
 /// e.g. added up over MPI ranks.
 double rounding_grad_norm_sq(double x_sq_sum, double y_sq_sum, std::int64_t n, bool real_targets);
@@ -107,5 +109,22 @@ std::string batch_tests_csv(const BatchTests& tests);
 
 /// A few lines for stdout.
 std::string shape_summary_text(const ShapeResults& shape);
+
+// ---- Sweeps (gradnoise sweep --summary) ------------------------------------
+
+/// What a sweep's summary records beside its result, as given.
+struct SweepReportContext {
+  nlohmann::ordered_json data = nlohmann::ordered_json::object();   // as ReportContext::data
+  nlohmann::ordered_json model = nlohmann::ordered_json::object();  // as ReportContext::model
+  bool test_data = false;            // whether test data were evaluated
+  std::string device_requested = "cpu";
+};
+
+/// The summary JSON: gradnoise_version, command, loss, data, model,
+/// num_params, config, start (the profile at θ₀), num_runs, run_steps,
+/// elapsed_s, run_steps_per_s, grid [{batch_size, lr, ..., trajectory}],
+/// divergences (docs/SWEEP.md). Non-finite values are written as null.
+nlohmann::ordered_json sweep_summary_json(const SweepResult& result, const SweepConfig& config,
+                                          const Profile& start, const SweepReportContext& context);
 
 }  // namespace gradnoise

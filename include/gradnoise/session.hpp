@@ -41,6 +41,12 @@ struct SessionOptions {
   int threads = 0;
   /// GPU only: linear models with K ≤ 16 by the fused one-read kernel.
   bool fused_linear = true;
+  /// GPU only: copy the data onto the device at the first pass and keep it
+  /// there for the session's lifetime (when it fits in half the free device
+  /// memory; otherwise every pass streams it from the host).
+  bool gpu_resident = true;
+  /// GPU only: the precision of that resident copy.
+  GpuDtype gpu_dtype = GpuDtype::float32;
 };
 
 class Profiler {

@@ -1,0 +1,122 @@
+// A GPU session keeps its data on the device (SessionOptions::gpu_resident):
+// every pass after the first reads the resident copy. These tests compare it,
+// call after call, with the float64 CPU session on data that float32 holds
+// exactly, so the only differences are the order of the float64 sums.
+// They skip without a device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gradnoise/cuda.hpp"
+#include "gradnoise/error.hpp"
+#include "gradnoise/session.hpp"
+#include "test_util.hpp"
+
+namespace gradnoise {
+namespace {
+
+using testing::all_near;
+using testing::random_dataset;
+using testing::random_model;
+using testing::relative_error;
+
+/// `data` with every input and real target rounded to float32, so a float32
+/// resident copy holds exactly the values the CPU reads.
+Dataset rounded_to_float32(Dataset data) {
+  for (double& value : data.x) value = static_cast<double>(static_cast<float>(value));
+  for (double& value : data.y) value = static_cast<double>(static_cast<float>(value));
+  return data;
+}
+
+SessionOptions session_options(Loss loss, Device device, GpuDtype dtype) {
+  SessionOptions options;
+  options.loss = loss;
+  options.device = device;
+  options.chunk_rows = 64;  // several chunks for the pipeline's resident feeder
+  options.threads = 2;
+  options.gpu_dtype = dtype;
+  return options;
+}
+
+void expect_close(const Profile& got, const Profile& want, double tol) {
+  EXPECT_LE(relative_error(got.loss, want.loss), tol);
+  EXPECT_LE(relative_error(got.loss_var, want.loss_var), tol);
+  EXPECT_LE(relative_error(got.grad_norm_sq, want.grad_norm_sq), tol);
+  EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), tol);
+  EXPECT_LE(relative_error(got.mean_sample_grad_norm_sq, want.mean_sample_grad_norm_sq), tol);
+  EXPECT_TRUE(all_near(got.param_mean, want.param_mean, tol, tol * testing::max_abs(want.param_mean)));
+  EXPECT_TRUE(all_near(got.param_var, want.param_var, tol, tol * testing::max_abs(want.param_var)));
+}
+
+TEST(GpuSession, ResidentProfilesMatchTheCpuSessionCallAfterCall) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const Loss loss : all_losses()) {
+    for (const GpuDtype dtype : {GpuDtype::float32, GpuDtype::float64}) {
+      // One layer with K ≤ 16 (the fused kernel reads the resident rows in
+      // place) and two layers (the pipeline's chunks are copied from them).
+      for (const std::vector<std::int64_t>& widths :
+           {std::vector<std::int64_t>{7, 3}, std::vector<std::int64_t>{7, 5, 3}}) {
+        SCOPED_TRACE(std::string(loss_name(loss)) + (dtype == GpuDtype::float32 ? " f32 " : " f64 ") +
+                     std::to_string(widths.size() - 1) + " layers");
+        const auto data = std::make_shared<const Dataset>(
+            rounded_to_float32(random_dataset(301, 7, 3, loss, 11)));
+        Profiler cpu(data, session_options(loss, Device::cpu, dtype));
+        Profiler gpu(data, session_options(loss, Device::cuda, dtype));
+        for (unsigned seed = 1; seed <= 3; ++seed) {  // θ changes, the data stays on the device
+          const Model model = random_model(widths, true, seed);
+          const Profile want = cpu.profile(model, true);
+          const Profile first = gpu.profile(model, true);
+          const Profile again = gpu.profile(model, true);
+          expect_close(first, want, 1e-9);
+          EXPECT_EQ(again.trace_cov, first.trace_cov);  // bit-identical run to run
+          EXPECT_EQ(again.param_mean, first.param_mean);
+          EXPECT_EQ(again.param_var, first.param_var);
+        }
+      }
+    }
+  }
+}
+
+TEST(GpuSession, ResidentProductsMatchTheCpuSession) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const Loss loss = Loss::cross_entropy;
+  const Model model = random_model({6, 5, 4}, true, 3);
+  const auto data = std::make_shared<const Dataset>(
+      rounded_to_float32(random_dataset(257, 6, 4, loss, 5)));
+  Profiler cpu(data, session_options(loss, Device::cpu, GpuDtype::float32));
+  Profiler gpu(data, session_options(loss, Device::cuda, GpuDtype::float32));
+  const std::vector<double> mean_grad = cpu.profile(model).param_mean;
+  std::vector<double> v(3 * model.num_params());
+  for (std::size_t j = 0; j < v.size(); ++j) v[j] = std::sin(0.7 * static_cast<double>(j));
+  std::vector<double> want(v.size()), got(v.size());
+  cpu.cov_apply(model, mean_grad, v.data(), want.data(), 3);
+  gpu.cov_apply(model, mean_grad, v.data(), got.data(), 3);
+  EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
+  cpu.hessian_apply(model, false, v.data(), want.data(), 3);
+  gpu.hessian_apply(model, false, v.data(), got.data(), 3);
+  EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
+}
+
+TEST(GpuSession, Float32OverflowIsAnInputErrorThatNamesTheFix) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  Dataset data = random_dataset(40, 3, 1, Loss::squared, 2);
+  data.x[5 * 3 + 2] = 1e39;  // finite in float64, not in float32
+  const Model model = random_model({3, 1}, true, 1);
+  Profiler f32(data, session_options(Loss::squared, Device::cuda, GpuDtype::float32));
+  try {
+    f32.profile(model);
+    ADD_FAILURE() << "expected an InputError";
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("row 5, column 2"), std::string::npos) << what;
+    EXPECT_NE(what.find("--gpu-dtype float64"), std::string::npos) << what;
+  }
+  Profiler f64(data, session_options(Loss::squared, Device::cuda, GpuDtype::float64));
+  Profiler cpu(data, session_options(Loss::squared, Device::cpu, GpuDtype::float64));
+  expect_close(f64.profile(model, true), cpu.profile(model, true), 1e-9);
+}
+
+}  // namespace
+}  // namespace gradnoise
