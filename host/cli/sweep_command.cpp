@@ -296,8 +296,7 @@ int run_sweep(const SweepArgs& args) {
     if (!args.summary_path.empty()) {
       const SweepReportContext context{train.description, model.description,
                                        args.test || !args.test_x_path.empty(), args.device};
-      outputs.set_text(args.summary_path, sweep_summary_json(result, config, start, context).dump(2) + "
-");
+      outputs.set_text(args.summary_path, sweep_summary_json(result, config, start, context).dump(2) + "\n");
     }
     if (!args.weights_path.empty()) {
       std::vector<double> weights;
