@@ -691,8 +691,11 @@ CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& dat
   trace_options.method = options.trace_sq_method;
   trace_options.chunk_rows = options.chunk_rows;
   const TraceSqMethod method = resolve_method(model, n, trace_options);
-  const bool exact = options.exact_trace_sq ||
-                     trace_cov_sq_flops(model, n, method) <= options.exact_trace_sq_max_flops;
+  // Both exact methods need every row on one process: a part of a data set
+  // split over MPI ranks reports the lower bound only (docs/MPI.md).
+  const bool part = data.whole_samples() != n;
+  const bool exact = !part && (options.exact_trace_sq ||
+                               trace_cov_sq_flops(model, n, method) <= options.exact_trace_sq_max_flops);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   TraceSq trace_sq;
   if (exact) {
@@ -714,8 +717,10 @@ CovarianceSpectrum covariance_spectrum(const Model& model, const DataSource& dat
       layer.converged = result.converged;
     } else if (options.per_layer) {
       const CovarianceOperator layer_op(model, data, loss, profile.param_mean, options.chunk_rows, l);
-      const EigenResult layer_eig =
-          top_eigenpairs(layer.num_params, layer_op.as_block_operator(), eigen_options(layer.num_params));
+      const EigenResult layer_eig = top_eigenpairs(
+          layer.num_params,
+          options.layer_covariance ? options.layer_covariance(l) : layer_op.as_block_operator(),
+          eigen_options(layer.num_params));
       layer.top_eigenvalues = layer_eig.values;
       layer.passes = layer_eig.passes;
       layer.converged = layer_eig.converged;

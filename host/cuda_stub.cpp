@@ -11,6 +11,8 @@ int cuda_device_count() { return 0; }
 
 std::string cuda_device_name() { return {}; }
 
+void select_cuda_device(int) {}
+
 namespace {
 [[noreturn]] void refuse() {
   throw RuntimeError(

@@ -121,6 +121,7 @@ void HessianOperator::apply(const double* in, double* out, std::int64_t cols) co
 
 namespace {
 
+/// N · tr H over this source's rows (the caller divides by the whole N):
 /// tr H = (1/N) Σ_i Σ_l (‖a_{l,i}‖² + [bias_l]) ⟨H_ℓ,i, Q_l⟩, Q_l = P_l P_lᵀ,
 /// P_l = W_{L−1} ⋯ W_{l+1} (K × out_l): the diagonal of J_iᵀ H_ℓ J_i summed.
 double trace_hessian_pass(const Model& model, const DataSource& data, Loss loss,
@@ -160,7 +161,7 @@ double trace_hessian_pass(const Model& model, const DataSource& data, Loss loss,
       total += chunk_total;
     });
   });
-  return total / static_cast<double>(data.num_samples());
+  return total;
 }
 
 struct HessCov {
@@ -338,7 +339,8 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
   const auto start = std::chrono::steady_clock::now();
   check_inputs(model, data, loss, options.chunk_rows);
   const std::int64_t p = model.num_params();
-  const std::int64_t n = data.num_samples();
+  const std::int64_t n = data.whole_samples();
+  const bool part = n != data.num_samples();
   check_profile_matches(profile, n, p);
   if (options.k < 0 || options.k > p) {
     throw InputError("asked for " + std::to_string(options.k) +
@@ -383,13 +385,21 @@ CurvatureReport curvature(const Model& model, const DataSource& data, Loss loss,
     report.hessian_eigen_converged = true;
   }
 
-  report.trace_hessian = trace_hessian_pass(model, data, loss, options.chunk_rows);
+  const double trace_hessian_sum = trace_hessian_pass(model, data, loss, options.chunk_rows);
+  report.trace_hessian =
+      (options.sum_over_parts ? options.sum_over_parts(trace_hessian_sum) : trace_hessian_sum) /
+      static_cast<double>(n);
   std::vector<double> hg(static_cast<std::size_t>(p));
   apply_hessian(profile.param_mean.data(), hg.data(), 1);
   report.grad_hessian_grad = dot(profile.param_mean.data(), hg.data(), p);
 
   std::optional<HessCov> hess_cov;
-  if (model.num_layers() == 1 && loss == Loss::squared) {
+  if (part) {
+    report.trace_hessian_cov_method = "unavailable";
+    report.notes.push_back(
+        "tr(HΣ), ‖H‖_F and so B_noise and the Σ–H cosine are not computed across MPI ranks: "
+        "their exact routes need the whole data on one process (docs/MPI.md)");
+  } else if (model.num_layers() == 1 && loss == Loss::squared) {
     hess_cov = linear_squared_closed_form(model, data, options.chunk_rows);
     report.trace_hessian_cov_method = "closed_form";
   } else if (p <= options.dense_max_params) {
@@ -535,7 +545,7 @@ BatchTests batch_tests(const Model& model, const DataSource& data, Loss loss,
                      std::to_string(theta));
   }
   check_inputs(model, data, loss, chunk_rows);
-  const std::int64_t n = data.num_samples();
+  const std::int64_t n = data.whole_samples();
   const std::int64_t p = model.num_params();
   check_profile_matches(profile, n, p);
   if (static_cast<std::int64_t>(profile.param_var.size()) != p) {

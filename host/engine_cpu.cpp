@@ -213,7 +213,7 @@ void check_profile_inputs(const Model& model, const DataSource& data, const Prof
     throw InputError("--chunk-rows must be at least 1; got " + std::to_string(options.chunk_rows));
   }
   model.validate();
-  const std::int64_t n = data.num_samples();
+  const std::int64_t n = data.whole_samples();
   if (n < 2) {
     throw InputError("the data has " + std::to_string(n) +
                      " sample(s); the gradient covariance needs at least 2");

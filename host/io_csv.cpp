@@ -121,9 +121,8 @@ std::vector<std::string_view> split_fields(std::string_view line) {
   return fields;
 }
 
-}  // namespace
-
-Array read_csv(const std::filesystem::path& path, CsvHeader header) {
+/// The data rows of part `part` of `parts` (all of them for 0 of 1).
+ArrayPart read_csv_rows(const std::filesystem::path& path, CsvHeader header, int part, int parts) {
   std::error_code status_error;
   if (!std::filesystem::exists(path, status_error)) {
     throw InputError("cannot read " + quoted(path) + ": the file does not exist");
@@ -169,9 +168,15 @@ Array read_csv(const std::filesystem::path& path, CsvHeader header) {
     throw InputError(quoted(path) + " has a header line but no data rows");
   }
 
+  ArrayPart result;
+  result.whole_rows = static_cast<std::int64_t>(lines.size() - first_data_line);
+  const RowSpan span = split_rows(result.whole_rows, part, parts);
+  result.first_row = span.first;
   std::int64_t rows = 0;
-  array.values.reserve((lines.size() - first_data_line) * columns);
-  for (std::size_t line_index = first_data_line; line_index < lines.size(); ++line_index) {
+  array.values.reserve(static_cast<std::size_t>(span.count) * columns);
+  const std::size_t first_line = first_data_line + static_cast<std::size_t>(span.first);
+  for (std::size_t line_index = first_line; line_index < first_line + static_cast<std::size_t>(span.count);
+       ++line_index) {
     const std::string where = quoted(path) + " line " + std::to_string(line_index + 1);
     if (trim(lines[line_index]).empty()) {
       throw InputError(where + " is empty but later lines hold data; expected " +
@@ -199,7 +204,18 @@ Array read_csv(const std::filesystem::path& path, CsvHeader header) {
     ++rows;
   }
   array.shape = {rows, static_cast<std::int64_t>(columns)};
-  return array;
+  result.array = std::move(array);
+  return result;
+}
+
+}  // namespace
+
+Array read_csv(const std::filesystem::path& path, CsvHeader header) {
+  return read_csv_rows(path, header, 0, 1).array;
+}
+
+ArrayPart read_csv_part(const std::filesystem::path& path, CsvHeader header, int part, int parts) {
+  return read_csv_rows(path, header, part, parts);
 }
 
 }  // namespace gradnoise

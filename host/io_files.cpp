@@ -161,9 +161,10 @@ bool has_extension(const std::filesystem::path& path, const std::string& lowerca
   return extension == lowercase_extension;
 }
 
-Array read_array(const std::filesystem::path& path, const char* role, CsvHeader csv_header) {
-  if (has_extension(path, ".npy")) return read_npy(path);
-  if (has_extension(path, ".csv")) return read_csv(path, csv_header);
+ArrayPart read_array_part(const std::filesystem::path& path, const char* role, CsvHeader csv_header,
+                          int part, int parts) {
+  if (has_extension(path, ".npy")) return read_npy_part(path, part, parts);
+  if (has_extension(path, ".csv")) return read_csv_part(path, csv_header, part, parts);
   throw InputError(std::string(role) + " file " + quoted(path) +
                    " has an unsupported extension; expected .npy or .csv");
 }
@@ -179,14 +180,15 @@ std::string shape_string(const Array& array) {
 
 /// NaN/Inf checked here as well as in Dataset::validate so the message can
 /// name the file and the element.
-void require_finite(const Array& array, const std::filesystem::path& path, const char* role) {
+void require_finite(const Array& array, std::int64_t first_row, const std::filesystem::path& path,
+                    const char* role) {
   const auto bad = std::find_if(array.values.begin(), array.values.end(),
                                 [](double value) { return !std::isfinite(value); });
   if (bad == array.values.end()) return;
   const auto index = static_cast<std::int64_t>(bad - array.values.begin());
   const std::int64_t cols = array.cols();
   throw InputError(std::string(role) + " file " + quoted(path) + " holds a non-finite value (" +
-                   format_number(*bad) + ") at row " + std::to_string(index / cols) +
+                   format_number(*bad) + ") at row " + std::to_string(first_row + index / cols) +
                    ", column " + std::to_string(index % cols) +
                    " (0-based); every value must be finite");
 }
@@ -265,22 +267,45 @@ void check_writable(const std::filesystem::path& path) {
   ::unlink(probe_path.c_str());
 }
 
+RowSpan split_rows(std::int64_t n, int part, int parts) {
+  // N·r fits 64 bits for any N below 2⁴³ rows at a million parts.
+  const auto start = [&](std::int64_t r) { return n * r / parts; };
+  return {start(part), start(part + 1) - start(part)};
+}
+
 Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
                 Loss loss, CsvHeader csv_header) {
-  Array x = read_array(x_path, "X", csv_header);
-  Array y = read_array(y_path, "Y", csv_header);
-  require_finite(x, x_path, "X");
-  require_finite(y, y_path, "Y");
+  return load_xy_part(x_path, y_path, loss, csv_header, 0, 1).data;
+}
 
-  Dataset data;
+DatasetPart load_xy_part(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
+                         Loss loss, CsvHeader csv_header, int part, int parts) {
+  ArrayPart x_part = read_array_part(x_path, "X", csv_header, part, parts);
+  ArrayPart y_part = read_array_part(y_path, "Y", csv_header, part, parts);
+  Array& x = x_part.array;
+  Array& y = y_part.array;
+  const std::int64_t first_row = x_part.first_row;
+  require_finite(x, first_row, x_path, "X");
+  require_finite(y, first_row, y_path, "Y");
+
+  DatasetPart result;
+  result.first_row = first_row;
+  result.whole_rows = x_part.whole_rows;
+  Dataset& data = result.data;
   data.n = x.rows();
   data.d = x.cols();  // 1-D X is N×1
-  if (data.n == 0) throw InputError("X file " + quoted(x_path) + " holds no samples");
+  if (x_part.whole_rows == 0) throw InputError("X file " + quoted(x_path) + " holds no samples");
   if (data.d == 0) throw InputError("X file " + quoted(x_path) + " has no feature columns");
-  if (y.rows() != data.n) {
-    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(data.n) +
-                     " rows but Y file " + quoted(y_path) + " has " + std::to_string(y.rows()) +
+  if (y_part.whole_rows != x_part.whole_rows) {
+    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(x_part.whole_rows) +
+                     " rows but Y file " + quoted(y_path) + " has " + std::to_string(y_part.whole_rows) +
                      "; they must have one row per sample");
+  }
+  if (data.n == 0) {
+    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(x_part.whole_rows) +
+                     " rows, too few to give each of " + std::to_string(parts) +
+                     " processes at least one; use at most " + std::to_string(x_part.whole_rows) +
+                     " ranks");
   }
   data.x = std::move(x.values);
 
@@ -297,7 +322,7 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
       if (value != std::floor(value) || value < 0 ||
           value > std::numeric_limits<std::int32_t>::max() - 1) {
         throw InputError("Y file " + quoted(y_path) + " holds " + format_number(value) +
-                         " at row " + std::to_string(i) +
+                         " at row " + std::to_string(first_row + static_cast<std::int64_t>(i)) +
                          " (0-based) but cross-entropy labels must be non-negative integers "
                          "below 2^31 - 1");
       }
@@ -314,7 +339,7 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
       const std::int64_t c = detail::first_bad_target_column(loss, row, data.k);
       if (c >= 0) {
         throw InputError("Y file " + quoted(y_path) + " holds " + format_number(row[c]) +
-                         " at row " + std::to_string(i) + ", column " + std::to_string(c) +
+                         " at row " + std::to_string(first_row + i) + ", column " + std::to_string(c) +
                          " (0-based) but --loss " + loss_name(loss) + " needs " +
                          loss_expected_targets(loss));
       }
@@ -323,7 +348,7 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
 
   const std::string what = "the data from " + quoted(x_path) + " and " + quoted(y_path);
   data.validate(what.c_str());
-  return data;
+  return result;
 }
 
 }  // namespace gradnoise

@@ -201,6 +201,11 @@ std::filesystem::path fashion_mnist_dir() {
 
 Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& split, Loss loss,
                            std::int64_t limit) {
+  return load_fashion_mnist_part(dir, split, loss, limit, 0, 1).data;
+}
+
+DatasetPart load_fashion_mnist_part(const std::filesystem::path& dir, const std::string& split,
+                                    Loss loss, std::int64_t limit, int part, int parts) {
   if (split != "train" && split != "test") {
     throw InputError("Fashion-MNIST split \"" + split +
                      "\" is unknown; expected \"train\" or \"test\"");
@@ -214,9 +219,14 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
   const std::filesystem::path images_path = find_fashion_file(dir, prefix + "-images-idx3-ubyte");
   const std::filesystem::path labels_path = find_fashion_file(dir, prefix + "-labels-idx1-ubyte");
 
-  const std::int64_t row_limit = limit > 0 ? limit : -1;
+  // The whole set's rows from the header, then the files up to the part's
+  // last row (a gzip stream is read from its start), keeping the part's rows.
   std::int64_t stored_images = 0;
   std::int64_t stored_labels = 0;
+  read_idx_rows(images_path, 0, stored_images);
+  const std::int64_t whole = limit > 0 ? std::min(limit, stored_images) : stored_images;
+  const RowSpan span = parts == 1 ? RowSpan{0, whole} : split_rows(whole, part, parts);
+  const std::int64_t row_limit = parts == 1 && limit <= 0 ? -1 : span.first + span.count;
   Array images = read_idx_rows(images_path, row_limit, stored_images);
   Array labels = read_idx_rows(labels_path, row_limit, stored_labels);
   if (images.shape.size() != 2 || images.cols() != kFashionMnistPixels) {
@@ -236,7 +246,16 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
                      std::to_string(stored_images) + " samples of the " + split + " split");
   }
 
-  Dataset data;
+  if (span.first > 0) {
+    images.values.erase(images.values.begin(), images.values.begin() + span.first * kFashionMnistPixels);
+    labels.values.erase(labels.values.begin(), labels.values.begin() + span.first);
+    images.shape[0] -= span.first;
+    labels.shape[0] -= span.first;
+  }
+  DatasetPart result;
+  result.first_row = span.first;
+  result.whole_rows = whole;
+  Dataset& data = result.data;
   data.n = images.rows();
   data.d = kFashionMnistPixels;
   data.k = kFashionMnistClasses;
@@ -259,7 +278,7 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
       data.y[i * kFashionMnistClasses + label] = 1.0;  // one-hot targets for squared loss
     }
   }
-  return data;
+  return result;
 }
 
 }  // namespace gradnoise

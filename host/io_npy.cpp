@@ -232,9 +232,23 @@ class HeaderParser {
   std::size_t position_ = 0;
 };
 
-}  // namespace
+struct NpyFile;
+InputError npy_truncated(const std::filesystem::path& path, const NpyFile& npy, std::uint64_t present);
 
-Array read_npy(const std::filesystem::path& path) {
+/// An open .npy file positioned at its first data byte, with its layout.
+struct NpyFile {
+  std::ifstream file;
+  NpyHeader header;
+  Dtype dtype;
+  std::int64_t count = 0;          // elements
+  std::uint64_t data_bytes = 0;    // count × dtype size
+  std::uint64_t data_offset = 0;   // of the first data byte
+  std::int64_t row_elements = 1;   // elements per row (the trailing dims)
+};
+
+/// Opens `path` and reads and checks everything up to the data: the magic,
+/// version, header, dtype, order, shape and the file's size.
+NpyFile open_npy(const std::filesystem::path& path) {
   std::error_code status_error;
   if (!std::filesystem::exists(path, status_error)) {
     throw InputError("cannot read " + quoted(path) + ": the file does not exist");
@@ -242,7 +256,9 @@ Array read_npy(const std::filesystem::path& path) {
   if (std::filesystem::is_directory(path, status_error)) {
     throw InputError("cannot read " + quoted(path) + ": it is a directory, expected a .npy file");
   }
-  std::ifstream file(path, std::ios::binary);
+  NpyFile npy;
+  std::ifstream& file = npy.file;
+  file.open(path, std::ios::binary);
   if (!file) {
     throw InputError("cannot open " + quoted(path) + " for reading (" + std::strerror(errno) + ")");
   }
@@ -286,8 +302,9 @@ Array read_npy(const std::filesystem::path& path) {
     throw InputError(quoted(path) + " is truncated: it ends inside the .npy header");
   }
 
-  const NpyHeader header = HeaderParser(header_text, path).parse();
-  const Dtype dtype = parse_dtype(header.descr, path);
+  npy.header = HeaderParser(header_text, path).parse();
+  const NpyHeader& header = npy.header;
+  npy.dtype = parse_dtype(header.descr, path);
   if (header.fortran_order) {
     throw InputError(quoted(path) + " is stored in Fortran (column-major) order; expected C order "
                      "(save it with numpy.ascontiguousarray)");
@@ -305,51 +322,85 @@ Array read_npy(const std::filesystem::path& path) {
     }
     count *= dim;
   }
-  const std::uint64_t data_bytes =
-      static_cast<std::uint64_t>(count) * static_cast<std::uint64_t>(dtype.size);
-  const std::uint64_t data_offset = kPreambleSize + length_size + header_size;
-  auto truncated = [&](std::uint64_t present) {
-    return InputError(quoted(path) + " is truncated: shape " + shape_tuple(header.shape) +
-                      " of '" + header.descr + "' needs " + std::to_string(data_bytes) +
-                      " data bytes but only " + std::to_string(present) + " are present");
-  };
-  auto extra = [&](std::uint64_t present) {
-    return InputError(quoted(path) + " has " + std::to_string(present) + " data bytes but shape " +
-                      shape_tuple(header.shape) + " of '" + header.descr + "' needs exactly " +
-                      std::to_string(data_bytes));
-  };
+  npy.count = count;
+  npy.row_elements = header.shape.size() == 2 ? header.shape[1] : 1;
+  npy.data_bytes = static_cast<std::uint64_t>(count) * static_cast<std::uint64_t>(npy.dtype.size);
+  npy.data_offset = kPreambleSize + length_size + header_size;
   // Check the size first when we can, so a corrupt shape cannot trigger a huge
-  // allocation; the read loop below catches the rest (e.g. a pipe).
+  // allocation; the read loop catches the rest (e.g. a pipe).
   const std::uintmax_t file_size = std::filesystem::file_size(path, status_error);
-  if (!status_error && file_size >= data_offset) {
-    const std::uint64_t present = file_size - data_offset;
-    if (present < data_bytes) throw truncated(present);
-    if (present > data_bytes) throw extra(present);
-  }
-
-  Array array;
-  array.shape = header.shape;
-  array.integral_dtype = dtype.kind != 'f';
-  array.values.resize(static_cast<std::size_t>(count));
-  constexpr std::size_t kChunkElements = 1 << 16;
-  std::vector<unsigned char> chunk(kChunkElements * static_cast<std::size_t>(dtype.size));
-  std::uint64_t bytes_read = 0;
-  for (std::size_t first = 0; first < array.values.size(); first += kChunkElements) {
-    const std::size_t elements = std::min(kChunkElements, array.values.size() - first);
-    const auto wanted = static_cast<std::streamsize>(elements * dtype.size);
-    file.read(reinterpret_cast<char*>(chunk.data()), wanted);
-    bytes_read += static_cast<std::uint64_t>(file.gcount());
-    if (file.gcount() < wanted) throw truncated(bytes_read);
-    for (std::size_t i = 0; i < elements; ++i) {
-      array.values[first + i] = dtype.decode(chunk.data() + i * dtype.size);
+  if (!status_error && file_size >= npy.data_offset) {
+    const std::uint64_t present = file_size - npy.data_offset;
+    if (present < npy.data_bytes) throw npy_truncated(path, npy, present);
+    if (present > npy.data_bytes) {
+      throw InputError(quoted(path) + " has " + std::to_string(present) + " data bytes but shape " +
+                       shape_tuple(header.shape) + " of '" + header.descr + "' needs exactly " +
+                       std::to_string(npy.data_bytes));
     }
   }
-  if (file.peek() != std::ifstream::traits_type::eof()) {
-    throw InputError(quoted(path) + " has bytes after the " + std::to_string(data_bytes) +
-                     " data bytes that shape " + shape_tuple(header.shape) + " of '" +
-                     header.descr + "' needs");
+  return npy;
+}
+
+InputError npy_truncated(const std::filesystem::path& path, const NpyFile& npy, std::uint64_t present) {
+  return InputError(quoted(path) + " is truncated: shape " + shape_tuple(npy.header.shape) +
+                    " of '" + npy.header.descr + "' needs " + std::to_string(npy.data_bytes) +
+                    " data bytes but only " + std::to_string(present) + " are present");
+}
+
+/// Decodes `values.size()` elements from the file's current position.
+void read_values(NpyFile& npy, const std::filesystem::path& path, std::uint64_t bytes_before,
+                 std::vector<double>& values) {
+  constexpr std::size_t kChunkElements = 1 << 16;
+  const auto size = static_cast<std::size_t>(npy.dtype.size);
+  std::vector<unsigned char> chunk(kChunkElements * size);
+  std::uint64_t bytes_read = bytes_before;
+  for (std::size_t first = 0; first < values.size(); first += kChunkElements) {
+    const std::size_t elements = std::min(kChunkElements, values.size() - first);
+    const auto wanted = static_cast<std::streamsize>(elements * size);
+    npy.file.read(reinterpret_cast<char*>(chunk.data()), wanted);
+    bytes_read += static_cast<std::uint64_t>(npy.file.gcount());
+    if (npy.file.gcount() < wanted) throw npy_truncated(path, npy, bytes_read);
+    for (std::size_t i = 0; i < elements; ++i) {
+      values[first + i] = npy.dtype.decode(chunk.data() + i * size);
+    }
+  }
+}
+
+}  // namespace
+
+Array read_npy(const std::filesystem::path& path) {
+  NpyFile npy = open_npy(path);
+  Array array;
+  array.shape = npy.header.shape;
+  array.integral_dtype = npy.dtype.kind != 'f';
+  array.values.resize(static_cast<std::size_t>(npy.count));
+  read_values(npy, path, 0, array.values);
+  if (npy.file.peek() != std::ifstream::traits_type::eof()) {
+    throw InputError(quoted(path) + " has bytes after the " + std::to_string(npy.data_bytes) +
+                     " data bytes that shape " + shape_tuple(npy.header.shape) + " of '" +
+                     npy.header.descr + "' needs");
   }
   return array;
+}
+
+ArrayPart read_npy_part(const std::filesystem::path& path, int part, int parts) {
+  NpyFile npy = open_npy(path);
+  ArrayPart result;
+  result.whole_rows = npy.header.shape.empty() ? 1 : npy.header.shape[0];
+  const RowSpan rows = split_rows(result.whole_rows, part, parts);
+  result.first_row = rows.first;
+  Array& array = result.array;
+  array.shape = npy.header.shape;
+  array.shape[0] = rows.count;
+  array.integral_dtype = npy.dtype.kind != 'f';
+  array.values.resize(static_cast<std::size_t>(rows.count * npy.row_elements));
+  // Only this part's bytes are read: a seek to its first row.
+  const std::uint64_t skipped = static_cast<std::uint64_t>(rows.first * npy.row_elements) *
+                                static_cast<std::uint64_t>(npy.dtype.size);
+  npy.file.seekg(static_cast<std::streamoff>(npy.data_offset + skipped));
+  if (!npy.file) throw npy_truncated(path, npy, 0);
+  read_values(npy, path, skipped, array.values);
+  return result;
 }
 
 void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,

@@ -208,8 +208,13 @@ double rounding_grad_norm_sq(const DataSource& data) {
       for (std::int64_t j = 0; j < rows * k; ++j) y_sq += y[j] * y[j];
     }
   }
-  const double count = static_cast<double>(n);
-  const double targets = real ? y_sq / count : 1.0;
+  return rounding_grad_norm_sq(x_sq, y_sq, n, real);
+}
+
+double rounding_grad_norm_sq(double x_sq, double y_sq, std::int64_t samples, bool real_targets) {
+  if (samples <= 0) return 0;
+  const double count = static_cast<double>(samples);
+  const double targets = real_targets ? y_sq / count : 1.0;
   const double inputs = x_sq / count + 1.0;
   const double relative = 1e4 * std::numeric_limits<double>::epsilon();
   return relative * relative * targets * inputs;

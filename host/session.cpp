@@ -14,6 +14,12 @@ Profiler::Profiler(std::shared_ptr<const DataSource> data, const SessionOptions&
                                   options.gpu_dtype);
 }
 
+Profiler::Profiler(std::shared_ptr<const DataSource> data, const SessionOptions& options,
+                   std::shared_ptr<detail::Backend> backend)
+    : data_(std::move(data)), options_(options), backend_(std::move(backend)) {
+  if (!data_) throw InputError("a profiling session needs data; got none");
+}
+
 Profiler::Profiler(Dataset data, const SessionOptions& options)
     : Profiler(std::make_shared<const Dataset>(std::move(data)), options) {}
 

@@ -28,6 +28,7 @@ ShapeResults noise_shape(const Profiler& session, const Model& model, const Prof
     spectrum_options.keep_vectors = false;
     spectrum_options.exact_trace_sq = options.exact_trace_sq;
     spectrum_options.progress = progress("covariance spectrum");
+    spectrum_options.layer_covariance = options.layer_covariance;
     shape.spectrum = covariance_spectrum(
         model, data, loss, profile, spectrum_options,
         {session.covariance_operator(model, profile.param_mean), session.device()});
@@ -38,6 +39,7 @@ ShapeResults noise_shape(const Profiler& session, const Model& model, const Prof
     curvature_options.gauss_newton = options.gauss_newton;
     curvature_options.chunk_rows = cpu_chunk_rows;
     curvature_options.progress = progress("Hessian spectrum");
+    curvature_options.sum_over_parts = options.sum_over_parts;
     std::optional<double> trace_sq;
     if (shape.spectrum->trace_cov_sq_exact) trace_sq = shape.spectrum->trace_cov_sq;
     const ExternalOperator hessian{session.hessian_operator(model, options.gauss_newton),
@@ -46,7 +48,7 @@ ShapeResults noise_shape(const Profiler& session, const Model& model, const Prof
   }
   if (options.theta > 0) {
     const std::vector<std::int64_t> sizes = options.batch_sizes.empty()
-                                                ? parse_batch_sizes("pow2", data.num_samples())
+                                                ? parse_batch_sizes("pow2", data.whole_samples())
                                                 : options.batch_sizes;
     const ExternalProjection product{session.grad_cov_grad_operator(model, profile.param_mean),
                                      session.device()};

@@ -19,6 +19,10 @@
 
 namespace gradnoise {
 
+/// Makes GPU `ordinal` mod the device count current for this process (an
+/// MPI rank's local GPU); nothing without a device or a CUDA build.
+void select_cuda_device(int ordinal);
+
 /// A session's copy of its data on the device (inputs and real targets in
 /// the chosen precision, labels as int32) and the session's stream, kept
 /// from the first pass to the end of the session (kernels/resident.cuh).

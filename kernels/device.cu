@@ -2,6 +2,7 @@
 // entry points make before they use the device.
 #include <string>
 
+#include "cuda_entry.hpp"
 #include "cuda_support.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/error.hpp"
@@ -26,6 +27,11 @@ std::string cuda_device_name() {
   cudaDeviceProp prop{};
   GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   return prop.name;
+}
+
+void select_cuda_device(int ordinal) {
+  const int count = cuda_device_count();
+  if (count > 0) GN_CUDA_CHECK(cudaSetDevice(ordinal % count));
 }
 
 namespace cuda {

@@ -22,6 +22,7 @@ namespace gradnoise {
 namespace {
 
 using testing::all_near;
+using testing::expect_profiles_match;
 using testing::max_abs;
 using testing::loss_label;
 using testing::random_dataset;
@@ -82,23 +83,6 @@ struct GpuCase {
 
 // gtest prints parameters in test listings; a name reads better than bytes.
 void PrintTo(const GpuCase& c, std::ostream* os) { *os << c.name; }
-
-void expect_profiles_match(const Profile& got, const Profile& want, double rtol) {
-  EXPECT_EQ(got.n, want.n);
-  EXPECT_EQ(got.num_params, want.num_params);
-  EXPECT_LE(relative_error(got.loss, want.loss), rtol);
-  EXPECT_LE(relative_error(got.loss_var, want.loss_var), rtol);
-  EXPECT_LE(relative_error(got.grad_norm_sq, want.grad_norm_sq), rtol);
-  EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), rtol);
-  EXPECT_LE(relative_error(got.mean_sample_grad_norm_sq, want.mean_sample_grad_norm_sq), rtol);
-  ASSERT_EQ(got.layers.size(), want.layers.size());
-  for (std::size_t l = 0; l < got.layers.size(); ++l) {
-    EXPECT_LE(relative_error(got.layers[l].trace_cov, want.layers[l].trace_cov), rtol);
-    EXPECT_LE(relative_error(got.layers[l].grad_norm_sq, want.layers[l].grad_norm_sq), rtol);
-  }
-  EXPECT_TRUE(all_near(got.param_mean, want.param_mean, rtol, 1e-12 * max_abs(want.param_mean)));
-  EXPECT_TRUE(all_near(got.param_var, want.param_var, rtol, 1e-12 * max_abs(want.param_var)));
-}
 
 class GpuProfileVsCpu : public ::testing::TestWithParam<GpuCase> {};
 

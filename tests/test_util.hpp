@@ -123,4 +123,24 @@ inline double max_abs(const std::vector<double>& values) {
   return m;
 }
 
+/// Every field of two profiles of one problem within `rtol` (G and diag Σ
+/// elementwise, with an absolute floor of `atol_fraction` of their largest).
+inline void expect_profiles_match(const Profile& got, const Profile& want, double rtol,
+                                  double atol_fraction = 1e-12) {
+  EXPECT_EQ(got.n, want.n);
+  EXPECT_EQ(got.num_params, want.num_params);
+  EXPECT_LE(relative_error(got.loss, want.loss), rtol);
+  EXPECT_LE(relative_error(got.loss_var, want.loss_var), rtol);
+  EXPECT_LE(relative_error(got.grad_norm_sq, want.grad_norm_sq), rtol);
+  EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), rtol);
+  EXPECT_LE(relative_error(got.mean_sample_grad_norm_sq, want.mean_sample_grad_norm_sq), rtol);
+  ASSERT_EQ(got.layers.size(), want.layers.size());
+  for (std::size_t l = 0; l < got.layers.size(); ++l) {
+    EXPECT_LE(relative_error(got.layers[l].trace_cov, want.layers[l].trace_cov), rtol);
+    EXPECT_LE(relative_error(got.layers[l].grad_norm_sq, want.layers[l].grad_norm_sq), rtol);
+  }
+  EXPECT_TRUE(all_near(got.param_mean, want.param_mean, rtol, atol_fraction * max_abs(want.param_mean)));
+  EXPECT_TRUE(all_near(got.param_var, want.param_var, rtol, atol_fraction * max_abs(want.param_var)));
+}
+
 }  // namespace gradnoise::testing

@@ -209,15 +209,16 @@ namespace {
 /// At least two samples, every value finite, labels in range.
 void check_loaded(LoadedData& loaded) {
   Dataset& data = loaded.data;
-  if (data.n < 2) {
-    throw InputError(loaded.source + " holds " + std::to_string(data.n) +
-                     (data.n == 1 ? " sample" : " samples") +
+  if (loaded.whole_rows == 0) loaded.whole_rows = data.n;
+  if (loaded.whole_rows < 2) {
+    throw InputError(loaded.source + " holds " + std::to_string(loaded.whole_rows) +
+                     (loaded.whole_rows == 1 ? " sample" : " samples") +
                      "; at least 2 are needed for a gradient covariance.");
   }
   require_finite(loaded.source, data.x, data.d);
   require_finite(loaded.target_source, data.y, data.k);
   mentioning(loaded.source, "", [&] { data.validate(loaded.source.c_str()); });
-  loaded.description["n"] = data.n;
+  loaded.description["n"] = loaded.whole_rows;
   loaded.description["d"] = data.d;
   loaded.description["k"] = data.k;
 }
@@ -226,10 +227,13 @@ void check_loaded(LoadedData& loaded) {
 
 LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
                          const std::string& y_flag, const std::string& y_path, Loss loss,
-                         CsvHeader csv_header) {
+                         CsvHeader csv_header, int part, int parts) {
   LoadedData loaded;
   try {
-    loaded.data = load_xy(x_path, y_path, loss, csv_header);
+    DatasetPart rows = load_xy_part(x_path, y_path, loss, csv_header, part, parts);
+    loaded.data = std::move(rows.data);
+    loaded.first_row = rows.first_row;
+    loaded.whole_rows = rows.whole_rows;
   } catch (const InputError& error) {
     // load_xy names the file at fault; say which flags gave it if it did not.
     const std::string message = error.what();
@@ -248,17 +252,20 @@ LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
   return loaded;
 }
 
-LoadedData load_data(const DataModelArgs& args, Loss loss) {
+LoadedData load_data(const DataModelArgs& args, Loss loss, int part, int parts) {
   current_stage = "loading the data";
   if (args.dataset.empty()) {
     return load_xy_files("--x", args.x_path, "--y", args.y_path, loss,
-                         parse_csv_header(args.csv_header));
+                         parse_csv_header(args.csv_header), part, parts);
   }
   LoadedData loaded;
   const std::filesystem::path dir = fashion_mnist_dir();
-  loaded.data = mentioning("--dataset", args.dataset, [&] {
-    return load_fashion_mnist(dir, args.split, loss, args.limit);
+  DatasetPart rows = mentioning("--dataset", args.dataset, [&] {
+    return load_fashion_mnist_part(dir, args.split, loss, args.limit, part, parts);
   });
+  loaded.data = std::move(rows.data);
+  loaded.first_row = rows.first_row;
+  loaded.whole_rows = rows.whole_rows;
   loaded.source = "--dataset " + args.dataset;
   if (args.limit > 0) loaded.source += " --limit " + std::to_string(args.limit);
   loaded.target_source = loaded.source;
@@ -330,7 +337,7 @@ double model_state_bytes(double params) { return 8.0 * 8.0 * params; }
 /// label would make an enormous model: refuse more classes than
 /// max(2N, 1024) unless --layer files fix the number of outputs.
 void check_class_count(const LoadedData& loaded) {
-  const std::int64_t k = loaded.data.k, n = loaded.data.n;
+  const std::int64_t k = loaded.data.k, n = loaded.whole_rows;
   if (k > std::max<std::int64_t>(2 * n, 1024)) {
     throw InputError(loaded.target_source + " has label " + std::to_string(k - 1) +
                      ", which would make " + std::to_string(k) + " classes for " +

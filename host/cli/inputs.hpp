@@ -84,16 +84,21 @@ struct LoadedData {
   nlohmann::ordered_json description;
   std::string source;  // names the data in messages: "--x X.npy" or "--dataset fashion-mnist"
   std::string target_source;
+  /// Where `data` sits in the whole set: all of it, or an MPI rank's rows
+  /// (docs/MPI.md); for labels data.k is then the part's largest label + 1.
+  std::int64_t first_row = 0;
+  std::int64_t whole_rows = 0;
 };
 
 /// --dataset or --x/--y, checked: at least two samples, finite values, labels ≥ 0.
-LoadedData load_data(const DataModelArgs& args, Loss loss);
+/// With `parts` > 1, only the rows of part `part` (split_rows) are read.
+LoadedData load_data(const DataModelArgs& args, Loss loss, int part = 0, int parts = 1);
 
 /// A data set from files, checked like load_data; `x_flag`/`y_flag` name the
 /// options in messages; `csv_header` says how to read .csv files (--csv-header).
 LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
                          const std::string& y_flag, const std::string& y_path, Loss loss,
-                         CsvHeader csv_header);
+                         CsvHeader csv_header, int part = 0, int parts = 1);
 
 struct BuiltModel {
   Model model;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/cli.hpp"
+#include "comm.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/cuda.hpp"
 #include "gradnoise/report.hpp"
@@ -27,9 +28,26 @@ std::string one_line(std::string message) {
   return message;
 }
 
-int fail(int status, const std::string& message) {
+int print_failure(int status, const std::string& message) {
   std::cout.flush();
   std::cerr << "gradnoise: error: " << one_line(message) << std::endl;
+  return status;
+}
+
+/// Under MPI (docs/MPI.md) a failure every rank agreed on is printed once, by
+/// rank 0, and every rank exits with its status; a failure on one rank alone
+/// (outside comm.together()) would leave the others waiting, so it ends the
+/// whole job after printing. `every_rank`: the failure is the same on every
+/// rank by construction (the command line).
+int fail(int status, const std::string& message, bool every_rank = false) {
+  gradnoise::detail::Communicator& comm = gradnoise::detail::world();
+  if (comm.size() == 1) return print_failure(status, message);
+  if (every_rank || comm.failure_agreed()) {
+    return comm.rank() == 0 ? print_failure(status, message) : status;
+  }
+  print_failure(status, "rank " + std::to_string(comm.rank()) + " of " +
+                            std::to_string(comm.size()) + ": " + message);
+  comm.abort(status);
   return status;
 }
 
@@ -74,7 +92,7 @@ int main(int argc, char** argv) {
     for (const CLI::App* command : {profile_command, synth_command, sweep_command}) {
       if (command->parsed()) hint = " (see gradnoise " + command->get_name() + " --help)";
     }
-    return fail(exit_usage, std::string(error.what()) + hint);
+    return fail(exit_usage, std::string(error.what()) + hint, /*every_rank=*/true);
   }
 
   try {

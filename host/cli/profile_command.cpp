@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@
 #include "gradnoise/session.hpp"
 #include "gradnoise/shape.hpp"
 #include "backend.hpp"
+#include "comm.hpp"
+#include "distributed.hpp"
 
 namespace gradnoise::cli {
 namespace {
@@ -205,58 +208,127 @@ class EigenProgressLine {
   std::chrono::steady_clock::time_point start_;
 };
 
+namespace {
+
+/// Refuses what needs every row on one process when the data are split over
+/// MPI ranks (docs/MPI.md).
+void check_ranks(const ProfileArgs& args) {
+  if (!args.estimators.empty()) {
+    throw InputError("--estimators draws minibatches from every row, which no one MPI rank "
+                     "holds; run it in one process (without mpirun).");
+  }
+  if (args.inputs.init == "lstsq") {
+    throw InputError("--init lstsq fits the model on every row, which no one MPI rank holds; "
+                     "fit it in one process and give the weights with --layer.");
+  }
+  if (args.exact_trace_sq) {
+    throw InputError("--exact-trace-sq needs every row on one process; across MPI ranks "
+                     "--spectrum reports the lower bound of tr(Σ²) only.");
+  }
+}
+
+/// report.json's "ranks" and "bytes_communicated" (summed over the ranks:
+/// every byte sent or received, for the profile's merge and in all).
+void add_ranks_json(nlohmann::ordered_json& report, detail::Communicator& comm,
+                    std::uint64_t profile_bytes) {
+  std::vector<double> bytes{static_cast<double>(profile_bytes),
+                            static_cast<double>(comm.bytes_communicated())};
+  comm.sum(bytes);
+  report["ranks"] = comm.size();
+  report["bytes_communicated"] = {{"profile", static_cast<std::uint64_t>(bytes[0])},
+                                  {"total", static_cast<std::uint64_t>(bytes[1])}};
+}
+
+/// mean‖g_i‖²'s rounding floor from Σ‖x_i‖² and Σ‖y_i‖² over every rank.
+double rounding_floor(detail::Communicator& comm, const LoadedData& loaded) {
+  std::vector<double> sums(2, 0.0);
+  for (const double v : loaded.data.x) sums[0] += v * v;
+  for (const double v : loaded.data.y) sums[1] += v * v;
+  comm.sum(sums);
+  return rounding_grad_norm_sq(sums[0], sums[1], loaded.whole_rows, !loaded.data.y.empty());
+}
+
+}  // namespace
+
 int run_profile(const ProfileArgs& args) {
-  current_stage = "checking the options";
-  check_combinations(args);
-  const Loss loss = parse_loss(args.inputs.loss);
+  // One process, or this rank of an MPI job (docs/MPI.md): each rank reads
+  // its own rows; every collective step below is taken by every rank, and
+  // work that may fail on one rank runs inside comm.together().
+  detail::Communicator& comm = detail::world();
+  const bool ranks = comm.size() > 1;
+  const bool writer = comm.rank() == 0;
+  Loss loss{};
   SessionOptions session_options;
-  session_options.loss = loss;
-  session_options.device =
-      mentioning("--device", args.device, [&] { return parse_device(args.device); });
-  session_options.gpu_dtype =
-      mentioning("--gpu-dtype", args.gpu_dtype, [&] { return parse_gpu_dtype(args.gpu_dtype); });
-  session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
+  OutputSet outputs;
+  std::vector<std::int64_t> estimator_spec;
+  bool param_stats = false;
+  LoadedData loaded;
+  comm.together([&] {
+    current_stage = "checking the options";
+    check_combinations(args);
+    if (ranks) check_ranks(args);
+    loss = parse_loss(args.inputs.loss);
+    session_options.loss = loss;
+    session_options.device =
+        mentioning("--device", args.device, [&] { return parse_device(args.device); });
+    session_options.gpu_dtype =
+        mentioning("--gpu-dtype", args.gpu_dtype, [&] { return parse_gpu_dtype(args.gpu_dtype); });
+    session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
+    param_stats = !args.param_stats_path.empty();
+
+    outputs.add_inputs(input_files(args.inputs));
+    if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
+    if (!args.curve_path.empty()) outputs.add_text("--curve", args.curve_path);
+    if (!args.param_stats_path.empty()) outputs.add_npy("--param-stats", args.param_stats_path);
+    if (!args.spectrum_csv_path.empty()) outputs.add_text("--spectrum-csv", args.spectrum_csv_path);
+    if (!args.tests_csv_path.empty()) outputs.add_text("--tests-csv", args.tests_csv_path);
+    if (!args.estimators.empty()) estimator_spec = parse_estimators(args.estimators);
+    // Batch tests need the per-parameter variances (for the GSNR).
+    param_stats = param_stats || args.theta > 0;
+    // Rank 0 alone writes the outputs.
+    if (writer) outputs.check_writable_all();
+
+    loaded = load_data(args.inputs, loss, comm.rank(), comm.size());
+  });
   // The parts of the noise's shape that only the CPU computes (per-layer
   // spectra, tr(Σ²), the batch tests' own pass) take the CPU's chunk default.
   const std::int64_t cpu_chunk_rows = args.chunk_rows > 0 ? args.chunk_rows : detail::kCpuChunkRows;
-  bool param_stats = !args.param_stats_path.empty();
-
-  OutputSet outputs;
-  outputs.add_inputs(input_files(args.inputs));
-  if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
-  if (!args.curve_path.empty()) outputs.add_text("--curve", args.curve_path);
-  if (!args.param_stats_path.empty()) outputs.add_npy("--param-stats", args.param_stats_path);
-  if (!args.spectrum_csv_path.empty()) outputs.add_text("--spectrum-csv", args.spectrum_csv_path);
-  if (!args.tests_csv_path.empty()) outputs.add_text("--tests-csv", args.tests_csv_path);
-  const std::vector<std::int64_t> estimator_spec =
-      args.estimators.empty() ? std::vector<std::int64_t>{} : parse_estimators(args.estimators);
-  // Batch tests need the per-parameter variances (for the GSNR).
-  param_stats = param_stats || args.theta > 0;
-  outputs.check_writable_all();
-
-  LoadedData loaded = load_data(args.inputs, loss);
-  BuiltModel built = load_model(args.inputs, loaded, loss);
-  const Model& model = built.model;
-  const nlohmann::ordered_json& model_description = built.description;
-
-  std::vector<std::int64_t> batch_sizes;
-  if (!args.curve_path.empty() || !args.tests_csv_path.empty()) {
-    batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
-                             [&] { return parse_batch_sizes(args.batch_sizes, loaded.data.n); });
+  // Labels: the classes are the largest label + 1 over every rank's rows.
+  if (ranks && loss_targets(loss) == TargetKind::labels) {
+    loaded.data.k = comm.max(loaded.data.k);
+    loaded.description["k"] = loaded.data.k;
   }
 
-  current_stage = "profiling";
-  // The session borrows the loaded data, which outlives it; it picks the
-  // device once, and every data pass below runs on it.
-  Profiler session(std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data),
-                   session_options);
-  const std::int64_t chunk_rows = session.chunk_rows();
-  Profile result = session.profile(model, param_stats);
+  BuiltModel built;
+  std::vector<std::int64_t> batch_sizes;
+  std::shared_ptr<const detail::DataPart> part;
+  std::optional<Profiler> session;
+  comm.together([&] {
+    built = load_model(args.inputs, loaded, loss);
+    if (!args.curve_path.empty() || !args.tests_csv_path.empty()) {
+      batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
+                               [&] { return parse_batch_sizes(args.batch_sizes, loaded.whole_rows); });
+    }
+    current_stage = "profiling";
+    // The session borrows the loaded rows, which outlive it; it picks the
+    // device once, and every data pass below runs on it (over every rank).
+    part = std::make_shared<const detail::DataPart>(
+        std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data), loaded.first_row,
+        loaded.whole_rows);
+    session.emplace(part, session_options,
+                    detail::make_rank_backend(comm, session_options, part));
+  });
+  const Model& model = built.model;
+  const nlohmann::ordered_json& model_description = built.description;
+  const std::int64_t chunk_rows = session->chunk_rows();
+  const std::uint64_t bytes_before_profile = comm.bytes_communicated();
+  Profile result = session->profile(model, param_stats);
+  const std::uint64_t profile_bytes = comm.bytes_communicated() - bytes_before_profile;
   // At an exact fit the gradients are rounding error and their ratio means nothing.
-  const std::string rounding_warning =
-      undefine_rounding_ratios(result, rounding_grad_norm_sq(loaded.data));
+  const std::string rounding_warning = undefine_rounding_ratios(
+      result, ranks ? rounding_floor(comm, loaded) : rounding_grad_norm_sq(loaded.data));
 
-  EigenProgressLine progress(!args.quiet && ::isatty(STDERR_FILENO));
+  EigenProgressLine progress(writer && !args.quiet && ::isatty(STDERR_FILENO));
   ShapeOptions shape_options;
   shape_options.spectrum = args.spectrum;
   shape_options.gauss_newton = args.hessian == "gn";
@@ -265,8 +337,16 @@ int run_profile(const ProfileArgs& args) {
   shape_options.batch_sizes = batch_sizes;
   shape_options.chunk_rows = cpu_chunk_rows;
   shape_options.progress = [&progress](const std::string& stage) { return progress.for_stage(stage); };
+  if (ranks) {
+    // Summed over the ranks' parts, as the session's own products are.
+    shape_options.layer_covariance = [&](std::int64_t layer) {
+      return detail::distributed_layer_covariance(comm, model, *part, loss, result.param_mean,
+                                                  cpu_chunk_rows, layer);
+    };
+    shape_options.sum_over_parts = [&](double value) { return comm.sum(value); };
+  }
   if (args.spectrum > 0 || args.theta > 0) current_stage = "analysing the noise's shape";
-  ShapeResults shape = noise_shape(session, model, result, shape_options);
+  ShapeResults shape = noise_shape(*session, model, result, shape_options);
   if (!estimator_spec.empty()) {
     current_stage = "sampling minibatch pairs for the estimators";
     shape.estimators = mentioning("--estimators", args.estimators, [&] {
@@ -291,6 +371,7 @@ int run_profile(const ProfileArgs& args) {
   if (!args.out_path.empty()) {
     nlohmann::ordered_json report = report_json(result, context);
     add_shape_json(report, shape);
+    add_ranks_json(report, comm, profile_bytes);
     outputs.set_text(args.out_path, report.dump(2) + "\n");
   }
   if (!args.spectrum_csv_path.empty()) outputs.set_text(args.spectrum_csv_path, spectrum_csv(shape));
@@ -314,11 +395,18 @@ int run_profile(const ProfileArgs& args) {
     outputs.set_npy(args.param_stats_path, {static_cast<std::int64_t>(num_params), 2},
                     std::move(stats));
   }
-  outputs.commit();
+  comm.together([&] {
+    if (writer) outputs.commit();
+  });
+  if (!writer) return 0;
 
   // stdout holds the output given as "-", alone; the summary goes to stderr.
   std::ostream& summary = outputs.writes_stdout() ? std::cerr : std::cout;
   summary << summary_text(result, context) << shape_summary_text(shape);
+  if (ranks) {
+    summary << "ranks   " << comm.size() << " (" << comm.library() << "), the profile's merge moved "
+            << profile_bytes << " bytes on rank 0\n";
+  }
   for (const std::string& path : {args.out_path, args.curve_path, args.param_stats_path,
                                   args.spectrum_csv_path, args.tests_csv_path}) {
     if (!path.empty()) summary << "wrote " << path << "\n";

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cli/cli.hpp"
+#include "cli/sweep_ranks.hpp"
+#include "comm.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/profile.hpp"
 #include "backend.hpp"
@@ -73,14 +75,6 @@ class ProgressBar {
   bool enabled_;
   std::chrono::steady_clock::time_point start_;
 };
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError("--checkpoint " + path + " cannot be read.");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 }  // namespace
 
@@ -154,145 +148,168 @@ CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
 }
 
 int run_sweep(const SweepArgs& args) {
-  current_stage = "checking the options";
-  check_data_model_combinations(args.inputs, /*seed_also_samples=*/true);
-  const Loss loss = parse_loss(args.inputs.loss);
-  if (!args.test_x_path.empty() != !args.test_y_path.empty()) {
-    throw InputError("--test-x and --test-y go together; give both.");
-  }
-  if (args.test && args.inputs.dataset.empty()) {
-    throw InputError("--eval-test uses the fashion-mnist test split and needs --dataset; give "
-                     "--test-x and --test-y for your own held-out data.");
-  }
-  if (args.test && !args.test_x_path.empty()) {
-    throw InputError("--eval-test and --test-x/--test-y both give test data; use one.");
-  }
-  if (args.label_noise != 0 && loss != Loss::squared) {
-    throw InputError("--label-noise adds Gaussian noise to real targets and needs --loss mse.");
-  }
-  if (!(args.momentum >= 0 && args.momentum < 1)) throw InputError("--momentum must lie in [0, 1).");
-  if (args.test_limit < 0) throw InputError("--test-limit must be ≥ 0 (0 keeps them all).");
-  if (args.steps < 1) throw InputError("--steps must be at least 1.");
-  if (args.log_every < 0) throw InputError("--log-every must be at least 1 step.");
-  if (!(args.checkpoint_every >= 0)) throw InputError("--checkpoint-every must be ≥ 0 seconds.");
-  if (args.threads < 0) throw InputError("--threads must be ≥ 0 (0: all hardware threads).");
-  if (args.out_path.empty() && args.summary_path.empty() && args.weights_path.empty()) {
-    throw InputError("nothing to write: give --out runs.csv, --summary summary.json or both.");
-  }
-
+  // One process, or this rank of an MPI job (docs/MPI.md "Sweeps"): every
+  // rank loads the whole data and runs its share of the grid points.
+  detail::Communicator& comm = detail::world();
+  const bool writer = comm.rank() == 0;
+  Loss loss{};
   SweepConfig config;
-  config.loss = loss;
-  config.lrs = parse_lrs(args.lrs);
-  config.replicas = args.replicas;
-  config.first_replica = args.first_replica;
-  config.steps = args.steps;
-  config.sampling = mentioning("--sampling", args.sampling, [&] { return parse_sampling(args.sampling); });
-  config.label_noise = args.label_noise;
-  config.weight_decay = args.weight_decay;
-  config.momentum = args.momentum;
-  config.log_every = args.log_every > 0 ? args.log_every : std::max<std::int64_t>(1, (args.steps + 19) / 20);
-  config.seed = args.inputs.seed;
-  config.profile = !args.no_profile;
-  config.divergence_factor = args.divergence_factor;
-  config.threads = args.threads;
-  config.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
-
   OutputSet outputs;
-  outputs.add_inputs(input_files(args.inputs));
-  if (!args.test_x_path.empty()) outputs.add_inputs({{"--test-x", args.test_x_path}});
-  if (!args.test_y_path.empty()) outputs.add_inputs({{"--test-y", args.test_y_path}});
-  if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
-  if (!args.summary_path.empty()) outputs.add_text("--summary", args.summary_path);
-  if (!args.weights_path.empty()) outputs.add_npy("--final-weights", args.weights_path);
-  // Written as the sweep runs (and read to resume): no other output or input may be it.
-  if (!args.checkpoint_path.empty()) outputs.add_external("--checkpoint", args.checkpoint_path);
-  outputs.check_writable_all();
-
-  LoadedData train = load_data(args.inputs, loss);
-  BuiltModel model = load_model(args.inputs, train, loss);
-  config.batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
-                                  [&] { return parse_batch_sizes(args.batch_sizes, train.data.n); });
-
+  LoadedData train;
+  BuiltModel model;
   std::optional<LoadedData> test;
-  if (args.test) {
-    current_stage = "loading the test data";
-    DataModelArgs test_args = args.inputs;
-    test_args.split = "test";
-    test_args.limit = args.test_limit;
-    test = load_data(test_args, loss);
-    test->source = "--eval-test (the fashion-mnist test split)";
-  } else if (!args.test_x_path.empty()) {
-    current_stage = "loading the test data";
-    test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss,
-                         parse_csv_header(args.inputs.csv_header));
-  }
-  if (test) {
-    if (test->data.d != train.data.d) {
-      throw InputError(test->source + " has " + std::to_string(test->data.d) +
-                       " features per sample but the training data have " +
-                       std::to_string(train.data.d) + ".");
+  comm.together([&] {
+    current_stage = "checking the options";
+    check_data_model_combinations(args.inputs, /*seed_also_samples=*/true);
+    loss = parse_loss(args.inputs.loss);
+    if (!args.test_x_path.empty() != !args.test_y_path.empty()) {
+      throw InputError("--test-x and --test-y go together; give both.");
     }
-    check_fit(model.model, model.source, *test, loss);
-  }
+    if (args.test && args.inputs.dataset.empty()) {
+      throw InputError("--eval-test uses the fashion-mnist test split and needs --dataset; give "
+                       "--test-x and --test-y for your own held-out data.");
+    }
+    if (args.test && !args.test_x_path.empty()) {
+      throw InputError("--eval-test and --test-x/--test-y both give test data; use one.");
+    }
+    if (args.label_noise != 0 && loss != Loss::squared) {
+      throw InputError("--label-noise adds Gaussian noise to real targets and needs --loss mse.");
+    }
+    if (!(args.momentum >= 0 && args.momentum < 1)) throw InputError("--momentum must lie in [0, 1).");
+    if (args.test_limit < 0) throw InputError("--test-limit must be ≥ 0 (0 keeps them all).");
+    if (args.steps < 1) throw InputError("--steps must be at least 1.");
+    if (args.log_every < 0) throw InputError("--log-every must be at least 1 step.");
+    if (!(args.checkpoint_every >= 0)) throw InputError("--checkpoint-every must be ≥ 0 seconds.");
+    if (args.threads < 0) throw InputError("--threads must be ≥ 0 (0: all hardware threads).");
+    if (args.out_path.empty() && args.summary_path.empty() && args.weights_path.empty()) {
+      throw InputError("nothing to write: give --out runs.csv, --summary summary.json or both.");
+    }
 
-  // Every run keeps θ, its last gradient and (with momentum) a velocity.
-  const double runs = static_cast<double>(config.batch_sizes.size()) *
-                      static_cast<double>(config.lrs.size()) * static_cast<double>(config.replicas);
-  check_memory(8.0 * runs * static_cast<double>(model.model.num_params()) * (config.momentum > 0 ? 3 : 2),
-               "--batch-sizes × --lrs × --replicas make " + std::to_string(static_cast<long long>(runs)) +
-                   " runs of " + std::to_string(model.model.num_params()) + " parameters");
+    config.loss = loss;
+    config.lrs = parse_lrs(args.lrs);
+    config.replicas = args.replicas;
+    config.first_replica = args.first_replica;
+    config.steps = args.steps;
+    config.sampling = mentioning("--sampling", args.sampling, [&] { return parse_sampling(args.sampling); });
+    config.label_noise = args.label_noise;
+    config.weight_decay = args.weight_decay;
+    config.momentum = args.momentum;
+    config.log_every = args.log_every > 0 ? args.log_every : std::max<std::int64_t>(1, (args.steps + 19) / 20);
+    config.seed = args.inputs.seed;
+    config.profile = !args.no_profile;
+    config.divergence_factor = args.divergence_factor;
+    config.threads = args.threads;
+    config.device = mentioning("--device", args.device, [&] { return parse_device(args.device); });
+
+    outputs.add_inputs(input_files(args.inputs));
+    if (!args.test_x_path.empty()) outputs.add_inputs({{"--test-x", args.test_x_path}});
+    if (!args.test_y_path.empty()) outputs.add_inputs({{"--test-y", args.test_y_path}});
+    if (!args.out_path.empty()) outputs.add_text("--out", args.out_path);
+    if (!args.summary_path.empty()) outputs.add_text("--summary", args.summary_path);
+    if (!args.weights_path.empty()) outputs.add_npy("--final-weights", args.weights_path);
+    // Written as the sweep runs (and read to resume): no other output or input may be it.
+    if (!args.checkpoint_path.empty()) outputs.add_external("--checkpoint", args.checkpoint_path);
+    if (writer) outputs.check_writable_all();
+
+    train = load_data(args.inputs, loss);
+    model = load_model(args.inputs, train, loss);
+    config.batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
+                                    [&] { return parse_batch_sizes(args.batch_sizes, train.data.n); });
+
+    if (args.test) {
+      current_stage = "loading the test data";
+      DataModelArgs test_args = args.inputs;
+      test_args.split = "test";
+      test_args.limit = args.test_limit;
+      test = load_data(test_args, loss);
+      test->source = "--eval-test (the fashion-mnist test split)";
+    } else if (!args.test_x_path.empty()) {
+      current_stage = "loading the test data";
+      test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss,
+                           parse_csv_header(args.inputs.csv_header));
+    }
+    if (test) {
+      if (test->data.d != train.data.d) {
+        throw InputError(test->source + " has " + std::to_string(test->data.d) +
+                         " features per sample but the training data have " +
+                         std::to_string(train.data.d) + ".");
+      }
+      check_fit(model.model, model.source, *test, loss);
+    }
+
+    // Every run keeps θ, its last gradient and (with momentum) a velocity.
+    const double runs = static_cast<double>(config.batch_sizes.size()) *
+                        static_cast<double>(config.lrs.size()) * static_cast<double>(config.replicas);
+    check_memory(8.0 * runs * static_cast<double>(model.model.num_params()) * (config.momentum > 0 ? 3 : 2),
+                 "--batch-sizes × --lrs × --replicas make " + std::to_string(static_cast<long long>(runs)) +
+                     " runs of " + std::to_string(model.model.num_params()) + " parameters");
+  });
 
   current_stage = "setting up the sweep";
-  Sweep sweep(model.model, train.data, test ? &test->data : nullptr, config);
   ProfileOptions start_options;
   start_options.loss = loss;
   start_options.device = Device::cpu;
   const Profile start = profile_cpu(model.model, train.data, start_options);
 
-  if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
-    current_stage = "reading the checkpoint";
-    mentioning("--checkpoint", args.checkpoint_path,
-               [&] { sweep.restore(read_bytes(args.checkpoint_path)); });
-    std::cerr << "gradnoise: resuming " << args.checkpoint_path << " at step "
-              << (sweep.logs_done() > 0 ? sweep.log_steps()[static_cast<std::size_t>(sweep.logs_done() - 1)] : 0)
-              << " of " << config.steps << "\n";
-  }
-
-  current_stage = "running the sweep";
-  ProgressBar bar(!args.quiet && isatty(STDERR_FILENO));
-  auto last_checkpoint = std::chrono::steady_clock::now();
-  const auto total = static_cast<std::int64_t>(sweep.log_steps().size());
-  while (!sweep.done()) {
-    sweep.advance();
-    const std::int64_t done = sweep.logs_done();
-    bar.update(done, total, sweep.log_steps()[static_cast<std::size_t>(done - 1)], config.steps);
-    const auto now = std::chrono::steady_clock::now();
-    if (!args.checkpoint_path.empty() &&
-        (sweep.done() || std::chrono::duration<double>(now - last_checkpoint).count() >= args.checkpoint_every)) {
+  SweepResult result;
+  if (comm.size() > 1) {
+    current_stage = "running the sweep";
+    std::optional<SweepResult> whole =
+        run_sweep_over_ranks(comm, model.model, train.data, test ? &test->data : nullptr, config,
+                             args.checkpoint_path, args.checkpoint_every);
+    if (whole) result = std::move(*whole);
+  } else {
+    Sweep sweep(model.model, train.data, test ? &test->data : nullptr, config);
+    if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
+      current_stage = "reading the checkpoint";
       mentioning("--checkpoint", args.checkpoint_path,
-                 [&] { write_file_atomic(args.checkpoint_path, sweep.checkpoint()); });
-      last_checkpoint = now;
+                 [&] { sweep.restore(read_checkpoint(args.checkpoint_path)); });
+      std::cerr << "gradnoise: resuming " << args.checkpoint_path << " at step "
+                << (sweep.logs_done() > 0 ? sweep.log_steps()[static_cast<std::size_t>(sweep.logs_done() - 1)] : 0)
+                << " of " << config.steps << "\n";
     }
+
+    current_stage = "running the sweep";
+    ProgressBar bar(!args.quiet && isatty(STDERR_FILENO));
+    auto last_checkpoint = std::chrono::steady_clock::now();
+    const auto total = static_cast<std::int64_t>(sweep.log_steps().size());
+    while (!sweep.done()) {
+      sweep.advance();
+      const std::int64_t done = sweep.logs_done();
+      bar.update(done, total, sweep.log_steps()[static_cast<std::size_t>(done - 1)], config.steps);
+      const auto now = std::chrono::steady_clock::now();
+      if (!args.checkpoint_path.empty() &&
+          (sweep.done() || std::chrono::duration<double>(now - last_checkpoint).count() >= args.checkpoint_every)) {
+        mentioning("--checkpoint", args.checkpoint_path,
+                   [&] { write_file_atomic(args.checkpoint_path, sweep.checkpoint()); });
+        last_checkpoint = now;
+      }
+    }
+    result = sweep.result();
   }
 
-  current_stage = "preparing the outputs";
-  const SweepResult result = sweep.result();
-  if (!args.out_path.empty()) outputs.set_text(args.out_path, sweep_rows_csv(result));
-  if (!args.summary_path.empty()) {
-    const SweepReportContext context{train.description, model.description,
-                                     args.test || !args.test_x_path.empty(), args.device};
-    outputs.set_text(args.summary_path, sweep_summary_json(result, config, start, context).dump(2) + "\n");
-  }
-  if (!args.weights_path.empty()) {
-    std::vector<double> weights;
-    for (const std::vector<double>& run : result.final_weights) {
-      weights.insert(weights.end(), run.begin(), run.end());
+  // Rank 0 alone writes the outputs.
+  comm.together([&] {
+    if (!writer) return;
+    current_stage = "preparing the outputs";
+    if (!args.out_path.empty()) outputs.set_text(args.out_path, sweep_rows_csv(result));
+    if (!args.summary_path.empty()) {
+      const SweepReportContext context{train.description, model.description,
+                                       args.test || !args.test_x_path.empty(), args.device};
+      outputs.set_text(args.summary_path, sweep_summary_json(result, config, start, context).dump(2) + "\n");
     }
-    outputs.set_npy(args.weights_path,
-                    {static_cast<std::int64_t>(result.final_weights.size()), result.num_params},
-                    std::move(weights));
-  }
-  outputs.commit();
+    if (!args.weights_path.empty()) {
+      std::vector<double> weights;
+      for (const std::vector<double>& run : result.final_weights) {
+        weights.insert(weights.end(), run.begin(), run.end());
+      }
+      outputs.set_npy(args.weights_path,
+                      {static_cast<std::int64_t>(result.final_weights.size()), result.num_params},
+                      std::move(weights));
+    }
+    outputs.commit();
+  });
+  if (!writer) return 0;
 
   // stdout holds the output given as "-", alone; the summary goes to stderr.
   std::ostream& summary = outputs.writes_stdout() ? std::cerr : std::cout;

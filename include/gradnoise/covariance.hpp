@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -136,6 +137,9 @@ struct SpectrumOptions {
   double exact_trace_sq_max_flops = 1e11;
   TraceSqMethod trace_sq_method = TraceSqMethod::automatic;
   EigenProgress progress;  // optional: after every eigensolver pass
+  /// When set, the Σ_ll products of the per-layer spectra come from it (e.g.
+  /// summed over MPI ranks) instead of a CPU operator on `data`.
+  std::function<BlockOperator(std::int64_t layer)> layer_covariance;
 };
 
 struct CovarianceSpectrum {

@@ -96,6 +96,10 @@ struct CurvatureOptions {
   /// O(N P²) time, 2 P² doubles of memory); above it they are left empty.
   std::int64_t dense_max_params = 2048;
   EigenProgress progress;  // optional: after every eigensolver pass
+  /// When `data` is one part of a data set split over processes (MPI ranks):
+  /// the sum of a per-part value over all parts, for tr H. The closed and
+  /// dense forms of tr(HΣ) are then not computed.
+  std::function<double(double)> sum_over_parts;
 };
 
 struct CurvatureReport {

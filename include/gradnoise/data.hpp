@@ -18,6 +18,10 @@ class DataSource {
  public:
   virtual ~DataSource() = default;
   virtual std::int64_t num_samples() const = 0;
+  /// N of the whole data set when this source holds a contiguous part of it
+  /// (an MPI rank's rows, docs/MPI.md); num_samples() otherwise. What needs
+  /// the whole set (N ≥ 2, batch sizes, a profile's N) is checked against it.
+  virtual std::int64_t whole_samples() const { return num_samples(); }
   virtual std::int64_t num_features() const = 0;
   virtual TargetKind target_kind() const = 0;
   /// Target columns for real targets; number of classes for labels (one more

@@ -27,6 +27,27 @@ struct Array {
 /// <u2); little-endian, C order, 1-D or 2-D only. Integer dtypes set
 /// integral_dtype. Anything else is an InputError naming the file.
 Array read_npy(const std::filesystem::path& path);
+// ---- Parts of a file: the rows one of several processes reads (docs/MPI.md)
+
+/// Rows [first, first + count) of part `part` of `parts` of N rows: part r
+/// starts at ⌊N·r/parts⌋, so the sizes differ by at most one.
+struct RowSpan {
+  std::int64_t first = 0;
+  std::int64_t count = 0;
+};
+RowSpan split_rows(std::int64_t n, int part, int parts);
+
+/// A file's rows of one part, and where they sit in the whole file.
+struct ArrayPart {
+  Array array;                  // shape[0] is the part's row count
+  std::int64_t first_row = 0;
+  std::int64_t whole_rows = 0;  // the file's rows
+};
+
+/// Part `part` of `parts` of a .npy file's rows (split_rows): the header,
+/// then a seek to the part's first row, so only its bytes are read.
+ArrayPart read_npy_part(const std::filesystem::path& path, int part, int parts);
+
 /// Writes float64 '<f8' .npy (version 1.0, C order) atomically. A shape whose
 /// product differs from values.size() is a caller bug: std::invalid_argument.
 void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,
@@ -45,6 +66,9 @@ enum class CsvHeader {
 /// range (1e999), NaN/Inf, words and ragged rows are InputErrors naming the
 /// file, line and column.
 Array read_csv(const std::filesystem::path& path, CsvHeader header = CsvHeader::automatic);
+/// Part `part` of `parts` of a CSV file's data rows: every line is scanned
+/// for the row count, only the part's lines are parsed.
+ArrayPart read_csv_part(const std::filesystem::path& path, CsvHeader header, int part, int parts);
 
 /// IDX (LeCun's format), gzip-compressed or plain: unsigned-byte arrays of 1
 /// to 3 dims; N×R×C images come back as {N, R*C}.
@@ -56,6 +80,18 @@ Array read_idx(const std::filesystem::path& path);
 Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
                 Loss loss, CsvHeader csv_header = CsvHeader::automatic);
 
+/// The rows of one part of a data set, and where they sit in the whole.
+struct DatasetPart {
+  Dataset data;                 // the part's rows; for labels, k is the part's largest label + 1
+  std::int64_t first_row = 0;
+  std::int64_t whole_rows = 0;
+};
+
+/// Part `part` of `parts` of the rows of X and Y (split_rows), checked as
+/// load_xy checks the whole; messages give rows of the whole file.
+DatasetPart load_xy_part(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
+                         Loss loss, CsvHeader csv_header, int part, int parts);
+
 /// Where Debian's dataset-fashion-mnist package puts the files, unless the
 /// environment variable GRADNOISE_FASHION_MNIST_DIR says otherwise.
 std::filesystem::path fashion_mnist_dir();
@@ -66,6 +102,10 @@ std::filesystem::path fashion_mnist_dir();
 /// split's size is an InputError, not clamped).
 Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& split, Loss loss,
                            std::int64_t limit = 0);
+/// Part `part` of `parts` of the (first `limit`) Fashion-MNIST rows: the
+/// IDX files are read up to the part's last row, and only its rows kept.
+DatasetPart load_fashion_mnist_part(const std::filesystem::path& dir, const std::string& split,
+                                    Loss loss, std::int64_t limit, int part, int parts);
 
 /// Where writing to a path puts the bytes.
 struct OutputTarget {

@@ -69,6 +69,9 @@ std::vector<std::string> profile_warnings(const Profile& profile);
 /// |δ| ≤ 1). An exact fit (e.g. --init lstsq on noiseless targets) sits there.
 /// One pass over the data (in chunks, so any DataSource will do).
 double rounding_grad_norm_sq(const DataSource& data);
+/// The same from the sums Σ‖x_i‖² and Σ‖y_i‖² (0 for labels) over n samples,
+/// e.g. added up over MPI ranks.
+double rounding_grad_norm_sq(double x_sq_sum, double y_sq_sum, std::int64_t n, bool real_targets);
 
 /// When the per-sample gradients are at rounding level (mean‖g_i‖² ≤ `floor`),
 /// tr Σ / ‖G‖² is a ratio of rounding errors: sets every noise_scale_simple to

@@ -56,6 +56,10 @@ class Profiler {
   Profiler(std::shared_ptr<const DataSource> data, const SessionOptions& options = {});
   /// Takes the data set over.
   explicit Profiler(Dataset data, const SessionOptions& options = {});
+  /// A session over a backend the caller built (the tool's MPI ranks:
+  /// host/distributed.hpp); `options` must be the ones it was built with.
+  Profiler(std::shared_ptr<const DataSource> data, const SessionOptions& options,
+           std::shared_ptr<detail::Backend> backend);
   ~Profiler();
   Profiler(Profiler&&) noexcept;
   Profiler& operator=(Profiler&&) noexcept;

@@ -42,6 +42,11 @@ struct ShapeOptions {
   /// Progress of each eigensolver, by stage ("covariance spectrum", "Hessian
   /// spectrum"); may be empty.
   std::function<EigenProgress(const std::string& stage)> progress;
+  /// When the session's data are one part of a set split over processes (MPI
+  /// ranks, docs/MPI.md): the Σ_ll products of the per-layer spectra, and the
+  /// sum of a per-part value over the parts (tr H). Empty in one process.
+  std::function<BlockOperator(std::int64_t layer)> layer_covariance;
+  std::function<double(double)> sum_over_parts;
 };
 
 /// The analyses `options` asks for at `model`, whose profile on the session's
