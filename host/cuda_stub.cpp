@@ -11,6 +11,8 @@ int cuda_device_count() { return 0; }
 
 std::string cuda_device_name() { return {}; }
 
+void warm_up_cuda() noexcept {}
+
 void select_cuda_device(int) {}
 
 namespace {

@@ -4,6 +4,7 @@
 #include <limits>
 #include <string>
 
+#include "parallel_scan.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/error.hpp"
 
@@ -48,17 +49,17 @@ void Dataset::validate(const char* what) const {
     throw InputError(name + " has " + std::to_string(labels.size()) + " labels for " +
                      std::to_string(n) + " samples");
   }
-  const auto bad_x = std::find_if(x.begin(), x.end(), [](double v) { return !std::isfinite(v); });
-  if (bad_x != x.end()) {
-    const auto at = bad_x - x.begin();
-    throw InputError(name + " has a non-finite input value (" + std::to_string(*bad_x) +
-                     ") at sample " + std::to_string(at / d) + ", feature " +
-                     std::to_string(at % d) + "; expected finite numbers");
+  if (const std::int64_t at = detail::first_non_finite(x.data(), static_cast<std::int64_t>(x.size()));
+      at >= 0) {
+    throw InputError(name + " has a non-finite input value (" +
+                     std::to_string(x[static_cast<std::size_t>(at)]) + ") at sample " +
+                     std::to_string(at / d) + ", feature " + std::to_string(at % d) +
+                     "; expected finite numbers");
   }
-  const auto bad_y = std::find_if(y.begin(), y.end(), [](double v) { return !std::isfinite(v); });
-  if (bad_y != y.end()) {
-    throw InputError(name + " has a non-finite target at sample " +
-                     std::to_string((bad_y - y.begin()) / k) + "; expected finite numbers");
+  if (const std::int64_t at = detail::first_non_finite(y.data(), static_cast<std::int64_t>(y.size()));
+      at >= 0) {
+    throw InputError(name + " has a non-finite target at sample " + std::to_string(at / k) +
+                     "; expected finite numbers");
   }
   const auto bad_label = std::find_if(labels.begin(), labels.end(),
                                       [this](std::int32_t c) { return c < 0 || c >= k; });

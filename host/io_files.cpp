@@ -18,6 +18,7 @@
 #include <limits>
 #include <string>
 
+#include "parallel_scan.hpp"
 #include "chunk_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
@@ -182,13 +183,12 @@ std::string shape_string(const Array& array) {
 /// name the file and the element.
 void require_finite(const Array& array, std::int64_t first_row, const std::filesystem::path& path,
                     const char* role) {
-  const auto bad = std::find_if(array.values.begin(), array.values.end(),
-                                [](double value) { return !std::isfinite(value); });
-  if (bad == array.values.end()) return;
-  const auto index = static_cast<std::int64_t>(bad - array.values.begin());
+  const std::int64_t index =
+      detail::first_non_finite(array.values.data(), static_cast<std::int64_t>(array.values.size()));
+  if (index < 0) return;
   const std::int64_t cols = array.cols();
   throw InputError(std::string(role) + " file " + quoted(path) + " holds a non-finite value (" +
-                   format_number(*bad) + ") at row " + std::to_string(first_row + index / cols) +
+                   format_number(array.values[static_cast<std::size_t>(index)]) + ") at row " + std::to_string(first_row + index / cols) +
                    ", column " + std::to_string(index % cols) +
                    " (0-based); every value must be finite");
 }

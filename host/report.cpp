@@ -1,6 +1,7 @@
 // Reports: JSON for programs, CSV for the curve, a few lines for people.
 // Everything is built in memory so the caller can write all outputs at the
 // end of a run, or none of them.
+#include "parallel_scan.hpp"
 #include "gradnoise/report.hpp"
 
 #include <algorithm>
@@ -194,16 +195,24 @@ double rounding_grad_norm_sq(const DataSource& data) {
   const std::int64_t n = data.num_samples(), d = data.num_features(), k = data.num_targets();
   if (n <= 0) return 0;
   const bool real = data.target_kind() == TargetKind::real;
+  const auto square = [](double v) { return v * v; };
+  // Rows in memory: every core, in fixed blocks (the same bits on any machine).
+  const double* all = data.inputs_in_place(0, n);
   constexpr std::int64_t kChunkRows = 1024;
-  std::vector<double> x(static_cast<std::size_t>(std::min(n, kChunkRows) * d));
+  std::vector<double> x(all != nullptr ? 0 : static_cast<std::size_t>(std::min(n, kChunkRows) * d));
   std::vector<double> y(real ? static_cast<std::size_t>(std::min(n, kChunkRows) * k) : 0);
-  double x_sq = 0, y_sq = 0;
+  double x_sq = all != nullptr ? detail::blocked_sum(all, n * d, square) : 0.0, y_sq = 0;
+  if (all != nullptr && !real) return rounding_grad_norm_sq(x_sq, y_sq, n, real);
   for (std::int64_t first = 0; first < n; first += kChunkRows) {
     const std::int64_t rows = std::min(kChunkRows, n - first);
-    const double* in_place = data.inputs_in_place(first, rows);
-    data.read(first, rows, in_place ? nullptr : x.data(), real ? y.data() : nullptr, nullptr);
-    const double* inputs = in_place ? in_place : x.data();
-    for (std::int64_t j = 0; j < rows * d; ++j) x_sq += inputs[j] * inputs[j];
+    if (all == nullptr) {
+      const double* in_place = data.inputs_in_place(first, rows);
+      data.read(first, rows, in_place ? nullptr : x.data(), real ? y.data() : nullptr, nullptr);
+      const double* inputs = in_place ? in_place : x.data();
+      for (std::int64_t j = 0; j < rows * d; ++j) x_sq += inputs[j] * inputs[j];
+    } else {
+      data.read(first, rows, nullptr, y.data(), nullptr);  // the targets alone
+    }
     if (real) {
       for (std::int64_t j = 0; j < rows * k; ++j) y_sq += y[j] * y[j];
     }

@@ -29,6 +29,10 @@ std::string cuda_device_name() {
   return prop.name;
 }
 
+void warm_up_cuda() noexcept {
+  if (cuda_device_count() > 0) cudaFree(nullptr);  // creates the context; errors surface later
+}
+
 void select_cuda_device(int ordinal) {
   const int count = cuda_device_count();
   if (count > 0) GN_CUDA_CHECK(cudaSetDevice(ordinal % count));

@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "parallel_scan.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
 #include "text.hpp"
@@ -250,6 +251,51 @@ TEST_F(IoNpy, RejectsUnsupportedDtypes) {
   write_bytes(record, npy_file("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,), }",
                                std::string(8, '\0')));
   EXPECT_CONTAINS(error_message<InputError>([&] { read_npy(record); }), record.string());
+}
+
+// Files of more than detail::kParallelGrain values are read by every core,
+// each thread its own range of rows; the values must be those the sequential
+// reader gives, every dtype, every element (the last thread's range ragged).
+TEST_F(IoNpy, LargeFilesReadInParallelGiveEveryValue) {
+  const std::int64_t rows = 3 * (detail::kParallelGrain / 7) + 5, cols = 7;
+  const std::int64_t count = rows * cols;
+  ASSERT_GT(count, 2 * detail::kParallelGrain);
+  std::vector<double> f8(static_cast<std::size_t>(count));
+  std::vector<float> f4(f8.size());
+  std::vector<std::int16_t> i2(f8.size());
+  for (std::int64_t j = 0; j < count; ++j) {
+    f8[j] = std::sin(0.001 * static_cast<double>(j)) * 1e3 + 1e-9 * static_cast<double>(j);
+    f4[j] = static_cast<float>(f8[j]);
+    i2[j] = static_cast<std::int16_t>(j % 65536 - 32768);
+  }
+  const std::string shape = "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  write_bytes(path("f8.npy"), npy_file(npy_dict("<f8", shape), npy_data<double>(f8)));
+  write_bytes(path("f4.npy"), npy_file(npy_dict("<f4", shape), npy_data<float>(f4)));
+  write_bytes(path("i2.npy"), npy_file(npy_dict("<i2", shape), npy_data<std::int16_t>(i2)));
+  EXPECT_EQ(read_npy(path("f8.npy")).values, f8);
+  const Array a4 = read_npy(path("f4.npy"));
+  ASSERT_EQ(a4.values.size(), f4.size());
+  for (std::size_t j = 0; j < f4.size(); ++j) {
+    if (a4.values[j] != static_cast<double>(f4[j])) {
+      ADD_FAILURE() << "f4 element " << j << ": " << a4.values[j] << " vs " << f4[j];
+      break;
+    }
+  }
+  const Array a2 = read_npy(path("i2.npy"));
+  ASSERT_EQ(a2.values.size(), i2.size());
+  EXPECT_TRUE(a2.integral_dtype);
+  for (std::size_t j = 0; j < i2.size(); ++j) {
+    if (a2.values[j] != static_cast<double>(i2[j])) {
+      ADD_FAILURE() << "i2 element " << j << ": " << a2.values[j] << " vs " << i2[j];
+      break;
+    }
+  }
+  // A large file that ends early still names what is missing.
+  const std::string whole = npy_file(npy_dict("<f8", shape), npy_data<double>(f8));
+  write_bytes(path("cut.npy"), whole.substr(0, whole.size() - 8 * 1000));
+  const std::string message = error_message<InputError>([&] { read_npy(path("cut.npy")); });
+  EXPECT_CONTAINS(message, "truncated");
+  EXPECT_CONTAINS(message, std::to_string(count * 8));  // bytes the shape needs
 }
 
 TEST_F(IoNpy, RejectsTruncatedAndOverlongData) {

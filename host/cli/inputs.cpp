@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/cli.hpp"
+#include "parallel_scan.hpp"
 #include "gradnoise/report.hpp"
 
 namespace gradnoise::cli {
@@ -43,15 +44,15 @@ Array read_array(const std::string& flag, const std::string& path) {
 
 /// Throws InputError naming `what` at the first NaN/inf in `values` (rows×cols).
 void require_finite(const std::string& what, const std::vector<double>& values, std::int64_t cols) {
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (!std::isfinite(values[i])) {
-      const auto index = static_cast<std::int64_t>(i);
-      const std::string where =
-          cols > 1 ? "row " + std::to_string(index / cols) + ", column " + std::to_string(index % cols)
-                   : "entry " + std::to_string(index);
-      throw InputError(what + " holds a non-finite value (" + std::to_string(values[i]) + ") at " +
-                       where + "; every value must be finite.");
-    }
+  const std::int64_t index =
+      detail::first_non_finite(values.data(), static_cast<std::int64_t>(values.size()));
+  if (index >= 0) {
+    const std::string where =
+        cols > 1 ? "row " + std::to_string(index / cols) + ", column " + std::to_string(index % cols)
+                 : "entry " + std::to_string(index);
+    throw InputError(what + " holds a non-finite value (" +
+                     std::to_string(values[static_cast<std::size_t>(index)]) + ") at " + where +
+                     "; every value must be finite.");
   }
 }
 
@@ -215,9 +216,11 @@ void check_loaded(LoadedData& loaded) {
                      (loaded.whole_rows == 1 ? " sample" : " samples") +
                      "; at least 2 are needed for a gradient covariance.");
   }
-  require_finite(loaded.source, data.x, data.d);
-  require_finite(loaded.target_source, data.y, data.k);
-  mentioning(loaded.source, "", [&] { data.validate(loaded.source.c_str()); });
+  if (!loaded.validated) {
+    require_finite(loaded.source, data.x, data.d);
+    require_finite(loaded.target_source, data.y, data.k);
+    mentioning(loaded.source, "", [&] { data.validate(loaded.source.c_str()); });
+  }
   loaded.description["n"] = loaded.whole_rows;
   loaded.description["d"] = data.d;
   loaded.description["k"] = data.k;
@@ -234,6 +237,7 @@ LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
     loaded.data = std::move(rows.data);
     loaded.first_row = rows.first_row;
     loaded.whole_rows = rows.whole_rows;
+    loaded.validated = true;  // load_xy_part: finite values, labels in range
   } catch (const InputError& error) {
     // load_xy names the file at fault; say which flags gave it if it did not.
     const std::string message = error.what();

@@ -88,6 +88,9 @@ struct LoadedData {
   /// (docs/MPI.md); for labels data.k is then the part's largest label + 1.
   std::int64_t first_row = 0;
   std::int64_t whole_rows = 0;
+  /// The loader already checked every value and label (load_xy does), so
+  /// the checks below need not scan the data again.
+  bool validated = false;
 };
 
 /// --dataset or --x/--y, checked: at least two samples, finite values, labels ≥ 0.

@@ -11,9 +11,11 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/cli.hpp"
+#include "gradnoise/cuda.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/io.hpp"
 #include "gradnoise/model.hpp"
@@ -288,6 +290,17 @@ int run_profile(const ProfileArgs& args) {
     // Rank 0 alone writes the outputs.
     if (writer) outputs.check_writable_all();
 
+    // A GPU's context takes a few hundred milliseconds to create: one
+    // process creates it while its data loads (ranks pick their GPU later).
+    struct Joined {
+      std::thread thread;
+      ~Joined() {
+        if (thread.joinable()) thread.join();
+      }
+    } context;
+    if (!ranks && session_options.device != Device::cpu && cuda_built()) {
+      context.thread = std::thread([] { warm_up_cuda(); });
+    }
     loaded = load_data(args.inputs, loss, comm.rank(), comm.size());
   });
   // The parts of the noise's shape that only the CPU computes (per-layer

@@ -26,6 +26,11 @@ int cuda_device_count();
 /// "NVIDIA H100 80GB HBM3" and the like; empty when there is no device.
 std::string cuda_device_name();
 
+/// Creates the current device's context now (a few hundred milliseconds), so
+/// a caller can overlap it with loading its data; does nothing without a
+/// device or a CUDA build, and reports no error (the first real call does).
+void warm_up_cuda() noexcept;
+
 /// A data set already in device memory, float32, row-major: x is n×d; y is
 /// n×k real targets (mse, bce) or null; labels are n class labels (ce) or
 /// null. The pointers are device pointers.

@@ -185,7 +185,10 @@ class Shape:
     def to_dict(self) -> dict:
         """The profile's report with the shape's keys, as report.json has them."""
         report = self.profile.to_dict()
+        # report.json closes with the process count and its traffic.
+        closing = {k: report.pop(k) for k in ("ranks", "bytes_communicated") if k in report}
         report.update(self._keys)
+        report.update(closing)
         return report
 
     def __repr__(self) -> str:

@@ -225,7 +225,11 @@ struct ProfileResult {
     context.options = {{"device_requested", device_requested},
                        {"chunk_rows", chunk_rows},
                        {"param_stats", param_stats}};
-    return report_json(profile, context);
+    Json json = report_json(profile, context);
+    // One process, as report.json of a run without mpirun says (docs/MPI.md).
+    json["ranks"] = 1;
+    json["bytes_communicated"] = {{"profile", 0}, {"total", 0}};
+    return json;
   }
 };
 
