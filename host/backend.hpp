@@ -59,9 +59,17 @@ class Backend {
   /// out = H·in (or the Gauss–Newton matrix), one pass over the data.
   virtual void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
                              std::int64_t cols) = 0;
-  /// The batch tests' product ĜᵀΣĜ = Var_i(g_iᵀĜ) for a unit vector Ĝ along G.
+  /// The batch tests' product ĜᵀΣĜ = Var_i(g_iᵀĜ) for a unit vector Ĝ along G;
+  /// by default Ĝᵀ(ΣĜ), one Σ product (a GPU's, or one summed over ranks,
+  /// where per-part variances would sit around different means).
   virtual double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
-                               const std::vector<double>& unit) = 0;
+                               const std::vector<double>& unit) {
+    std::vector<double> product(unit.size());
+    covariance_apply(model, mean_grad, unit.data(), product.data(), 1);
+    double total = 0;
+    for (std::size_t j = 0; j < unit.size(); ++j) total += unit[j] * product[j];
+    return total;
+  }
 
  protected:
   virtual Profile compute_profile(const Model& model, const ProfileOptions& options) = 0;

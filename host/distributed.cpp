@@ -131,16 +131,9 @@ class DistributedBackend final : public Backend {
     average_over_parts(comm_, out, model.num_params() * cols, part_rows_, whole_rows_);
   }
 
-  /// ĜᵀΣĜ = Ĝᵀ(ΣĜ): the per-rank variances of g_iᵀĜ sit around different
-  /// means, while Σ·Ĝ is centred on the global G and sums exactly.
-  double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
-                       const std::vector<double>& unit) override {
-    std::vector<double> product(unit.size());
-    covariance_apply(model, mean_grad, unit.data(), product.data(), 1);
-    double total = 0;
-    for (std::size_t j = 0; j < unit.size(); ++j) total += unit[j] * product[j];
-    return total;
-  }
+  // grad_cov_grad: the base's Ĝᵀ(ΣĜ). The per-rank variances of g_iᵀĜ sit
+  // around different means, while Σ·Ĝ is centred on the global G and sums
+  // exactly.
 
  protected:
   Profile compute_profile(const Model& model, const ProfileOptions& options) override {

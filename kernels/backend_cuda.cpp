@@ -38,15 +38,7 @@ class CudaBackend final : public DataBackend {
                                                                                             cols);
   }
 
-  /// ĜᵀΣĜ = Ĝᵀ(ΣĜ): one Σ product on the GPU.
-  double grad_cov_grad(const Model& model, const std::vector<double>& mean_grad,
-                       const std::vector<double>& unit) override {
-    std::vector<double> sigma_unit(unit.size());
-    covariance_apply(model, mean_grad, unit.data(), sigma_unit.data(), 1);
-    double total = 0;
-    for (std::size_t j = 0; j < unit.size(); ++j) total += unit[j] * sigma_unit[j];
-    return total;
-  }
+  // grad_cov_grad: the base's Ĝᵀ(ΣĜ), one Σ product on the GPU.
 
  private:
   /// The data on the device, copied at the first pass that can use it; null
