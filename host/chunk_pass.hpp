@@ -9,6 +9,7 @@
 #include <functional>
 #include <vector>
 
+#include "scratch.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/model.hpp"
@@ -45,8 +46,8 @@ class ChunkForward {
  private:
   const Model& model_;
   Loss loss_;
-  std::vector<std::vector<double>> inputs_, errors_;
-  std::vector<double> output_, losses_, y_;
+  std::vector<ScratchVector<double>> inputs_, errors_;
+  ScratchVector<double> output_, losses_, y_;
   std::vector<std::int32_t> labels_;
   ChunkView view_;
 };

@@ -75,7 +75,7 @@ struct Moments {
 /// Scratch buffers for one chunk; sized once for the largest chunk.
 /// Scratch for the per-parameter products (only with param_stats): U∘U, V∘V.
 struct SquareBuffers {
-  std::vector<double> u_sq, v_sq;
+  detail::ScratchVector<double> u_sq, v_sq;
 };
 
 /// Column means of a row-major m×cols matrix, summed in fixed row blocks.
