@@ -59,7 +59,7 @@ BatchSizes = Union[str, Sequence[int]]
 class Profiler(_Profiler):
     """A profiling session: the data, held where they lie, and a device.
 
-    ``Profiler(X, Y, loss="mse", device="auto", *, chunk_rows=0, threads=0, classes=0)``
+    ``Profiler(X, Y, loss="mse", device="auto", *, chunk_rows=0, threads=0, classes=0, gpu_dtype="float32")``
 
     X is N×D (one sample per row); Y is N×K real targets for ``loss="mse"``
     (squared error) or ``"bce"`` (binary cross-entropy with logits, targets
@@ -81,7 +81,10 @@ class Profiler(_Profiler):
     ``device``: "auto" (the GPU when one is usable, else the CPU), "cpu" or
     "cuda" (RuntimeError without a GPU). ``chunk_rows``: rows per streamed
     chunk (0: 1024 on the CPU, 65536 on a GPU). ``threads``: CPU threads
-    (0: one per core). The GIL is released while the library computes.
+    (0: one per core). ``gpu_dtype``: on a GPU, the session copies host
+    arrays to the device once, at the first call, and keeps them there, in
+    "float32" (half the bytes; every sum is still float64) or "float64". The
+    GIL is released while the library computes.
     """
 
     def __init__(
@@ -94,8 +97,9 @@ class Profiler(_Profiler):
         chunk_rows: int = 0,
         threads: int = 0,
         classes: int = 0,
+        gpu_dtype: str = "float32",
     ) -> None:
-        super().__init__(X, Y, loss, device, chunk_rows, threads, classes)
+        super().__init__(X, Y, loss, device, chunk_rows, threads, classes, gpu_dtype)
 
     def shape(
         self,

@@ -74,7 +74,8 @@ class Profile:
 
 class _Profiler:
     def __init__(self, X: Any, Y: Any, loss: str = "mse", device: str = "auto",
-                 chunk_rows: int = 0, threads: int = 0, classes: int = 0) -> None: ...
+                 chunk_rows: int = 0, threads: int = 0, classes: int = 0,
+                 gpu_dtype: str = "float32") -> None: ...
     @property
     def device(self) -> str:
         """'cpu', or the GPU's name."""

@@ -268,7 +268,7 @@ void warn_all(const std::vector<std::string>& warnings) {
 class PyProfiler {
  public:
   PyProfiler(nb::handle x, nb::handle y, const std::string& loss, const std::string& device,
-             std::int64_t chunk_rows, int threads, std::int64_t classes)
+             std::int64_t chunk_rows, int threads, std::int64_t classes, const std::string& gpu_dtype)
       : loss_(parse_loss(loss)), device_(parse_device_name(device)), device_requested_(device),
         threads_(threads), x_object_(nb::borrow(x)), y_object_(nb::borrow(y)) {
     if (chunk_rows < 0) throw InputError("chunk_rows must be ≥ 1 (or 0 for the device's default)");
@@ -306,6 +306,11 @@ class PyProfiler {
     options.device = device_;
     options.chunk_rows = chunk_rows;
     options.threads = threads;
+    if (gpu_dtype == "float64") {
+      options.gpu_dtype = GpuDtype::float64;
+    } else if (gpu_dtype != "float32") {
+      throw InputError("gpu_dtype '" + gpu_dtype + "' is not known; expected 'float32' or 'float64'");
+    }
     session_.emplace(host_data_, options);
     describe(data->num_samples(), data->num_features(), data->num_targets());
   }
@@ -574,7 +579,8 @@ class PyProfiler {
     if (!host_copy_) {
       nb::object x = x_object_.attr("detach")().attr("cpu")();
       nb::object y = y_object_.attr("detach")().attr("cpu")();
-      host_copy_ = std::make_unique<PyProfiler>(x, y, loss_name(loss_), "auto", 0, threads_, k_);
+      host_copy_ =
+          std::make_unique<PyProfiler>(x, y, loss_name(loss_), "auto", 0, threads_, k_, "float32");
     }
     return *host_copy_;
   }
@@ -861,9 +867,11 @@ NB_MODULE(_gradnoise, m) {
       });
 
   nb::class_<PyProfiler>(m, "_Profiler")
-      .def(nb::init<nb::handle, nb::handle, const std::string&, const std::string&, std::int64_t, int, std::int64_t>(),
+      .def(nb::init<nb::handle, nb::handle, const std::string&, const std::string&, std::int64_t, int,
+                    std::int64_t, const std::string&>(),
            nb::arg("X"), nb::arg("Y"), nb::arg("loss") = "mse", nb::arg("device") = "auto",
-           nb::arg("chunk_rows") = 0, nb::arg("threads") = 0, nb::arg("classes") = 0)
+           nb::arg("chunk_rows") = 0, nb::arg("threads") = 0, nb::arg("classes") = 0,
+           nb::arg("gpu_dtype") = "float32")
       .def_prop_ro("device", &PyProfiler::device)
       .def_prop_ro("loss", &PyProfiler::loss)
       .def_prop_ro("chunk_rows", &PyProfiler::chunk_rows)

@@ -138,6 +138,12 @@ def test_bad_options_raise_value_error():
         gn.Profiler(X, Y, loss="hinge")
     with pytest.raises(ValueError, match=_escape("device='tpu' is not known")):
         gn.Profiler(X, Y, loss="ce", device="tpu")
+    with pytest.raises(ValueError, match=_escape("gpu_dtype 'float16' is not known; expected 'float32' or 'float64'")):
+        gn.Profiler(X, Y, loss="ce", device="cpu", gpu_dtype="float16")
+    # Either precision is accepted wherever the session runs (the CPU ignores it).
+    for dtype in ("float32", "float64"):
+        r = gn.Profiler(X, Y, loss="ce", device="cpu", gpu_dtype=dtype).profile(flat_weights(layers))
+        assert r.trace_cov == gn.Profiler(X, Y, loss="ce", device="cpu").profile(flat_weights(layers)).trace_cov
     with pytest.raises(ValueError, match="chunk_rows"):
         gn.Profiler(X, Y, loss="ce", chunk_rows=-1)
     with pytest.raises(ValueError, match="expected float32 or float64 real targets"):
@@ -165,6 +171,22 @@ def test_cuda_without_a_gpu_is_a_runtime_error():
     X, Y, _ = _problem()
     with pytest.raises(RuntimeError):
         gn.Profiler(X, Y, loss="ce", device="cuda")
+
+
+@pytest.mark.parametrize("gpu_dtype", ["float32", "float64"])
+def test_numpy_data_kept_on_the_gpu_matches_the_cpu(gpu_dtype):
+    if gn.cuda_device_count() == 0:
+        pytest.skip("no CUDA device")
+    X, Y, layers = make_problem("ce", n=300, widths=(6, 5, 3), seed=8)
+    X = X.astype(np.float32).astype(np.float64)  # values float32 holds exactly
+    want = gn.Profiler(X, Y, loss="ce", device="cpu").profile(flat_weights(layers), param_stats=True)
+    prof = gn.Profiler(X, Y, loss="ce", device="cuda", gpu_dtype=gpu_dtype)
+    for _ in range(2):  # the second call reads the copy the first one made
+        got = prof.profile(flat_weights(layers), param_stats=True)
+        for key in ("loss", "loss_var", "grad_norm_sq", "trace_cov", "mean_sample_grad_norm_sq"):
+            assert_close(getattr(got, key), getattr(want, key), rtol=1e-9, what=key)
+        assert_close(got.param_var, want.param_var, rtol=1e-9,
+                     atol=1e-12 * np.abs(want.param_var).max(), what="param_var")
 
 
 def test_a_huge_request_is_a_memory_error():
