@@ -232,13 +232,21 @@ TEST(GpuProfile, RunsAreBitIdentical) {
 
 TEST(GpuProfile, IllConditionedTraceStaysAccurate) {
   GN_REQUIRE_GPU();
-  const auto [model, data] = testing::ill_conditioned_problem(4000, 20, 3, 1e-3, 1.0, 5, 6);
+  // ‖G‖²/tr Σ ≈ 7.8e8 (the first version of this test had 5145 and so
+  // failed its own precondition on the H200): docs/MATH.md's contract is
+  // 1e-6 relative up to 1e6.
+  const auto [model, data] = testing::ill_conditioned_problem(4000, 20, 3, 1e-4, 1e-4, 5, 6);
   ProfileOptions options;
   options.chunk_rows = 1000;
   const Profile want = profile_cpu(model, data, options);
-  const Profile got = profile_cuda(model, data, options);
-  ASSERT_GE(want.grad_norm_sq / want.trace_cov, 1e4);
-  EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), 1e-9);
+  ASSERT_GE(want.grad_norm_sq / want.trace_cov, 1e6);
+  for (const bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused kernel" : "GEMM pipeline");
+    options.fused_linear = fused;
+    const Profile got = profile_cuda(model, data, options);
+    EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), 1e-6);
+    EXPECT_LE(relative_error(got.grad_norm_sq, want.grad_norm_sq), 1e-9);
+  }
 }
 
 TEST(GpuProfile, BadLabelsAreInputErrors) {

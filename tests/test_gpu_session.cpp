@@ -122,6 +122,21 @@ TEST(GpuSession, ResidentProductsMatchTheCpuSession) {
   EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
 }
 
+// ‖G‖²/tr Σ ≥ 1e6 on a float32 resident copy: tr Σ stays within docs/MATH.md's
+// 1e-6 of the float64 CPU engine on the same (float32-exact) values.
+TEST(GpuSession, IllConditionedResidentFloat32StaysWithinTheContract) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  auto problem = testing::ill_conditioned_problem(4000, 20, 3, 1e-4, 1e-4, 5, 6);
+  const auto data = std::make_shared<const Dataset>(rounded_to_float32(std::move(problem.data)));
+  Profiler cpu(data, session_options(Loss::squared, Device::cpu, GpuDtype::float32));
+  Profiler gpu(data, session_options(Loss::squared, Device::cuda, GpuDtype::float32));
+  const Profile want = cpu.profile(problem.model);
+  ASSERT_GE(want.grad_norm_sq / want.trace_cov, 1e6);
+  const Profile got = gpu.profile(problem.model);
+  EXPECT_LE(relative_error(got.trace_cov, want.trace_cov), 1e-6);
+  EXPECT_LE(relative_error(got.grad_norm_sq, want.grad_norm_sq), 1e-9);
+}
+
 TEST(GpuSession, Float32OverflowIsAnInputErrorThatNamesTheFix) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   Dataset data = random_dataset(40, 3, 1, Loss::squared, 2);
