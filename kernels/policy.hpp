@@ -8,6 +8,7 @@
 // results stay bit-identical from run to run for any fixed choice.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -37,10 +38,21 @@ inline constexpr std::int64_t kColumnRowsPerBlock = 64;
 inline constexpr std::int64_t kColumnGridX = std::int64_t{1} << 16;
 inline constexpr std::int64_t kMaxGridY = 65535;
 
-/// The sweep engine: one run per thread, kSweepThreads per block, at most
+/// The sweep engine: one run per thread, at most kSweepThreads per block and
 /// kSweepMaxBlocks blocks (more runs loop).
 inline constexpr int kSweepThreads = 128;
 inline constexpr std::int64_t kSweepMaxBlocks = 65535;
+
+/// Threads per block of the sweep kernel for `runs` runs on `sms` SMs: few
+/// enough that every SM gets a block before any block is full. A run is one
+/// thread's long serial loop, so a warp of 8 runs takes as long as a warp of
+/// 32: 1000 runs as 125 blocks of 8 threads keep 125 SMs busy, where blocks
+/// of 128 kept 8. Each run's arithmetic does not depend on where it runs, so
+/// the results are the same bits for any block size.
+inline int sweep_threads_per_block(std::int64_t runs, int sms) {
+  const std::int64_t per_sm = (runs + std::max(sms, 1) - 1) / std::max(sms, 1);
+  return static_cast<int>(std::clamp<std::int64_t>(per_sm, 1, kSweepThreads));
+}
 
 // ---- The fused linear kernel ---------------------------------------------------
 

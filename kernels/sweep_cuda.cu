@@ -142,7 +142,11 @@ class SweepCudaState {
     GN_CUDA_CHECK(cudaMemcpyAsync(diverged_.data(), diverged.data(), diverged.size(),
                                   cudaMemcpyHostToDevice, stream));
 
-    const std::int64_t wanted = (runs_ + kThreadsPerBlock - 1) / kThreadsPerBlock;
+    int device = 0, sms = 0;
+    GN_CUDA_CHECK(cudaGetDevice(&device));
+    GN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int threads = detail::sweep_threads_per_block(runs_, sms);
+    const std::int64_t wanted = (runs_ + threads - 1) / threads;
     const auto blocks = static_cast<unsigned>(std::clamp<std::int64_t>(wanted, 1, detail::kSweepMaxBlocks));
     InterleavedRuns all;
     all.specs = specs_.data();
@@ -154,7 +158,7 @@ class SweepCudaState {
     all.perm_epochs = perm_epochs_.data();
     all.diverged = diverged_.data();
     all.outcomes = outcomes_.data();
-    sweep_advance_kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(problem_, all, from, to);
+    sweep_advance_kernel<<<blocks, threads, 0, stream>>>(problem_, all, from, to);
     GN_CUDA_CHECK(cudaGetLastError());
 
     std::vector<Outcome> outcomes(static_cast<std::size_t>(runs_));

@@ -59,6 +59,25 @@ TEST(CudaPolicy, MemoryBudgets) {
   EXPECT_EQ(detail::usable_device_bytes(9), 0);
 }
 
+TEST(CudaPolicy, SweepBlocksSpreadRunsOverEverySm) {
+  EXPECT_EQ(detail::sweep_threads_per_block(1000, 132), 8);     // 125 blocks, 125 SMs busy
+  EXPECT_EQ(detail::sweep_threads_per_block(10000, 132), 76);   // 132 blocks
+  EXPECT_EQ(detail::sweep_threads_per_block(1, 132), 1);
+  EXPECT_EQ(detail::sweep_threads_per_block(1 << 20, 132), detail::kSweepThreads);
+  EXPECT_EQ(detail::sweep_threads_per_block(5, 0), 5);          // a device that reports no SMs
+  for (const std::int64_t runs : {1, 7, 131, 132, 133, 1000, 16896, 17000, 100000}) {
+    const int threads = detail::sweep_threads_per_block(runs, 132);
+    ASSERT_GE(threads, 1);
+    ASSERT_LE(threads, detail::kSweepThreads);
+    const std::int64_t blocks = (runs + threads - 1) / threads;
+    // A warp's lanes run in step, so the time is set by the SM with the most
+    // blocks: one each until blocks are full, and no smaller block would
+    // still give every block an SM of its own.
+    if (threads < detail::kSweepThreads) EXPECT_LE(blocks, 132) << runs;
+    if (threads > 1) EXPECT_GT((runs + threads - 2) / (threads - 1), 132) << runs;
+  }
+}
+
 TEST(CudaPolicy, ResidentCopyTakesAtMostHalfTheUsableMemory) {
   const std::size_t free_bytes = std::size_t{80} << 30;
   const std::int64_t half = detail::usable_device_bytes(free_bytes) / 2;
