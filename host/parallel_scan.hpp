@@ -63,12 +63,13 @@ double blocked_sum(const double* values, std::int64_t count, F&& f) {
 }
 
 /// Index of the first NaN or infinity in values[0, count), or −1.
-inline std::int64_t first_non_finite(const double* values, std::int64_t count) {
+template <typename T>
+std::int64_t first_non_finite(const T* values, std::int64_t count) {
   const std::int64_t cores = std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::int64_t> first(static_cast<std::size_t>(cores), -1);
   parallel_ranges(count, [&](std::int64_t part, std::int64_t begin, std::int64_t end) {
-    const double* bad = std::find_if(values + begin, values + end,
-                                     [](double value) { return !std::isfinite(value); });
+    const T* bad = std::find_if(values + begin, values + end,
+                                [](T value) { return !std::isfinite(value); });
     if (bad != values + end) first[static_cast<std::size_t>(part)] = bad - values;
   });
   for (const std::int64_t index : first) {

@@ -191,6 +191,12 @@ std::vector<std::string> profile_warnings(const Profile& profile) {
   return warnings;
 }
 
+void add_ranks_json(nlohmann::ordered_json& report, int ranks, std::uint64_t profile_bytes,
+                    std::uint64_t total_bytes) {
+  report["ranks"] = ranks;
+  report["bytes_communicated"] = {{"profile", profile_bytes}, {"total", total_bytes}};
+}
+
 double rounding_grad_norm_sq(const DataSource& data) {
   const std::int64_t n = data.num_samples(), d = data.num_features(), k = data.num_targets();
   if (n <= 0) return 0;

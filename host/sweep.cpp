@@ -50,6 +50,13 @@ std::string sampling_name(Sampling sampling) {
   return "?";
 }
 
+std::optional<Sampling> sampling_named(std::string_view name) {
+  for (const Sampling s : {Sampling::with_replacement, Sampling::without_replacement, Sampling::fixed}) {
+    if (name == sampling_name(s)) return s;
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 using nlohmann::json;

@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "cuda_entry.hpp"
 #include "cuda_support.hpp"
 #include "gradnoise/error.hpp"
+#include "parallel_scan.hpp"
 #include "policy.hpp"
 #include "resident.cuh"
 
@@ -29,25 +29,20 @@ namespace {
 /// finite value overflows T (float32), or −1.
 template <typename T>
 std::int64_t convert(const double* src, std::int64_t count, T* dst) {
-  const std::int64_t hardware = std::max(1u, std::thread::hardware_concurrency());
-  const std::int64_t parts =
-      std::clamp<std::int64_t>(count / detail::kResidentConvertGrain, 1, hardware);
-  std::vector<std::int64_t> first_bad(static_cast<std::size_t>(parts), -1);
-  auto work = [&](std::int64_t part) {
-    const std::int64_t lo = count * part / parts, hi = count * (part + 1) / parts;
-    for (std::int64_t j = lo; j < hi; ++j) {
-      dst[j] = static_cast<T>(src[j]);
-      if (!std::isfinite(dst[j]) && first_bad[part] < 0) first_bad[part] = j;
-    }
-  };
-  std::vector<std::thread> helpers;
-  for (std::int64_t part = 1; part < parts; ++part) helpers.emplace_back(work, part);
-  work(0);
-  for (std::thread& helper : helpers) helper.join();
-  for (std::int64_t bad : first_bad) {
-    if (bad >= 0) return bad;
+  detail::parallel_ranges(
+      count,
+      [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+        std::copy(src + begin, src + end, dst + begin);
+      },
+      detail::kResidentConvertGrain);
+  // A non-finite source value is the kernels' to report (as a sample's
+  // non-finite output); only finite values float32 cannot hold are this call's.
+  std::int64_t j = detail::first_non_finite(dst, count);
+  while (j >= 0 && !std::isfinite(src[j])) {
+    const std::int64_t next = detail::first_non_finite(dst + j + 1, count - j - 1);
+    j = next < 0 ? -1 : j + 1 + next;
   }
-  return -1;
+  return j;
 }
 
 [[noreturn]] void throw_overflow(const char* what, std::int64_t row, std::int64_t col) {

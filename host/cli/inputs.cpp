@@ -137,15 +137,12 @@ std::vector<InputFile> input_files(const DataModelArgs& args) {
 }
 
 Device parse_device(const std::string& name) {
-  if (name == "auto") return Device::automatic;
-  if (name == "cpu") return Device::cpu;
-  if (name == "cuda") return Device::cuda;
+  if (const std::optional<Device> device = device_named(name)) return *device;
   throw InputError("--device '" + name + "' is not known; expected auto, cpu or cuda");
 }
 
 GpuDtype parse_gpu_dtype(const std::string& name) {
-  if (name == "float32") return GpuDtype::float32;
-  if (name == "float64") return GpuDtype::float64;
+  if (const std::optional<GpuDtype> dtype = gpu_dtype_named(name)) return *dtype;
   throw InputError("--gpu-dtype '" + name + "' is not known; expected float32 or float64");
 }
 
@@ -157,9 +154,7 @@ Init parse_init(const std::string& name) {
 }
 
 Sampling parse_sampling(const std::string& name) {
-  if (name == "with") return Sampling::with_replacement;
-  if (name == "without") return Sampling::without_replacement;
-  if (name == "fixed") return Sampling::fixed;
+  if (const std::optional<Sampling> sampling = sampling_named(name)) return *sampling;
   throw InputError("--sampling must be with (replacement), without (random reshuffling) or fixed "
                    "(the data in order), not '" + name + "'.");
 }

@@ -231,14 +231,13 @@ void check_ranks(const ProfileArgs& args) {
 
 /// report.json's "ranks" and "bytes_communicated" (summed over the ranks:
 /// every byte sent or received, for the profile's merge and in all).
-void add_ranks_json(nlohmann::ordered_json& report, detail::Communicator& comm,
-                    std::uint64_t profile_bytes) {
+void add_ranks_json_summed(nlohmann::ordered_json& report, detail::Communicator& comm,
+                           std::uint64_t profile_bytes) {
   std::vector<double> bytes{static_cast<double>(profile_bytes),
                             static_cast<double>(comm.bytes_communicated())};
   comm.sum(bytes);
-  report["ranks"] = comm.size();
-  report["bytes_communicated"] = {{"profile", static_cast<std::uint64_t>(bytes[0])},
-                                  {"total", static_cast<std::uint64_t>(bytes[1])}};
+  add_ranks_json(report, comm.size(), static_cast<std::uint64_t>(bytes[0]),
+                 static_cast<std::uint64_t>(bytes[1]));
 }
 
 /// mean‖g_i‖²'s rounding floor from Σ‖x_i‖² and Σ‖y_i‖² over every rank.
@@ -384,7 +383,7 @@ int run_profile(const ProfileArgs& args) {
   if (!args.out_path.empty()) {
     nlohmann::ordered_json report = report_json(result, context);
     add_shape_json(report, shape);
-    add_ranks_json(report, comm, profile_bytes);
+    add_ranks_json_summed(report, comm, profile_bytes);
     outputs.set_text(args.out_path, report.dump(2) + "\n");
   }
   if (!args.spectrum_csv_path.empty()) outputs.set_text(args.spectrum_csv_path, spectrum_csv(shape));

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gradnoise/data.hpp"
@@ -18,6 +20,11 @@ enum class Device { automatic, cpu, cuda };
 /// targets: float32 (half the bytes, the default; every sum is still float64)
 /// or float64 (the host's values exactly).
 enum class GpuDtype { float32, float64 };
+
+/// The names users write for them ("auto", "cpu", "cuda"; "float32",
+/// "float64"), for the CLI and the Python module alike; nullopt for any other.
+std::optional<Device> device_named(std::string_view name);
+std::optional<GpuDtype> gpu_dtype_named(std::string_view name);
 
 struct ProfileOptions {
   Loss loss = Loss::squared;

@@ -47,6 +47,12 @@ nlohmann::ordered_json model_json(const Model& model);
 /// curve_preview (the batch-size curve at b = 1, 2, 4, ..., N).
 nlohmann::ordered_json report_json(const Profile& profile, const ReportContext& context);
 
+/// report.json's closing keys: the processes that computed it ("ranks") and
+/// the bytes they exchanged ("bytes_communicated": for the profile's merge
+/// and in all; docs/MPI.md). One process: ranks 1, no bytes.
+void add_ranks_json(nlohmann::ordered_json& report, int ranks, std::uint64_t profile_bytes = 0,
+                    std::uint64_t total_bytes = 0);
+
 /// report_json pretty-printed (2-space indent), ending in a newline. Doubles
 /// are written so they read back bit for bit.
 std::string report_json_text(const Profile& profile, const ReportContext& context);

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gradnoise/data.hpp"
@@ -41,6 +42,8 @@ enum class Sampling {
 
 /// "with", "without", "fixed": the CLI's and the reports' names.
 std::string sampling_name(Sampling sampling);
+/// The sampling sampling_name calls `name`; nullopt for any other.
+std::optional<Sampling> sampling_named(std::string_view name);
 
 struct SweepConfig {
   Loss loss = Loss::squared;

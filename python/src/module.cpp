@@ -70,16 +70,12 @@ nb::ndarray<nb::numpy, T, nb::ndim<1>> numpy_copy(const std::vector<T>& values) 
 }
 
 Device parse_device_name(const std::string& name) {
-  if (name == "auto") return Device::automatic;
-  if (name == "cpu") return Device::cpu;
-  if (name == "cuda") return Device::cuda;
+  if (const std::optional<Device> device = device_named(name)) return *device;
   throw InputError("device='" + name + "' is not known; expected 'auto', 'cpu' or 'cuda'");
 }
 
 Sampling parse_sampling_name(const std::string& name) {
-  if (name == "with") return Sampling::with_replacement;
-  if (name == "without") return Sampling::without_replacement;
-  if (name == "fixed") return Sampling::fixed;
+  if (const std::optional<Sampling> sampling = sampling_named(name)) return *sampling;
   throw InputError("sampling='" + name + "' is not known; expected 'with' (replacement), 'without' "
                    "(random reshuffling) or 'fixed' (the data in order)");
 }
@@ -226,9 +222,7 @@ struct ProfileResult {
                        {"chunk_rows", chunk_rows},
                        {"param_stats", param_stats}};
     Json json = report_json(profile, context);
-    // One process, as report.json of a run without mpirun says (docs/MPI.md).
-    json["ranks"] = 1;
-    json["bytes_communicated"] = {{"profile", 0}, {"total", 0}};
+    add_ranks_json(json, 1);  // one process, as report.json of a run without mpirun
     return json;
   }
 };
@@ -306,11 +300,11 @@ class PyProfiler {
     options.device = device_;
     options.chunk_rows = chunk_rows;
     options.threads = threads;
-    if (gpu_dtype == "float64") {
-      options.gpu_dtype = GpuDtype::float64;
-    } else if (gpu_dtype != "float32") {
+    const std::optional<GpuDtype> dtype = gpu_dtype_named(gpu_dtype);
+    if (!dtype) {
       throw InputError("gpu_dtype '" + gpu_dtype + "' is not known; expected 'float32' or 'float64'");
     }
+    options.gpu_dtype = *dtype;
     session_.emplace(host_data_, options);
     describe(data->num_samples(), data->num_features(), data->num_targets());
   }
