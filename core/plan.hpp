@@ -99,6 +99,8 @@ struct PassShape {
   bool fused = false;            // use_fused_linear's answer
   std::int64_t chunk_rows = 0;   // the pipeline's rows per chunk
   int sms = 132;                 // the device's SMs (the fused grid)
+  std::int64_t shared_per_block = kSm90SharedPerBlock;  // the fused layout's limits
+  std::int64_t shared_per_sm = kSm90SharedPerSm;
 };
 
 inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
@@ -110,24 +112,31 @@ inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
   const std::int64_t p = model.num_params();
   const std::int64_t moments = (s.param_stats ? 2 : 1) * 8;  // mean (and M2) per slot
   if (s.fused) {
-    const std::int64_t blocks = std::int64_t{kFusedBlocksPerSm} * s.sms;
-    const std::int64_t tiles = ceil_div(n, kFusedTileRows);
+    // Streamed rows arrive as float64 chunks; resident ones as stored.
+    const std::int64_t row_bytes = s.origin == RowOrigin::host ? 8 : s.value_bytes;
+    const FusedLayout layout =
+        fused_layout(d, k, s.param_stats, row_bytes, s.shared_per_block, s.shared_per_sm);
+    const std::int64_t blocks = std::int64_t{std::max(layout.blocks_per_sm, 1)} * s.sms;
     plan.chunks = 1;
-    // Resident rows are read in place; host rows arrive in float64 chunks
-    // (the copy in, then the kernel's read).
     const std::int64_t chunk = s.chunk_rows > 0 ? std::min(s.chunk_rows, n) : n;
     if (s.origin == RowOrigin::host) {
+      // The copy in (written), then the kernel's read.
       plan.chunks = ceil_div(n, chunk);
       const std::int64_t rows_bytes = n * d * 8 + (s.labels ? n * 4 : n * k * 8);
       plan.dram_bytes += 2 * rows_bytes;
     } else {
-      plan.dram_bytes += plan.min_bytes;
+      plan.dram_bytes += plan.min_bytes;  // each tile staged into shared memory once
     }
-    // Weights once from DRAM, then from L2 by every block; block moments
-    // written once and read by the final merge; per tile, each block's merge
-    // reads and writes its moments (in L2: blocks × P × 8 bytes).
+    // Weights once from DRAM; each launch of each block then copies them into
+    // shared memory (or reads them per row through L1) and merges its moments
+    // into the block's running ones once (in L2); the final merge reads the
+    // blocks' moments and writes the result.
     plan.dram_bytes += p * 8 + 2 * blocks * p * moments + 2 * p * moments;
-    plan.l2_bytes += (blocks - 1) * p * 8 * plan.chunks + 2 * tiles * p * moments;
+    plan.l2_bytes += plan.chunks * blocks * p * (8 + 2 * moments);
+    if (!layout.sums_shared && layout.tile_rows > 0) {
+      // Sums kept in the block's slab: read and written once per tile.
+      plan.l2_bytes += 2 * ceil_div(n, layout.tile_rows) * fused_sums_rows(k, s.param_stats) * d * 8;
+    }
     // Per chunk the fused kernel; then the block merge, the two-stage
     // reduction of the shifts and the scalars' merge.
     plan.launches = plan.chunks + 1 + 2 + 1;

@@ -1,21 +1,31 @@
 // The fused linear-model profile (see linear_fused.cuh and linear_fused.hpp).
 //
-// A persistent grid of kFusedBlocksPerSm blocks per SM (policy.hpp); block b
-// owns a contiguous run of tiles of kTileRows rows and keeps its own running
-// moments (per-slot mean and M2 in device memory, scalars in shared memory).
-// Per tile:
-//   A  one warp per row: z = W x + b, δ, ℓ, ‖x‖²     (the only read of x from DRAM)
-//   B  tile means of δ, centring, per-output sums of u²; then one thread per
-//      feature column: ā_j, C_kj and the per-slot sums, merged at once into
-//      the block's slots (each slot has one owner thread, so no atomics)
-//   C  one warp per row: ‖v‖², ā·v                     (x again, from L1/L2)
-// and thread 0 closes the tile (finish_tile). A final pair of kernels merges
-// the blocks in index order. All additions happen in an order fixed by the
-// data and the grid, so runs are bit-identical on the same GPU.
+// A persistent grid of up to kFusedBlocksPerSm blocks per SM (as many as the
+// shared-memory layout lets fit, policy.hpp fused_layout); block b takes a
+// contiguous run of tiles per launch. Tiles of X are staged into shared
+// memory with asynchronous copies, the next one in flight while the current
+// one is worked on, so X is read from device memory exactly once, in 16-byte
+// transactions. Per launch the block's first tile gives the shift (a₀, δ₀,
+// ℓ₀, linear_fused.hpp); per tile:
+//   A  forward: each warp takes RW rows at once (every weight read from shared
+//      memory serves RW rows): z = W x + b, ‖x‖², ‖v‖², a₀·v; then lane l of
+//      the warp runs the loss for the warp's l-th row (the rows' losses run
+//      side by side, not one after another): δ, u = δ − δ₀, the row scalars
+//   B  one thread per feature column: Σ v, S = Σ u vᵀ (Q = Σ h² with param
+//      stats), added in registers over the tile, then once into the block's
+//      sums (shared memory, or the block's slab in L2 when they do not fit)
+// with two barriers per tile. At the end of the launch every slot is closed
+// and merged into the block's running moments once, the per-thread row sums
+// are reduced once, and thread 0 closes the block's scalars. A final pair of
+// kernels merges the blocks in index order. All additions happen in an order
+// fixed by the data, the layout and the grid, so runs are bit-identical on
+// the same GPU.
 #include <cub/block/block_reduce.cuh>
+#include <cuda_pipeline_primitives.h>
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "gradnoise/error.hpp"
@@ -27,25 +37,32 @@ namespace gradnoise::cuda {
 namespace {
 
 using detail::BlockScalars;
-using detail::ColumnSums;
+using detail::FusedLayout;
 using detail::kFusedMaxOutputs;
+using detail::kFusedRowFields;
+using detail::LaunchSums;
 using detail::MergeWeights;
-using detail::RowSums;
+using detail::ShiftedErrors;
 
-constexpr int kTileRows = detail::kFusedTileRows;
 constexpr int kFusedWarps = kThreads / kWarp;
+// A tile row's fields after z (layout.rows), and the small area's parts (doubles).
+constexpr int kXSq = kFusedMaxOutputs, kVSq = kXSq + 1, kShiftDotV = kXSq + 2, kRowLoss = kXSq + 3;
+static_assert(kRowLoss < kFusedRowFields);
+constexpr int kDelta0 = 0, kBiasVec = kFusedMaxOutputs, kUSum = 2 * kFusedMaxOutputs,
+              kUSq = 3 * kFusedMaxOutputs, kLoss0 = 4 * kFusedMaxOutputs;
 
 struct FusedArgs {
   std::int64_t d;
   int k;
   bool bias;
-  bool param_stats;
   const double* weight;  // K×D
   const double* bias_vec;
   std::int64_t rows;       // rows in this launch
   std::int64_t first_row;  // global index of the launch's first row
   std::int64_t tiles_per_block;
   std::int64_t slots;
+  FusedLayout layout;
+  double* sums;  // grid × fused_sums_rows × D, when the layout keeps the sums out of shared memory
   double* block_mean;  // grid × slots
   double* block_m2;    // grid × slots, or null
   BlockScalars* block_scalars;
@@ -53,188 +70,260 @@ struct FusedArgs {
   unsigned long long* first_non_finite;
 };
 
-/// L: the loss type (core/losses.hpp), whose error row lane 0 runs per sample;
-/// KB: the output bucket (K ≤ KB); PS: whether the per-parameter variances
-/// are computed.
-/// Without param stats the kernel must fit kFusedBlocksPerSm blocks per SM
-/// (at most 128 registers a thread); with them it takes what it needs.
-template <typename T, class L, int KB, bool PS>
-__global__ void __launch_bounds__(kThreads, PS ? 1 : detail::kFusedBlocksPerSm) fused_linear_kernel(const T* x, const T* y,
-                                                                const std::int32_t* labels,
-                                                                FusedArgs a) {
-  extern __shared__ double act_mean[];  // D column means of the current tile
-  __shared__ double u[kTileRows * kFusedMaxOutputs];
-  __shared__ double loss_s[kTileRows], delta_sq_s[kTileRows], x_sq_s[kTileRows];
-  __shared__ double u_sq_s[kTileRows], mean_dot_u_s[kTileRows], v_sq_s[kTileRows],
-      mean_dot_v_s[kTileRows];
-  __shared__ double delta_mean[kFusedMaxOutputs], u_sq_sum[kFusedMaxOutputs];
-  __shared__ double tile_loss[2];
-  __shared__ BlockScalars scalars;
-  using RowReduce = cub::BlockReduce<RowSums, kThreads>;
-  using DoubleReduce = cub::BlockReduce<double, kThreads>;
-  __shared__ union {
-    typename RowReduce::TempStorage rows;
-    typename DoubleReduce::TempStorage value;
-  } temp;
+/// This thread's share of the copy of `count` values at src (device memory)
+/// to dst (shared memory, 16-byte aligned), queued asynchronously and
+/// committed as one group: 16-byte copies when src is 16-byte aligned (always
+/// for whole tiles of resident data whose rows are a multiple of 16 bytes),
+/// the values one by one otherwise.
+template <typename T>
+__device__ void stage_tile(T* dst, const T* src, std::int64_t count) {
+  std::int64_t done = 0;
+  if (reinterpret_cast<std::uintptr_t>(src) % 16 == 0) {
+    constexpr int kPer = 16 / sizeof(T);
+    const std::int64_t vectors = count / kPer;
+    for (std::int64_t i = threadIdx.x; i < vectors; i += kThreads) {
+      __pipeline_memcpy_async(dst + i * kPer, src + i * kPer, 16);
+    }
+    done = vectors * kPer;
+  }
+  for (std::int64_t i = done + threadIdx.x; i < count; i += kThreads) {
+    __pipeline_memcpy_async(dst + i, src + i, sizeof(T));
+  }
+  __pipeline_commit();
+}
 
-  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  double* my_mean = a.block_mean + blockIdx.x * a.slots;
-  double* my_m2 = PS ? a.block_m2 + blockIdx.x * a.slots : nullptr;
-  if (tid == 0) scalars = a.block_scalars[blockIdx.x];
-  __syncthreads();
-
-  const std::int64_t tiles = detail::ceil_div(a.rows, kTileRows);
-  const std::int64_t tile_begin = blockIdx.x * a.tiles_per_block;
-  const std::int64_t tile_end = min(tiles, tile_begin + a.tiles_per_block);
-  for (std::int64_t t = tile_begin; t < tile_end; ++t) {
-    const std::int64_t first = t * kTileRows;
-    const int rows = static_cast<int>(min(static_cast<std::int64_t>(kTileRows), a.rows - first));
-    const T* xt = x + first * a.d;
-
-    // A: forward, output errors, losses.
-    for (int i = warp; i < rows; i += kFusedWarps) {
-      // Indexed by compile-time constants only, so it stays in registers for
-      // the loop over the row; the loss's error row gets its own copy.
-      double acc[KB] = {};
-      double x_sq = 0;
-      detail::partial_row_dots<KB>(xt + i * a.d, a.weight, a.d, a.k, lane, kWarp, acc, x_sq);
+/// Step A for a tile of `rows` rows whose first row is launch row `first`.
+/// With `pilot`, leaves δ in `errors` and the loss in the row fields (the
+/// shift is not known yet); otherwise writes u = δ − δ₀ over δ and adds the
+/// row scalars and the shifted loss to `mine`.
+template <typename T, class L, int KB>
+__device__ void forward_rows(const T* tile, int rows, std::int64_t first, const T* y,
+                             const std::int32_t* labels, const FusedArgs& a, const double* weight,
+                             const double* shift, double* small, double* errors, double* fields,
+                             bool pilot, LaunchSums& mine) {
+  constexpr int RW = detail::kFusedRowsAtOnce;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  for (int g = warp; g * RW < rows; g += kFusedWarps) {
+    const int in_group = min(RW, rows - g * RW);
+    double z[RW][KB] = {};
+    double x_sq[RW] = {}, v_sq[RW] = {}, shift_dot_v[RW] = {};
+    detail::partial_rows<KB, RW>(tile + g * RW * a.d, in_group, weight, shift, a.d, a.k, lane, kWarp, z,
+                                 x_sq, v_sq, shift_dot_v);
+#pragma unroll
+    for (int r = 0; r < RW; ++r) {
+      if (r >= in_group) continue;  // uniform over the warp: every lane takes part in the sums
 #pragma unroll
       for (int c = 0; c < KB; ++c) {
-        if (c < a.k) acc[c] = warp_sum(acc[c]);  // a.k is uniform: every lane takes part
+        if (c < a.k) z[r][c] = warp_sum(z[r][c]);
       }
-      x_sq = warp_sum(x_sq);
+      x_sq[r] = warp_sum(x_sq[r]);
+      v_sq[r] = warp_sum(v_sq[r]);
+      shift_dot_v[r] = warp_sum(shift_dot_v[r]);
       if (lane == 0) {
-        double* delta = u + i * kFusedMaxOutputs;
-        double z[KB];
-        bool finite = true;
+        double* f = fields + (g * RW + r) * kFusedRowFields;
 #pragma unroll
         for (int c = 0; c < KB; ++c) {
-          z[c] = acc[c] + (a.bias && c < a.k ? a.bias_vec[c] : 0.0);
-          finite = finite && (c >= a.k || isfinite(z[c]));
+          if (c < a.k) f[c] = z[r][c];
         }
-        const std::int64_t row = a.first_row + first + i;
-        double loss = 0;
-        bool ok = finite;
-        if (!finite) {
-          atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
-        } else {
-          double target[KB];
-          std::int32_t label = 0;
-          if constexpr (L::targets == TargetKind::real) {
-            for (int c = 0; c < a.k; ++c) target[c] = static_cast<double>(y[(first + i) * a.k + c]);
-          } else {
-            label = labels[first + i];
-          }
-          ok = L::target_ok(target, label, a.k);
-          if (ok) {
-            loss = L::error_row(z, target, label, a.k, delta);
-          } else {
-            atomicMin(a.first_bad_label, static_cast<unsigned long long>(row));
-          }
-        }
-        if (ok && !isfinite(loss)) {  // a non-finite target (device data is not pre-validated)
-          atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
-          ok = false;
-        }
-        if (!ok) loss = 0;
-        double delta_sq = 0;
-        for (int c = 0; c < a.k; ++c) {
-          if (!ok) delta[c] = 0;  // a flagged row: the run ends in an InputError
-          delta_sq += delta[c] * delta[c];
-        }
-        loss_s[i] = loss;
-        delta_sq_s[i] = delta_sq;
-        x_sq_s[i] = x_sq;
+        f[kXSq] = x_sq[r];
+        f[kVSq] = v_sq[r];
+        f[kShiftDotV] = shift_dot_v[r];
       }
     }
-    __syncthreads();
+  }
+  __syncwarp();
 
-    // B: error means and centring, loss moments, per-output Σ u².
-    if (tid < a.k) {
-      double total = 0;
-      for (int i = 0; i < rows; ++i) total += u[i * kFusedMaxOutputs + tid];
-      delta_mean[tid] = total / rows;
+  // The loss: lane l takes the warp's l-th row (group warp + (l / RW)·warps).
+  const int i = (warp + (lane / RW) * kFusedWarps) * RW + lane % RW;
+  if (i >= rows) return;
+  double* f = fields + i * kFusedRowFields;
+  double* delta = errors + i * kFusedMaxOutputs;
+  double z[KB];
+  bool finite = true;
+#pragma unroll
+  for (int c = 0; c < KB; ++c) {
+    z[c] = c < a.k ? f[c] + small[kBiasVec + c] : 0.0;
+    finite = finite && (c >= a.k || isfinite(z[c]));
+  }
+  const std::int64_t row = a.first_row + first + i;
+  double loss = 0;
+  bool ok = finite;
+  if (!finite) {
+    atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
+  } else {
+    double target[KB];
+    std::int32_t label = 0;
+    if constexpr (L::targets == TargetKind::real) {
+      for (int c = 0; c < a.k; ++c) target[c] = static_cast<double>(y[(first + i) * a.k + c]);
+    } else {
+      label = labels[first + i];
     }
+    ok = L::target_ok(target, label, a.k);
+    if (ok) {
+      loss = L::error_row(z, target, label, a.k, delta);
+    } else {
+      atomicMin(a.first_bad_label, static_cast<unsigned long long>(row));
+    }
+  }
+  if (ok && !isfinite(loss)) {  // a non-finite target (device data is not pre-validated)
+    atomicMin(a.first_non_finite, static_cast<unsigned long long>(row));
+    ok = false;
+  }
+  if (!ok) {  // a flagged row: the run ends in an InputError
+    loss = 0;
+    for (int c = 0; c < a.k; ++c) delta[c] = 0;
+  }
+  if (pilot) {
+    f[kRowLoss] = loss;
+    return;
+  }
+  const ShiftedErrors e = detail::shift_errors(delta, small + kDelta0, a.k);
+  mine.rows.add_row(e.delta_sq, f[kXSq], e.u_sq, e.shift_dot_u, f[kVSq], f[kShiftDotV], a.bias);
+  const double shifted_loss = loss - small[kLoss0];
+  mine.loss_sum += shifted_loss;
+  mine.loss_sq += shifted_loss * shifted_loss;
+}
+
+/// L: the loss type (core/losses.hpp), whose error row a lane runs per
+/// sample; KB: the output bucket (K ≤ KB); PS: whether the per-parameter
+/// variances are computed. Without param stats and for K ≤ 8 the kernel must
+/// fit kFusedBlocksPerSm blocks per SM (at most 128 registers a thread); the
+/// widest bucket and param stats take the registers they need (one block per
+/// SM; their layouts rarely fit two anyway). The grid takes the smaller of the
+/// layout's blocks per SM and what the occupancy calculator allows.
+template <typename T, class L, int KB, bool PS>
+__global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlocksPerSm)
+    fused_linear_kernel(const T* x, const T* y, const std::int32_t* labels, FusedArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  using Reduce = cub::BlockReduce<LaunchSums, kThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  static_assert(sizeof(typename Reduce::TempStorage) <= detail::kFusedStaticSharedBytes);
+
+  const std::int64_t tiles_all = detail::ceil_div(a.rows, a.layout.tile_rows);
+  const std::int64_t tile_begin = blockIdx.x * a.tiles_per_block;
+  const std::int64_t tile_end = min(tiles_all, tile_begin + a.tiles_per_block);
+  if (tile_begin >= tile_end) return;  // an idle block: its moments stay as they are
+
+  const FusedLayout& lay = a.layout;
+  const int tid = threadIdx.x, k = a.k;
+  const std::int64_t d = a.d, tile_rows = lay.tile_rows;
+  T* stage[2] = {reinterpret_cast<T*>(smem + lay.stage[0]), reinterpret_cast<T*>(smem + lay.stage[1])};
+  double* shift = reinterpret_cast<double*>(smem + lay.shift);
+  double* errors = reinterpret_cast<double*>(smem + lay.errors);
+  double* fields = reinterpret_cast<double*>(smem + lay.rows);
+  double* small = reinterpret_cast<double*>(smem + lay.small);
+  const std::int64_t sums_rows = detail::fused_sums_rows(k, PS);
+  double* sums = lay.sums_shared ? reinterpret_cast<double*>(smem + lay.sums)
+                                 : a.sums + blockIdx.x * sums_rows * d;
+  const auto rows_of = [&](std::int64_t t) {
+    return static_cast<int>(min(tile_rows, a.rows - t * tile_rows));
+  };
+
+  // The first tile's copy overlaps the set-up.
+  stage_tile(stage[0], x + tile_begin * tile_rows * d, rows_of(tile_begin) * d);
+  const double* weight = a.weight;
+  if (lay.weights_shared) {
+    double* weight_shared = reinterpret_cast<double*>(smem + lay.weights);
+    for (std::int64_t i = tid; i < k * d; i += kThreads) weight_shared[i] = a.weight[i];
+    weight = weight_shared;
+  }
+  if (tid < kFusedMaxOutputs) {
+    small[kBiasVec + tid] = a.bias && tid < k ? a.bias_vec[tid] : 0.0;
+    small[kDelta0 + tid] = 0;
+  }
+  // Each thread owns feature columns j ≡ tid (mod kThreads) of the sums.
+  for (std::int64_t j = tid; j < d; j += kThreads) {
+    shift[j] = 0;
+    for (std::int64_t r = 0; r < sums_rows; ++r) sums[r * d + j] = 0;
+  }
+  LaunchSums mine;
+  double u_sum = 0, u_sq = 0;  // output tid's Σu and Σu² (threads < K)
+  __syncthreads();
+
+  for (std::int64_t t = tile_begin, it = 0; t < tile_end; ++t, ++it) {
+    const T* tile = stage[it & 1];
+    if (t + 1 < tile_end) {
+      stage_tile(stage[(it + 1) & 1], x + (t + 1) * tile_rows * d, rows_of(t + 1) * d);
+    } else {
+      __pipeline_commit();  // an empty group keeps the count of groups in flight the same
+    }
+    __pipeline_wait_prior(1);
     __syncthreads();
-    if (tid < rows) {
-      double u_sq = 0, mean_dot_u = 0;
-      for (int c = 0; c < a.k; ++c) {
-        double& value = u[tid * kFusedMaxOutputs + c];
-        value -= delta_mean[c];
-        u_sq += value * value;
-        mean_dot_u += delta_mean[c] * value;
+    const int rows = rows_of(t);
+    const std::int64_t first = t * tile_rows;
+
+    if (it == 0) {  // the shift: this tile's means
+      forward_rows<T, L, KB>(tile, rows, first, y, labels, a, weight, shift, small, errors, fields, true,
+                             mine);
+      __syncthreads();
+      for (std::int64_t j = tid; j < d; j += kThreads) shift[j] = detail::column_mean(tile + j, d, rows);
+      if (tid < k) {
+        double total = 0;
+        for (int i = 0; i < rows; ++i) total += errors[i * kFusedMaxOutputs + tid];
+        small[kDelta0 + tid] = total / rows;
       }
-      u_sq_s[tid] = u_sq;
-      mean_dot_u_s[tid] = mean_dot_u;
-    }
-    if (tid == kThreads - 1) {
-      double total = 0;
-      for (int i = 0; i < rows; ++i) total += loss_s[i];
-      const double mean = total / rows;
-      double m2 = 0;
-      for (int i = 0; i < rows; ++i) m2 += (loss_s[i] - mean) * (loss_s[i] - mean);
-      tile_loss[0] = mean;
-      tile_loss[1] = m2;
-    }
-    __syncthreads();
-    if (tid < a.k) {
-      double total = 0;
-      for (int i = 0; i < rows; ++i) total += u[i * kFusedMaxOutputs + tid] * u[i * kFusedMaxOutputs + tid];
-      u_sq_sum[tid] = total;
-    }
-    __syncthreads();
-
-    // B, per column: merged straight into this block's slots.
-    const MergeWeights w = detail::merge_weights(scalars.count, rows);
-    double shift = 0, c_norm_sq = 0, act_mean_sq = 0;
-    for (std::int64_t j = tid; j < a.d; j += kThreads) {
-      ColumnSums<KB, PS> sums;
-      detail::column_tile_sums(xt + j, a.d, rows, u, a.k, sums);
-      act_mean[j] = sums.act_mean;
-      act_mean_sq += sums.act_mean * sums.act_mean;
-      shift += detail::merge_column(sums, j, a.d, a.k, rows, delta_mean, u_sq_sum, w, my_mean, my_m2,
-                                    c_norm_sq);
-    }
-    if (a.bias && tid == 0) {
-      shift += detail::merge_bias(a.d, a.k, delta_mean, u_sq_sum, w, my_mean, my_m2);
-    }
-    __syncthreads();
-
-    // C: centred row sums.
-    for (int i = warp; i < rows; i += kFusedWarps) {
-      double v_sq = 0, mean_dot_v = 0;
-      detail::partial_row_centred(xt + i * a.d, act_mean, a.d, lane, kWarp, v_sq, mean_dot_v);
-      v_sq = warp_sum(v_sq);
-      mean_dot_v = warp_sum(mean_dot_v);
-      if (lane == 0) {
-        v_sq_s[i] = v_sq;
-        mean_dot_v_s[i] = mean_dot_v;
+      if (tid == kThreads - 1) {
+        double total = 0;
+        for (int i = 0; i < rows; ++i) total += fields[i * kFusedRowFields + kRowLoss];
+        small[kLoss0] = total / rows;
       }
+      __syncthreads();
     }
+
+    forward_rows<T, L, KB>(tile, rows, first, y, labels, a, weight, shift, small, errors, fields, false,
+                           mine);
     __syncthreads();
 
-    // Close the tile.
-    RowSums mine;
-    if (tid < rows) {
-      mine.add_row(delta_sq_s[tid], x_sq_s[tid], u_sq_s[tid], mean_dot_u_s[tid], v_sq_s[tid],
-                   mean_dot_v_s[tid], a.bias);
+    for (std::int64_t j = tid; j < d; j += kThreads) {
+      detail::column_tile<KB, PS>(tile + j, d, rows, shift[j], errors, small + kDelta0, k, sums + j, d);
     }
-    const RowSums row_total = RowReduce(temp.rows).Reduce(mine, Plus{});
-    __syncthreads();
-    const double shift_total = DoubleReduce(temp.value).Sum(shift);
-    __syncthreads();
-    const double c_norm_total = DoubleReduce(temp.value).Sum(c_norm_sq);
-    __syncthreads();
-    const double act_mean_sq_total = DoubleReduce(temp.value).Sum(act_mean_sq);
-    if (tid == 0) {
-      double delta_mean_sq = 0;
-      for (int c = 0; c < a.k; ++c) delta_mean_sq += delta_mean[c] * delta_mean[c];
-      detail::finish_tile(scalars, row_total, delta_mean_sq, act_mean_sq_total, a.bias, rows,
-                          c_norm_total, shift_total, tile_loss[0], tile_loss[1]);
+    if (tid < k) {
+      for (int i = 0; i < rows; ++i) {
+        const double u = errors[i * kFusedMaxOutputs + tid];
+        u_sum += u;
+        u_sq += u * u;
+      }
     }
     __syncthreads();
   }
-  if (tid == 0) a.block_scalars[blockIdx.x] = scalars;
+
+  // Close the launch: every slot merged into the block's running moments.
+  if (tid < k) {
+    small[kUSum + tid] = u_sum;
+    small[kUSq + tid] = u_sq;
+  }
+  __syncthreads();
+  const std::int64_t n = min(tile_end * tile_rows, a.rows) - tile_begin * tile_rows;
+  const double m = static_cast<double>(n);
+  const MergeWeights w = detail::merge_weights(a.block_scalars[blockIdx.x].count, n);
+  double* my_mean = a.block_mean + blockIdx.x * a.slots;
+  double* my_m2 = PS ? a.block_m2 + blockIdx.x * a.slots : nullptr;
+  const std::int64_t v_row = sums_rows - 1;
+  for (std::int64_t j = tid; j < d; j += kThreads) {
+    const double a0 = shift[j];
+    mine.shift_sq += a0 * a0;
+#pragma unroll
+    for (int c = 0; c < KB; ++c) {
+      if (c >= k) continue;
+      const std::int64_t slot = c * d + j;
+      detail::finish_slot(sums[c * d + j], PS ? sums[(k + c) * d + j] : 0.0, sums[v_row * d + j],
+                          small[kUSum + c], a0, small[kDelta0 + c], m, w, my_mean[slot],
+                          PS ? my_m2 + slot : nullptr, mine);
+    }
+  }
+  if (a.bias && tid < k) {
+    const std::int64_t slot = k * d + tid;
+    detail::finish_bias_slot(small[kUSum + tid], small[kUSq + tid], small[kDelta0 + tid], m, w,
+                             my_mean[slot], PS ? my_m2 + slot : nullptr, mine);
+  }
+  const LaunchSums total = Reduce(temp).Reduce(mine, Plus{});
+  if (tid == 0) {
+    double delta0_sq = 0;
+    for (int c = 0; c < k; ++c) delta0_sq += small[kDelta0 + c] * small[kDelta0 + c];
+    BlockScalars scalars = a.block_scalars[blockIdx.x];
+    detail::finish_launch(scalars, total, delta0_sq, a.bias, n, small[kLoss0]);
+    a.block_scalars[blockIdx.x] = scalars;
+  }
 }
 
 /// Per slot: the blocks' moments merged in index order; shift[j] collects
@@ -271,12 +360,14 @@ __global__ void merge_block_scalars_kernel(int num_blocks, const BlockScalars* b
   *total = acc;
 }
 
-int max_shared_optin() {
-  int device = 0, bytes = 0;
+int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
   GN_CUDA_CHECK(cudaGetDevice(&device));
-  GN_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  GN_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
 }
+
+int max_shared_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 /// Calls use(kernel) with the fused kernel compiled for `loss`, K ≤ bucket
 /// and param_stats (detail::fused_output_bucket).
@@ -311,22 +402,38 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   d_ = layer.in;
   k_ = layer.out;
   bias_used_ = layer.has_bias();
-  int device = 0, sms = 0;
-  GN_CUDA_CHECK(cudaGetDevice(&device));
-  GN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  num_blocks_ = detail::kFusedBlocksPerSm * sms;
-  slots_ = layer.num_params();
-  shared_bytes_ = static_cast<std::size_t>(layer.in) * sizeof(double);
-  if (shared_bytes_ > (48u << 10)) {
-    const auto allow = [&](auto kernel) {
-      GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(shared_bytes_)));
-    };
-    with_fused_kernel<float>(options.loss, layer.out, options.param_stats, allow);
-    with_fused_kernel<double>(options.loss, layer.out, options.param_stats, allow);
+  sms_ = device_attribute(cudaDevAttrMultiProcessorCount);
+  const std::int64_t per_block = max_shared_optin();
+  const std::int64_t per_sm = device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  layout_float_ = detail::fused_layout(d_, k_, options.param_stats, sizeof(float), per_block, per_sm);
+  layout_double_ = detail::fused_layout(d_, k_, options.param_stats, sizeof(double), per_block, per_sm);
+  if (layout_float_.tile_rows == 0 || layout_double_.tile_rows == 0) {
+    throw RuntimeError("internal: the fused kernel was chosen for a layer whose tiles do not fit");
   }
+  // Each kernel may take its layout's shared memory, and runs as many blocks
+  // per SM as both the layout and its registers allow (a persistent grid
+  // must be resident at once, or its second wave doubles the time).
+  const auto prepare = [&](detail::FusedLayout& layout) {
+    return [&](auto kernel) {
+      GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(layout.shared_bytes)));
+      int resident = 0;
+      GN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads,
+                                                                  static_cast<std::size_t>(layout.shared_bytes)));
+      if (resident < 1) throw RuntimeError("internal: the fused kernel cannot run one block per SM");
+      layout.blocks_per_sm = std::min(layout.blocks_per_sm, resident);
+    };
+  };
+  with_fused_kernel<float>(options.loss, layer.out, options.param_stats, prepare(layout_float_));
+  with_fused_kernel<double>(options.loss, layer.out, options.param_stats, prepare(layout_double_));
+  num_blocks_ = std::max(layout_float_.blocks_per_sm, layout_double_.blocks_per_sm) * sms_;
+  slots_ = layer.num_params();
   weight_ = DeviceBuffer<double>(layer.weight.size());
   if (layer.has_bias()) bias_ = DeviceBuffer<double>(layer.bias.size());
+  if (!layout_float_.sums_shared || !layout_double_.sums_shared) {
+    sums_ = DeviceBuffer<double>(static_cast<std::size_t>(num_blocks_) *
+                                 static_cast<std::size_t>(detail::fused_sums_rows(k_, options.param_stats) * d_));
+  }
   const auto per_grid = static_cast<std::size_t>(num_blocks_) * static_cast<std::size_t>(slots_);
   block_mean_ = DeviceBuffer<double>(per_grid);
   if (options.param_stats) block_m2_ = DeviceBuffer<double>(per_grid);
@@ -373,24 +480,27 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
                              std::int64_t first_row) {
   if (rows <= 0) return;
   const Layer& layer = model_->layers[0];
+  const detail::FusedLayout& layout = std::is_same_v<T, float> ? layout_float_ : layout_double_;
+  const int grid = layout.blocks_per_sm * sms_;
   FusedArgs args{};
   args.d = layer.in;
   args.k = static_cast<int>(layer.out);
   args.bias = layer.has_bias();
-  args.param_stats = options_.param_stats;
   args.weight = weight_.data();
   args.bias_vec = bias_.data();
   args.rows = rows;
   args.first_row = first_row;
-  args.tiles_per_block = detail::ceil_div(detail::ceil_div(rows, kTileRows), num_blocks_);
+  args.tiles_per_block = detail::ceil_div(detail::ceil_div(rows, layout.tile_rows), grid);
   args.slots = slots_;
+  args.layout = layout;
+  args.sums = sums_.data();
   args.block_mean = block_mean_.data();
   args.block_m2 = block_m2_.data();
   args.block_scalars = block_scalars_.data();
   args.first_bad_label = flags_.data();
   args.first_non_finite = flags_.data() + 1;
   with_fused_kernel<T>(options_.loss, layer.out, options_.param_stats, [&](auto kernel) {
-    kernel<<<num_blocks_, kThreads, shared_bytes_, stream_>>>(x, y, labels, args);
+    kernel<<<grid, kThreads, layout.shared_bytes, stream_>>>(x, y, labels, args);
   });
   GN_CUDA_CHECK(cudaGetLastError());
 }

@@ -1,6 +1,6 @@
 // The fused profile of a linear model with few outputs (K ≤ 16): one kernel
-// that reads each tile of X from device memory once and keeps every
-// accumulation in float64 (kernels/linear_fused.hpp has the tile arithmetic;
+// that reads X from device memory once, staging tiles in shared memory, and
+// keeps every accumulation in float64 (kernels/linear_fused.hpp has the tile arithmetic;
 // tests/test_linear_fused.cpp runs the same decomposition on the CPU).
 #pragma once
 
@@ -20,9 +20,10 @@ bool use_fused_linear(const Model& model, const ProfileOptions& options);
 
 class FusedLinear {
  public:
-  /// Per-block running moments for a fixed grid (kFusedBlocksPerSm), so the
-  /// order of every addition depends only on the data and the GPU. Allocates
-  /// every buffer a profile needs, then reset(model).
+  /// Per-block running moments for a fixed grid (the shared-memory layout's
+  /// blocks per SM, policy.hpp fused_layout), so the order of every addition
+  /// depends only on the data and the GPU. Allocates every buffer a profile
+  /// needs, then reset(model).
   FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream);
 
   /// Whether this object can profile `model` with `options` after reset():
@@ -50,10 +51,12 @@ class FusedLinear {
   cudaStream_t stream_;
   std::int64_t d_ = 0, k_ = 0;
   bool bias_used_ = false;
-  int num_blocks_ = 0;
+  int sms_ = 0;
+  int num_blocks_ = 0;  // the larger of the two layouts' grids: what finish() merges
   std::int64_t slots_ = 0;
-  std::size_t shared_bytes_ = 0;
+  detail::FusedLayout layout_float_, layout_double_;  // for float32 and float64 rows
   DeviceBuffer<double> weight_, bias_;
+  DeviceBuffer<double> sums_;  // per-block sums when a layout keeps them out of shared memory
   DeviceBuffer<double> block_mean_, block_m2_;
   DeviceBuffer<detail::BlockScalars> block_scalars_;
   DeviceBuffer<unsigned long long> flags_;

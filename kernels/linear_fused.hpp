@@ -1,14 +1,24 @@
 // Tile arithmetic of the fused linear-model kernel (kernels/linear_fused.cu),
-// as __host__ __device__ functions. The kernel reads each tile of T rows of X
-// from device memory once (later passes hit L1/L2) and, per tile,
-//   A  row-wise:    z_i = W x_i + b, δ_i, ℓ_i, ‖x_i‖²           (partial_row_dots)
-//   B  per column:  ā_j, then C_kj and the per-slot sums          (column_tile_sums)
-//                   merged into the block's running moments      (merge_column)
-//   C  row-wise:    ‖v_i‖², ā·v_i with v_i = x_i − ā              (partial_row_centred)
-// then the tile's scalar sum of squares (moments.hpp chunk_centred_sum) joins
-// the block's running total. Blocks are merged in a fixed order at the end.
-// tests/test_linear_fused.cpp runs this same decomposition on the CPU against
-// the float64 engine; the kernel only spreads the loops over threads.
+// as __host__ __device__ functions that tests/test_linear_fused.cpp runs on
+// the CPU in the kernel's own decomposition.
+//
+// One pass over X, centred on a shift instead of on running means. A block
+// takes a contiguous run of tiles per launch; the means of its first tile
+// give the shift (a₀ for the inputs, δ₀ for the output errors, ℓ₀ for the
+// loss), and every row i of the launch is written around it:
+//   v_i = x_i − a₀,  u_i = δ_i − δ₀,
+//   g_i − δ₀a₀ᵀ = h_i = δ₀ v_iᵀ + u_i a₀ᵀ + u_i v_iᵀ   (bias part: u_i).
+// The block only adds: per row the six scalars of ‖h_i‖² (RowSums, with
+// δ₀, a₀ in the places of the chunk means), per feature column Σ v_j and
+// S_kj = Σ u_ik v_ij (with param stats also Q_kj = Σ h_ikj²), per output
+// Σ u_k and Σ u_k². At the end of the launch
+//   h̄ = (δ₀ Σvᵀ + Σu a₀ᵀ + S)/n,  mean = δ₀a₀ᵀ + h̄,
+//   Σ_i ‖g_i − ḡ‖² = Σ_i ‖h_i‖² − n‖h̄‖²,  per slot Q − n h̄²,
+// which cancels nothing much: a₀ and δ₀ are a tile's means, so h̄ is of the
+// order of the spread of the h_i, never of ‖G‖ (the ill-conditioned case,
+// ‖G‖² ≫ tr Σ, keeps its digits: DEFINITIONS.md "Numerics"). The launch's
+// moments then join the block's running ones with Chan's merge (once per
+// launch, not per tile), and the blocks are merged in index order at the end.
 #pragma once
 
 #include <cstdint>
@@ -22,114 +32,137 @@ namespace gradnoise::detail {
 /// (policy.hpp), so per-thread arrays have compile-time sizes and stay in
 /// registers; outputs c with k ≤ c < KB are skipped.
 
-/// Partial sums over features j = start, start + stride, ... < d of one row:
-/// z_k += W_kj x_j for every output k < K ≤ KB, and ‖x‖².
-template <int KB, typename T>
-GN_HOST_DEVICE inline void partial_row_dots(const T* x, const double* weight, std::int64_t d,
-                                            int k, std::int64_t start, std::int64_t stride,
-                                            double* z, double& x_sq) {
-  // Four rows' loads in flight for K ≤ 8; wider buckets have no registers to spare.
-  GN_UNROLL((KB <= 8 ? 4 : 1))
+/// A warp's forward pass over RW rows at once (row r at x + r·d, rows ≥
+/// `rows` skipped), over features j = start, start + stride, … < d:
+/// z_rc += W_cj x_rj, ‖x_r‖², ‖v_r‖² and a₀·v_r with v = x − a₀.
+template <int KB, int RW, typename T>
+GN_HOST_DEVICE inline void partial_rows(const T* x, int rows, const double* weight, const double* shift,
+                                        std::int64_t d, int k, std::int64_t start, std::int64_t stride,
+                                        double (&z)[RW][KB], double (&x_sq)[RW], double (&v_sq)[RW],
+                                        double (&shift_dot_v)[RW]) {
   for (std::int64_t j = start; j < d; j += stride) {
-    const double value = static_cast<double>(x[j]);
-    x_sq += value * value;
+    const double a0 = shift[j];
+    double value[RW];
+    for (int r = 0; r < RW; ++r) {
+      value[r] = r < rows ? static_cast<double>(x[r * d + j]) : 0.0;
+      const double v = value[r] - a0;
+      x_sq[r] += value[r] * value[r];
+      v_sq[r] += v * v;
+      shift_dot_v[r] += a0 * v;
+    }
+    // One weight at a time, used by every row: registers hold RW·KB sums, not a row of W.
     for (int c = 0; c < KB; ++c) {
-      if (c < k) z[c] += weight[c * d + j] * value;
+      if (c >= k) continue;
+      const double w = weight[c * d + j];
+      for (int r = 0; r < RW; ++r) z[r][c] += w * value[r];
     }
   }
 }
 
-/// Partial centred sums of one row over j = start, start + stride, ...:
-/// ‖v‖² and ā·v with v = x − ā.
-template <typename T>
-GN_HOST_DEVICE inline void partial_row_centred(const T* x, const double* act_mean, std::int64_t d,
-                                               std::int64_t start, std::int64_t stride,
-                                               double& v_sq, double& mean_dot_v) {
-  for (std::int64_t j = start; j < d; j += stride) {
-    const double v = static_cast<double>(x[j]) - act_mean[j];
-    v_sq += v * v;
-    mean_dot_v += act_mean[j] * v;
-  }
-}
-
-/// Sums over the tile's rows for one feature column j (x_col[i·d] is x_ij):
-/// the column mean ā_j, Σ v², and per output k: Σ u_k v (→ C), and with
-/// param_stats Σ u_k² v², Σ u_k v², Σ u_k² v. `u` is the tile's centred
-/// errors, rows × K, row-major with row stride kFusedMaxOutputs.
-/// The param_stats sums exist only when PS (param_stats) is compiled in.
-template <int KB, bool PS>
-struct ColumnSums {
-  static constexpr int kStats = PS ? KB : 1;
-  double act_mean = 0;
-  double v_sq = 0;
-  double uv[KB] = {};
-  double uu_vv[kStats] = {};
-  double u_vv[kStats] = {};
-  double uu_v[kStats] = {};
+/// One row's errors around the shift: u = δ − δ₀ written over δ, and the
+/// row's ‖δ‖², ‖u‖², δ₀·u.
+struct ShiftedErrors {
+  double delta_sq = 0;
+  double u_sq = 0;
+  double shift_dot_u = 0;
 };
 
-template <int KB, bool PS, typename T>
-GN_HOST_DEVICE inline void column_tile_sums(const T* x_col, std::int64_t d, int rows, const double* u,
-                                            int k, ColumnSums<KB, PS>& s) {
+GN_HOST_DEVICE inline ShiftedErrors shift_errors(double* delta, const double* delta0, int k) {
+  ShiftedErrors e;
+  for (int c = 0; c < k; ++c) {
+    const double u = delta[c] - delta0[c];
+    e.delta_sq += delta[c] * delta[c];
+    e.u_sq += u * u;
+    e.shift_dot_u += delta0[c] * u;
+    delta[c] = u;
+  }
+  return e;
+}
+
+/// The mean of a tile's column (x_col[i·d] is x_ij): a₀_j.
+template <typename T>
+GN_HOST_DEVICE inline double column_mean(const T* x_col, std::int64_t d, int rows) {
   double total = 0;
   for (int i = 0; i < rows; ++i) total += static_cast<double>(x_col[i * d]);
-  s.act_mean = total / rows;
+  return total / rows;
+}
+
+/// Per feature column j, over a tile's rows (x_col[i·d] is x_ij, u row i at
+/// u + i·kFusedMaxOutputs): adds Σ v_ij to sums[q·stride], S_cj += Σ u_ic v_ij
+/// to sums[c·stride] and, with PS, Q_cj += Σ h_icj² to sums[(k + c)·stride],
+/// h = δ x − δ₀a₀ = u x + δ₀ v (one rounding from centred values), where
+/// q = fused_sums_rows(k, PS) − 1. The tile's part is added in registers, then
+/// once into `sums`.
+template <int KB, bool PS, typename T>
+GN_HOST_DEVICE inline void column_tile(const T* x_col, std::int64_t d, int rows, double a0,
+                                       const double* u, const double* delta0, int k, double* sums,
+                                       std::int64_t stride) {
+  double v_sum = 0;
+  double s[KB] = {};
+  double q[PS ? KB : 1] = {};
   for (int i = 0; i < rows; ++i) {
-    const double v = static_cast<double>(x_col[i * d]) - s.act_mean;
-    s.v_sq += v * v;
+    const double value = static_cast<double>(x_col[i * d]);
+    const double v = value - a0;
+    v_sum += v;
     const double* ui = u + i * kFusedMaxOutputs;
     for (int c = 0; c < KB; ++c) {
       if (c >= k) continue;
-      s.uv[c] += ui[c] * v;
+      s[c] += ui[c] * v;
       if constexpr (PS) {
-        const double uu = ui[c] * ui[c];
-        s.uu_vv[c] += uu * v * v;
-        s.u_vv[c] += ui[c] * v * v;
-        s.uu_v[c] += uu * v;
+        const double h = ui[c] * value + delta0[c] * v;
+        q[c] += h * h;
       }
     }
   }
-}
-
-/// Merges one column's K weight slots of a tile of `rows` rows into a block's
-/// running moments (slot c·d + j of `mean`/`m2`, the docs/MATH.md flattening).
-/// Returns Σ_c d_c² (the merge's squared mean shifts) and adds Σ_c C_cj² to
-/// c_norm_sq, both for the tile's scalar sum of squares.
-/// `m2` is null exactly when PS is false.
-template <int KB, bool PS>
-GN_HOST_DEVICE inline double merge_column(const ColumnSums<KB, PS>& s, std::int64_t j, std::int64_t d,
-                                          int k, int rows, const double* delta_mean,
-                                          const double* u_sq_sum, MergeWeights w, double* mean,
-                                          double* m2, double& c_norm_sq) {
-  double diff_sq = 0;
-  const double m = rows;
   for (int c = 0; c < KB; ++c) {
     if (c >= k) continue;
-    const double c_cj = s.uv[c] / m;
-    c_norm_sq += c_cj * c_cj;
-    const double tile_mean = delta_mean[c] * s.act_mean + c_cj;
-    double tile_m2 = 0;
-    if constexpr (PS) {
-      tile_m2 = chunk_slot_centred_sum(delta_mean[c], s.act_mean, c_cj, u_sq_sum[c], s.v_sq,
-                                       s.uu_vv[c], s.u_vv[c], s.uu_v[c], m);
-    }
-    const std::int64_t slot = c * d + j;
-    diff_sq += merge_slot(mean[slot], m2 != nullptr ? m2 + slot : nullptr, tile_mean, tile_m2, w);
+    sums[c * stride] += s[c];
+    if constexpr (PS) sums[(k + c) * stride] += q[c];
   }
-  return diff_sq;
+  sums[(fused_sums_rows(k, PS) - 1) * stride] += v_sum;
 }
 
-/// The bias slots (after the K·d weights): tile mean δ̄_c, tile M2 Σ_i u_ic².
-GN_HOST_DEVICE inline double merge_bias(std::int64_t d, int k, const double* delta_mean,
-                                        const double* u_sq_sum, MergeWeights w, double* mean,
-                                        double* m2) {
-  double diff_sq = 0;
-  for (int c = 0; c < k; ++c) {
-    const std::int64_t slot = k * d + c;
-    diff_sq += merge_slot(mean[slot], m2 != nullptr ? m2 + slot : nullptr, delta_mean[c],
-                          u_sq_sum[c], w);
+/// What a block adds up over a launch besides the per-column sums; reduced
+/// over the block's threads once, at the launch's end.
+struct LaunchSums {
+  RowSums rows;              // the row scalars of ‖h_i‖² (δ₀, a₀ for the means)
+  double loss_sum = 0;       // Σ (ℓ_i − ℓ₀)
+  double loss_sq = 0;        // Σ (ℓ_i − ℓ₀)²
+  double slot_shift_sq = 0;  // Σ_slots d² of the merge into the block's running means
+  double mean_h_sq = 0;      // ‖h̄‖², weights and biases
+  double shift_sq = 0;       // ‖a₀‖²
+
+  GN_HOST_DEVICE LaunchSums& operator+=(const LaunchSums& o) {
+    rows += o.rows;
+    loss_sum += o.loss_sum;
+    loss_sq += o.loss_sq;
+    slot_shift_sq += o.slot_shift_sq;
+    mean_h_sq += o.mean_h_sq;
+    shift_sq += o.shift_sq;
+    return *this;
   }
-  return diff_sq;
+};
+
+/// Closes weight slot (c, j) of a launch of n rows: h̄ from the sums, the
+/// launch's mean and (with `m2`) its M2 Q − n h̄², merged into the block's
+/// running moments (`mean`, `m2`) with weights w. Adds h̄² to sums.mean_h_sq
+/// and the merge's d² to sums.slot_shift_sq.
+GN_HOST_DEVICE inline void finish_slot(double s_cj, double q_cj, double v_sum_j, double u_sum_c,
+                                       double a0_j, double delta0_c, double n, MergeWeights w,
+                                       double& mean, double* m2, LaunchSums& sums) {
+  const double mean_h = (delta0_c * v_sum_j + u_sum_c * a0_j + s_cj) / n;
+  sums.mean_h_sq += mean_h * mean_h;
+  const double launch_m2 = m2 != nullptr ? q_cj - n * mean_h * mean_h : 0.0;
+  sums.slot_shift_sq += merge_slot(mean, m2, delta0_c * a0_j + mean_h, launch_m2, w);
+}
+
+/// The bias slot of output c: h = u, so h̄ = Σu/n, mean δ₀ + h̄, M2 Σu² − n h̄².
+GN_HOST_DEVICE inline void finish_bias_slot(double u_sum_c, double u_sq_c, double delta0_c, double n,
+                                            MergeWeights w, double& mean, double* m2,
+                                            LaunchSums& sums) {
+  const double mean_h = u_sum_c / n;
+  sums.mean_h_sq += mean_h * mean_h;
+  sums.slot_shift_sq += merge_slot(mean, m2, delta0_c + mean_h, u_sq_c - n * mean_h * mean_h, w);
 }
 
 /// A block's running scalars; blocks are merged in index order at the end.
@@ -141,20 +174,21 @@ struct BlockScalars {
   double loss_m2 = 0;
 };
 
-/// Closes a tile of `rows` rows into its block's scalars: the tile's centred
-/// sum of squares plus the shift of the block mean (Σ_slots d² · cross, where
-/// slot_shift_sq = Σ_slots d² from merge_column/merge_bias), Σ‖g_i‖², and the
-/// loss moments (tile mean and centred M2).
-GN_HOST_DEVICE inline void finish_tile(BlockScalars& block, const RowSums& rows_sums,
-                                       double delta_mean_sq, double act_mean_sq, bool bias, int rows,
-                                       double c_norm_sq, double slot_shift_sq, double tile_loss_mean,
-                                       double tile_loss_m2) {
-  const MergeWeights w = merge_weights(block.count, rows);
-  block.m2_total += chunk_centred_sum(rows_sums, delta_mean_sq, act_mean_sq, bias, rows, c_norm_sq) +
-                    slot_shift_sq * w.cross;
-  block.sum_norm_sq += rows_sums.sum_norm_sq;
-  merge_slot(block.loss_mean, &block.loss_m2, tile_loss_mean, tile_loss_m2, w);
-  block.count += rows;
+/// Closes a launch of n rows into its block's scalars: Σ‖h_i‖² − n‖h̄‖²
+/// (moments.hpp chunk_centred_sum with the shift for the means and h̄ for
+/// C) plus the shift of the block's means (Σ_slots d² · cross), Σ‖g_i‖², and
+/// the loss's mean ℓ₀ + Σ(ℓ − ℓ₀)/n and M2 Σ(ℓ − ℓ₀)² − (Σ(ℓ − ℓ₀))²/n.
+GN_HOST_DEVICE inline void finish_launch(BlockScalars& block, const LaunchSums& sums, double delta0_sq,
+                                         bool bias, std::int64_t n, double loss0) {
+  const double m = static_cast<double>(n);
+  const MergeWeights w = merge_weights(block.count, n);
+  block.m2_total += chunk_centred_sum(sums.rows, delta0_sq, sums.shift_sq, bias, m, sums.mean_h_sq) +
+                    sums.slot_shift_sq * w.cross;
+  block.sum_norm_sq += sums.rows.sum_norm_sq;
+  const double loss_mean = loss0 + sums.loss_sum / m;
+  const double loss_m2 = sums.loss_sq - sums.loss_sum * sums.loss_sum / m;
+  merge_slot(block.loss_mean, &block.loss_m2, loss_mean, loss_m2, w);
+  block.count += n;
 }
 
 /// Final merge, blocks in index order. Per slot: folds block b's (mean, M2)

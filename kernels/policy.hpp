@@ -14,6 +14,7 @@
 
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
+#include "host_device.hpp"
 
 namespace gradnoise::detail {
 
@@ -74,26 +75,147 @@ constexpr int fused_output_bucket(std::int64_t k, bool param_stats) {
   return 0;
 }
 
-/// Rows per tile, and persistent blocks per SM.
-inline constexpr int kFusedTileRows = 32;
-inline constexpr int kFusedBlocksPerSm = 2;
+/// The forward pass of a warp takes this many rows at once, so each weight
+/// and shift it reads from shared memory serves two rows: 4 + 4(1 + K)
+/// shared-memory bytes per float32 input value instead of 12 + 8K (an SM
+/// reads 128 B a clock and must take ~4 values a clock at the bandwidth
+/// floor). Two, not more, so a tile of 16 rows keeps all 8 warps busy.
+inline constexpr int kFusedRowsAtOnce = 2;
 
-/// Shared memory a fused block needs besides the D column means: its tile
-/// buffers and CUB's scratch.
-inline constexpr std::size_t kFusedStaticSharedBytes = 16 << 10;
+/// Rows per tile at most (a warp's loss lanes take one row each), persistent
+/// blocks per SM at most, and the bytes one staged tile may take.
+inline constexpr int kFusedMaxTileRows = 32;
+inline constexpr int kFusedBlocksPerSm = 2;
+inline constexpr std::int64_t kFusedMaxStageBytes = std::int64_t{64} << 10;
+/// Doubles a tile row keeps in shared memory between the forward pass and
+/// its loss lane: z (kFusedMaxOutputs), ‖x‖², ‖v‖², a₀·v, the loss.
+inline constexpr int kFusedRowFields = kFusedMaxOutputs + 4;
+/// Static shared memory of a fused block (CUB's scratch for the final
+/// reduction, the block's scalars), reserved beside the dynamic layout.
+inline constexpr std::int64_t kFusedStaticSharedBytes = 2 << 10;
+/// Shared memory the GPU keeps per resident block beyond what it asks for.
+inline constexpr std::int64_t kSharedReservedPerBlock = 1 << 10;
+
+/// Where a fused block keeps what it reads and accumulates: byte offsets into
+/// its dynamic shared memory (each 16-byte aligned), chosen on the host from
+/// the shape (fused_layout) and passed to the kernel.
+///   stage[0..1]  two tiles of `tile_rows` rows of X, filled asynchronously
+///   shift        a₀, the launch's first-tile column means (D doubles)
+///   weights      W (K·D doubles) and b (K), when weights_shared
+///   sums         S = Σ u vᵀ (K·D), with param stats Q = Σ h² (K·D), and
+///                Σ v (D), when sums_shared; else a per-block slab of device
+///                memory (L2)
+///   errors       the tile's δ, then u = δ − δ₀ (tile_rows × kFusedMaxOutputs)
+///   rows         the tile rows' kFusedRowFields doubles
+///   small        δ₀, b, Σu and Σu² per output, ℓ₀ (5·kFusedMaxOutputs doubles)
+struct FusedLayout {
+  int tile_rows = 0;  // 0: the shape does not fit
+  bool weights_shared = false;
+  bool sums_shared = false;
+  std::int64_t stage[2] = {0, 0};
+  std::int64_t shift = 0, weights = 0, sums = 0, errors = 0, rows = 0, small = 0;
+  std::int64_t shared_bytes = 0;  // dynamic
+  int blocks_per_sm = 0;
+};
+
+/// Rows of doubles the sums take: S (K), Q (K, with param stats), Σv (1).
+GN_HOST_DEVICE constexpr std::int64_t fused_sums_rows(std::int64_t k, bool param_stats) {
+  return k * (param_stats ? 2 : 1) + 1;
+}
+
+inline std::int64_t align16(std::int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+/// The layout of one try: `tile_rows` rows per tile, W and the sums in shared
+/// memory or not.
+inline FusedLayout fused_layout_for(std::int64_t d, std::int64_t k, bool param_stats,
+                                    std::int64_t value_bytes, int tile_rows, bool weights_shared,
+                                    bool sums_shared) {
+  FusedLayout l;
+  l.tile_rows = tile_rows;
+  l.weights_shared = weights_shared;
+  l.sums_shared = sums_shared;
+  std::int64_t at = 0;
+  const auto take = [&](std::int64_t bytes) {
+    const std::int64_t offset = at;
+    at += align16(bytes);
+    return offset;
+  };
+  const std::int64_t stage = tile_rows * d * value_bytes;
+  l.stage[0] = take(stage);
+  l.stage[1] = take(stage);
+  l.shift = take(d * 8);
+  if (weights_shared) l.weights = take((k * d + k) * 8);
+  if (sums_shared) l.sums = take(fused_sums_rows(k, param_stats) * d * 8);
+  l.errors = take(std::int64_t{tile_rows} * kFusedMaxOutputs * 8);
+  l.rows = take(std::int64_t{tile_rows} * kFusedRowFields * 8);
+  l.small = take(5 * kFusedMaxOutputs * 8);
+  l.shared_bytes = at;
+  return l;
+}
+
+/// Blocks per SM the fused kernel is compiled for (its __launch_bounds__):
+/// two without param stats for K ≤ 8 (at most 128 registers a thread); the
+/// widest bucket and param stats take the registers they need, one block.
+constexpr int fused_max_blocks_per_sm(std::int64_t k, bool param_stats) {
+  return param_stats || k > 8 ? 1 : kFusedBlocksPerSm;
+}
+
+/// The fused kernel's layout for a D×K layer whose rows are stored in
+/// `value_bytes` (4 or 8) on a device that gives a block at most
+/// `max_shared_per_block` bytes (the opt-in limit) and an SM
+/// `shared_per_sm`. Preference, in order: where W and the sums live (both in
+/// shared memory; W only, the sums' read-modify-write per tile going to L2;
+/// the sums only, W read per row through L1; neither), then as many blocks
+/// per SM as the kernel is compiled for (more warps to hide latency), then
+/// the largest tile (≤ 32 rows, one staged tile ≤ kFusedMaxStageBytes), each
+/// tile of at least 8 rows; failing all of those, the same with fewer rows.
+/// tile_rows 0 when nothing fits (the GEMM pipeline takes the layer).
+inline FusedLayout fused_layout(std::int64_t d, std::int64_t k, bool param_stats,
+                                std::int64_t value_bytes, std::int64_t max_shared_per_block,
+                                std::int64_t shared_per_sm) {
+  constexpr bool kPlaces[4][2] = {{true, true}, {true, false}, {false, true}, {false, false}};
+  const std::int64_t budget = max_shared_per_block - kFusedStaticSharedBytes;
+  const int most_blocks = fused_max_blocks_per_sm(k, param_stats);
+  for (const int least_rows : {8, 1}) {
+    for (const auto& place : kPlaces) {
+      for (int blocks = most_blocks; blocks >= 1; --blocks) {
+        for (int rows = kFusedMaxTileRows; rows >= least_rows; rows /= 2) {
+          if (rows > 1 && rows * d * value_bytes > kFusedMaxStageBytes) continue;
+          FusedLayout l = fused_layout_for(d, k, param_stats, value_bytes, rows, place[0], place[1]);
+          const std::int64_t per_block = l.shared_bytes + kFusedStaticSharedBytes + kSharedReservedPerBlock;
+          if (l.shared_bytes > budget || blocks * per_block > shared_per_sm) continue;
+          l.blocks_per_sm = blocks;
+          return l;
+        }
+      }
+    }
+  }
+  return FusedLayout{};
+}
+
+/// An H100's or H200's shared memory (sm_90): the opt-in limit per block, per SM.
+inline constexpr std::int64_t kSm90SharedPerBlock = 227 << 10;
+inline constexpr std::int64_t kSm90SharedPerSm = 228 << 10;
 
 /// Whether the profile runs the fused linear kernel rather than the GEMM
 /// pipeline: when asked to (options.fused_linear, the default), for one layer
-/// with K ≤ kFusedMaxOutputs whose D column means fit in a block's shared
-/// memory beside the kernel's own (`max_shared_bytes`: the device's opt-in
-/// limit per block).
+/// with K ≤ kFusedMaxOutputs whose tiles, column means and per-row scratch
+/// fit in a block's shared memory for float32 and float64 rows alike
+/// (`max_shared_bytes`: the device's opt-in limit per block).
 inline bool use_fused_linear(const Model& model, const ProfileOptions& options,
                              std::int64_t max_shared_bytes) {
   if (!options.fused_linear || model.num_layers() != 1 || model.output_dim() > kFusedMaxOutputs) {
     return false;
   }
-  const auto bytes = static_cast<std::size_t>(model.input_dim()) * sizeof(double);
-  return bytes + kFusedStaticSharedBytes <= static_cast<std::size_t>(max_shared_bytes);
+  for (const std::int64_t value_bytes : {4, 8}) {
+    // An SM holds at least one block of the opt-in size.
+    if (fused_layout(model.input_dim(), model.output_dim(), options.param_stats, value_bytes,
+                     max_shared_bytes, max_shared_bytes + kSharedReservedPerBlock)
+            .tile_rows == 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
 // ---- Chunks and memory ---------------------------------------------------------

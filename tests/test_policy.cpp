@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gradnoise/model.hpp"
@@ -29,13 +31,77 @@ TEST(CudaPolicy, FusedKernelForOneLayerWithFewOutputsWhenAskedFor) {
   EXPECT_FALSE(detail::use_fused_linear(random_model({784, 10}, true, 1), options, kH100SharedBytes));
 }
 
-TEST(CudaPolicy, FusedKernelOnlyWhenTheColumnMeansFitInSharedMemory) {
+TEST(CudaPolicy, FusedKernelOnlyWhenItsLayoutFitsInSharedMemory) {
   const ProfileOptions options;
-  const std::int64_t d = 1000;
-  const Model model = random_model({d, 3}, true, 2);
-  const auto needed = static_cast<std::int64_t>(d * sizeof(double) + detail::kFusedStaticSharedBytes);
+  const Model model = random_model({1000, 3}, true, 2);
+  // The least a block needs: one-row tiles, W and the sums out of shared memory.
+  const detail::FusedLayout least = detail::fused_layout_for(1000, 3, false, 8, 1, false, false);
+  const std::int64_t needed = least.shared_bytes + detail::kFusedStaticSharedBytes;
   EXPECT_TRUE(detail::use_fused_linear(model, options, needed));
   EXPECT_FALSE(detail::use_fused_linear(model, options, needed - 1));
+  // Rows too wide for two staged tiles and the shift: the GEMM pipeline.
+  EXPECT_FALSE(detail::use_fused_linear(random_model({16384, 1}, true, 2), options, kH100SharedBytes));
+}
+
+// Every layout the policy hands the kernel: regions 16-byte aligned, in
+// order, not overlapping, within the device's limits, and the tiles whole.
+TEST(CudaPolicy, FusedLayoutsAreAlignedDisjointAndWithinTheLimits) {
+  for (const std::int64_t d : {1, 9, 256, 784, 1000, 1024, 4096, 8192}) {
+    for (const std::int64_t k : {1, 2, 5, 10, 16}) {
+      for (const std::int64_t value_bytes : {4, 8}) {
+        for (const bool param_stats : {false, true}) {
+          SCOPED_TRACE("D=" + std::to_string(d) + " K=" + std::to_string(k) + " bytes " +
+                       std::to_string(value_bytes) + (param_stats ? " param stats" : ""));
+          const detail::FusedLayout l = detail::fused_layout(d, k, param_stats, value_bytes, kH100SharedBytes,
+                                                             detail::kSm90SharedPerSm);
+          ASSERT_GE(l.tile_rows, 1);
+          EXPECT_LE(l.tile_rows, detail::kFusedMaxTileRows);
+          EXPECT_GE(l.blocks_per_sm, 1);
+          EXPECT_LE(l.blocks_per_sm, detail::fused_max_blocks_per_sm(k, param_stats));
+          const std::int64_t per_block = l.shared_bytes + detail::kFusedStaticSharedBytes;
+          EXPECT_LE(per_block, kH100SharedBytes);
+          EXPECT_LE(l.blocks_per_sm * (per_block + detail::kSharedReservedPerBlock), detail::kSm90SharedPerSm);
+          const std::int64_t stage = l.tile_rows * d * value_bytes;
+          EXPECT_TRUE(l.tile_rows == 1 || stage <= detail::kFusedMaxStageBytes);
+          // Regions in order: [offset, offset + size) each, 16-byte aligned.
+          std::vector<std::pair<std::int64_t, std::int64_t>> regions = {
+              {l.stage[0], stage}, {l.stage[1], stage}, {l.shift, d * 8}};
+          if (l.weights_shared) regions.emplace_back(l.weights, (k * d + k) * 8);
+          if (l.sums_shared) regions.emplace_back(l.sums, detail::fused_sums_rows(k, param_stats) * d * 8);
+          regions.emplace_back(l.errors, l.tile_rows * detail::kFusedMaxOutputs * 8);
+          regions.emplace_back(l.rows, l.tile_rows * detail::kFusedRowFields * 8);
+          regions.emplace_back(l.small, 5 * detail::kFusedMaxOutputs * 8);
+          std::int64_t end = 0;
+          for (const auto& [offset, size] : regions) {
+            EXPECT_EQ(offset % 16, 0);
+            EXPECT_GE(offset, end);
+            end = offset + size;
+          }
+          EXPECT_LE(end, l.shared_bytes);
+        }
+      }
+    }
+  }
+}
+
+// The layouts the benchmarks' shapes get on an H100/H200: W and the sums in
+// shared memory where they fit, two blocks per SM for narrow K.
+TEST(CudaPolicy, FusedLayoutsPreferSharedWeightsAndSumsThenBlocksThenRows) {
+  const auto layout = [](std::int64_t d, std::int64_t k) {
+    return detail::fused_layout(d, k, false, 4, kH100SharedBytes, detail::kSm90SharedPerSm);
+  };
+  const detail::FusedLayout narrow = layout(256, 1);
+  EXPECT_TRUE(narrow.weights_shared && narrow.sums_shared);
+  EXPECT_EQ(narrow.blocks_per_sm, 2);
+  EXPECT_EQ(narrow.tile_rows, 32);
+  const detail::FusedLayout mnist = layout(784, 10);  // Fashion-MNIST's linear model
+  EXPECT_TRUE(mnist.weights_shared && mnist.sums_shared);
+  EXPECT_EQ(mnist.blocks_per_sm, 1);
+  EXPECT_GE(mnist.tile_rows, 8);
+  // K = 16 at D = 1024: W (128 KiB) stays, the sums go to the block's slab.
+  const detail::FusedLayout wide = layout(1024, 16);
+  EXPECT_TRUE(wide.weights_shared);
+  EXPECT_FALSE(wide.sums_shared);
 }
 
 // What the kernels assume of the launch shapes: whole warps per block, a
@@ -44,7 +110,8 @@ TEST(CudaPolicy, FusedKernelOnlyWhenTheColumnMeansFitInSharedMemory) {
 TEST(CudaPolicy, LaunchShapesFitTheKernels) {
   EXPECT_EQ(detail::kThreads % 32, 0);
   EXPECT_EQ(detail::kSweepThreads % 32, 0);
-  EXPECT_LE(detail::kFusedTileRows, detail::kThreads);
+  // A warp's share of a tile has at most 32 rows: a loss lane for each.
+  EXPECT_LE(detail::kFusedMaxTileRows, 32);
   EXPECT_LE(detail::kFusedMaxOutputs, detail::kThreads);
   EXPECT_GE(detail::kFusedBlocksPerSm, 1);
   EXPECT_EQ(detail::kMaxChunkRows & (detail::kMaxChunkRows - 1), 0);  // a power of two
