@@ -137,9 +137,10 @@ inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
       // Sums kept in the block's slab: read and written once per tile.
       plan.l2_bytes += 2 * ceil_div(n, layout.tile_rows) * fused_sums_rows(k, s.param_stats) * d * 8;
     }
-    // Per chunk the fused kernel; then the block merge, the two-stage
-    // reduction of the shifts and the scalars' merge.
-    plan.launches = plan.chunks + 1 + 2 + 1;
+    // Per chunk the fused kernel; then one merge of the blocks (slots,
+    // shifts and scalars, the last block closing). Besides the launches, one
+    // copy of W and b in and one of the results out.
+    plan.launches = plan.chunks + 1;
     return plan;
   }
   const std::int64_t chunk = std::max<std::int64_t>(1, std::min(s.chunk_rows > 0 ? s.chunk_rows : n, n));

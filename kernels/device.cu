@@ -1,5 +1,7 @@
 // The CUDA backend's device queries (gradnoise/cuda.hpp) and the check the
 // entry points make before they use the device.
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "cuda_entry.hpp"
@@ -24,9 +26,18 @@ std::string cuda_device_name() {
   if (cuda_device_count() == 0) return {};
   int device = 0;
   GN_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return prop.name;
+  // Every profile names its device, and cudaGetDeviceProperties reads every
+  // property: ask once per device and process.
+  static std::mutex mutex;
+  static std::map<int, std::string> names;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = names.find(device);
+  if (it == names.end()) {
+    cudaDeviceProp prop{};
+    GN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    it = names.emplace(device, prop.name).first;
+  }
+  return it->second;
 }
 
 void warm_up_cuda() noexcept {

@@ -24,6 +24,7 @@
 #include <cuda_pipeline_primitives.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -38,6 +39,8 @@ namespace {
 
 using detail::BlockScalars;
 using detail::FusedLayout;
+using detail::FusedTotals;
+using detail::kTotalsDoubles;
 using detail::kFusedMaxOutputs;
 using detail::kFusedRowFields;
 using detail::LaunchSums;
@@ -61,6 +64,7 @@ struct FusedArgs {
   std::int64_t first_row;  // global index of the launch's first row
   std::int64_t tiles_per_block;
   std::int64_t slots;
+  bool fresh;  // the profile's first launch: the blocks' running moments start empty
   FusedLayout layout;
   double* sums;  // grid × fused_sums_rows × D, when the layout keeps the sums out of shared memory
   double* block_mean;  // grid × slots
@@ -202,7 +206,10 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
   const std::int64_t tiles_all = detail::ceil_div(a.rows, a.layout.tile_rows);
   const std::int64_t tile_begin = blockIdx.x * a.tiles_per_block;
   const std::int64_t tile_end = min(tiles_all, tile_begin + a.tiles_per_block);
-  if (tile_begin >= tile_end) return;  // an idle block: its moments stay as they are
+  if (tile_begin >= tile_end) {  // an idle block: its moments stay as they are (none, when fresh)
+    if (a.fresh && threadIdx.x == 0) a.block_scalars[blockIdx.x] = BlockScalars{};
+    return;
+  }
 
   const FusedLayout& lay = a.layout;
   const int tid = threadIdx.x, k = a.k;
@@ -295,9 +302,17 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
   __syncthreads();
   const std::int64_t n = min(tile_end * tile_rows, a.rows) - tile_begin * tile_rows;
   const double m = static_cast<double>(n);
-  const MergeWeights w = detail::merge_weights(a.block_scalars[blockIdx.x].count, n);
+  // A block's first rows of the profile (the first launch, or an earlier
+  // launch left it idle) start its moments from zero.
+  const std::int64_t count_before = a.fresh ? 0 : a.block_scalars[blockIdx.x].count;
+  const MergeWeights w = detail::merge_weights(count_before, n);
   double* my_mean = a.block_mean + blockIdx.x * a.slots;
   double* my_m2 = PS ? a.block_m2 + blockIdx.x * a.slots : nullptr;
+  const auto start_slot = [&](std::int64_t slot) {
+    if (count_before > 0) return;
+    my_mean[slot] = 0;
+    if (PS) my_m2[slot] = 0;
+  };
   const std::int64_t v_row = sums_rows - 1;
   for (std::int64_t j = tid; j < d; j += kThreads) {
     const double a0 = shift[j];
@@ -306,6 +321,7 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
     for (int c = 0; c < KB; ++c) {
       if (c >= k) continue;
       const std::int64_t slot = c * d + j;
+      start_slot(slot);
       detail::finish_slot(sums[c * d + j], PS ? sums[(k + c) * d + j] : 0.0, sums[v_row * d + j],
                           small[kUSum + c], a0, small[kDelta0 + c], m, w, my_mean[slot],
                           PS ? my_m2 + slot : nullptr, mine);
@@ -313,6 +329,7 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
   }
   if (a.bias && tid < k) {
     const std::int64_t slot = k * d + tid;
+    start_slot(slot);
     detail::finish_bias_slot(small[kUSum + tid], small[kUSq + tid], small[kDelta0 + tid], m, w,
                              my_mean[slot], PS ? my_m2 + slot : nullptr, mine);
   }
@@ -320,44 +337,66 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
   if (tid == 0) {
     double delta0_sq = 0;
     for (int c = 0; c < k; ++c) delta0_sq += small[kDelta0 + c] * small[kDelta0 + c];
-    BlockScalars scalars = a.block_scalars[blockIdx.x];
+    BlockScalars scalars = count_before > 0 ? a.block_scalars[blockIdx.x] : BlockScalars{};
     detail::finish_launch(scalars, total, delta0_sq, a.bias, n, small[kLoss0]);
     a.block_scalars[blockIdx.x] = scalars;
   }
 }
 
-/// Per slot: the blocks' moments merged in index order; shift[j] collects
-/// Σ_b d²·cross for the total M2.
-__global__ void merge_block_slots_kernel(int num_blocks, std::int64_t slots, const double* block_mean,
-                                         const double* block_m2, const BlockScalars* block_scalars,
-                                         double* mean, double* m2, double* shift) {
-  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < slots;
-       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+/// The blocks merged in index order, in one launch. Per slot (a thread
+/// each): mean and M2 over the blocks, and Σ_b d²·cross for the total M2,
+/// summed over the launch block's slots into partial[block]. The last block to
+/// finish (a counter, after a fence) adds the partials in block order, merges
+/// the blocks' scalars, copies the flags beside them and re-arms the flags
+/// and the counter for the next profile. Every order is fixed by the slot
+/// count, so the result is bit-identical run to run.
+__global__ void __launch_bounds__(kThreads)
+    merge_blocks_kernel(int num_blocks, std::int64_t slots, const double* block_mean,
+                        const double* block_m2, const BlockScalars* block_scalars, FusedTotals* totals,
+                        double* mean, double* m2, double* partial, unsigned int* done,
+                        unsigned long long* flags) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ bool last;
+  double shift = 0;
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(kThreads) + threadIdx.x; j < slots;
+       j += static_cast<std::int64_t>(gridDim.x) * kThreads) {
     std::int64_t count = 0;
-    double mean_j = 0, m2_j = 0, shift_j = 0;
+    double mean_j = 0, m2_j = 0;
     for (int b = 0; b < num_blocks; ++b) {
       const std::int64_t block_count = block_scalars[b].count;
       if (block_count == 0) continue;
       const MergeWeights w = detail::merge_weights(count, block_count);
-      shift_j += detail::merge_block_slot(mean_j, block_m2 != nullptr ? &m2_j : nullptr,
-                                          block_mean[b * slots + j],
-                                          block_m2 != nullptr ? block_m2[b * slots + j] : 0.0, w);
+      shift += detail::merge_block_slot(mean_j, block_m2 != nullptr ? &m2_j : nullptr,
+                                        block_mean[b * slots + j],
+                                        block_m2 != nullptr ? block_m2[b * slots + j] : 0.0, w);
       count += block_count;
     }
     mean[j] = mean_j;
     if (m2 != nullptr) m2[j] = m2_j;
-    shift[j] = shift_j;
   }
-}
-
-__global__ void merge_block_scalars_kernel(int num_blocks, const BlockScalars* block_scalars,
-                                           const double* shift_total, BlockScalars* total) {
+  const double block_shift = Reduce(temp).Sum(shift);
+  if (threadIdx.x == 0) {
+    partial[blockIdx.x] = block_shift;
+    __threadfence();
+    last = atomicAdd(done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  __threadfence();
+  double shift_total = 0;
+  for (unsigned int b = 0; b < gridDim.x; ++b) shift_total += __ldcg(partial + b);
   BlockScalars acc;
   for (int b = 0; b < num_blocks; ++b) {
     if (block_scalars[b].count > 0) detail::merge_block_scalars(acc, block_scalars[b], 0.0);
   }
-  acc.m2_total += *shift_total;
-  *total = acc;
+  acc.m2_total += shift_total;
+  totals->scalars = acc;
+  totals->flags[0] = flags[0];
+  totals->flags[1] = flags[1];
+  flags[0] = kNoRow;
+  flags[1] = kNoRow;
+  *done = 0;
 }
 
 int device_attribute(cudaDeviceAttr attribute) {
@@ -428,8 +467,9 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   with_fused_kernel<double>(options.loss, layer.out, options.param_stats, prepare(layout_double_));
   num_blocks_ = std::max(layout_float_.blocks_per_sm, layout_double_.blocks_per_sm) * sms_;
   slots_ = layer.num_params();
-  weight_ = DeviceBuffer<double>(layer.weight.size());
-  if (layer.has_bias()) bias_ = DeviceBuffer<double>(layer.bias.size());
+  // W then b, uploaded from one pinned buffer in one copy.
+  weight_ = DeviceBuffer<double>(static_cast<std::size_t>(k_ * d_ + k_));
+  upload_ = PinnedBuffer<double>(weight_.size());
   if (!layout_float_.sums_shared || !layout_double_.sums_shared) {
     sums_ = DeviceBuffer<double>(static_cast<std::size_t>(num_blocks_) *
                                  static_cast<std::size_t>(detail::fused_sums_rows(k_, options.param_stats) * d_));
@@ -439,12 +479,15 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   if (options.param_stats) block_m2_ = DeviceBuffer<double>(per_grid);
   block_scalars_ = DeviceBuffer<BlockScalars>(static_cast<std::size_t>(num_blocks_));
   flags_ = DeviceBuffer<unsigned long long>(2);
-  mean_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
-  shift_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
-  if (options.param_stats) m2_ = DeviceBuffer<double>(static_cast<std::size_t>(slots_));
-  partial_ = DeviceBuffer<double>(kMaxReduceBlocks);
-  shift_total_ = DeviceBuffer<double>(1);
-  total_ = DeviceBuffer<BlockScalars>(1);
+  // The totals, the slots' means and (with param stats) M2s, downloaded in one copy.
+  const std::size_t results = kTotalsDoubles + static_cast<std::size_t>(slots_) * (options.param_stats ? 2 : 1);
+  results_ = DeviceBuffer<double>(results);
+  download_ = PinnedBuffer<double>(results);
+  partial_ = DeviceBuffer<double>(static_cast<std::size_t>(grid_for(slots_)));
+  done_ = DeviceBuffer<unsigned int>(1);
+  static_assert(kNoRow == ~0ull, "kNoRow is all bits set: a byte fill of 0xFF");
+  GN_CUDA_CHECK(cudaMemsetAsync(flags_.data(), 0xFF, 2 * sizeof(unsigned long long), stream_));
+  GN_CUDA_CHECK(cudaMemsetAsync(done_.data(), 0, sizeof(unsigned int), stream_));
   reset(model);
 }
 
@@ -458,21 +501,19 @@ bool FusedLinear::fits(const Model& model, const ProfileOptions& options) const 
 void FusedLinear::reset(const Model& model) {
   model_ = &model;
   const Layer& layer = model.layers.at(0);
-  // Pageable host memory: each copy has left the host's array when the call returns.
-  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), layer.weight.data(),
-                                layer.weight.size() * sizeof(double), cudaMemcpyHostToDevice, stream_));
-  if (layer.has_bias()) {
-    GN_CUDA_CHECK(cudaMemcpyAsync(bias_.data(), layer.bias.data(), layer.bias.size() * sizeof(double),
-                                  cudaMemcpyHostToDevice, stream_));
-  }
-  const auto per_grid = static_cast<std::size_t>(num_blocks_) * static_cast<std::size_t>(slots_);
-  GN_CUDA_CHECK(cudaMemsetAsync(block_mean_.data(), 0, per_grid * sizeof(double), stream_));
-  if (options_.param_stats) {
-    GN_CUDA_CHECK(cudaMemsetAsync(block_m2_.data(), 0, per_grid * sizeof(double), stream_));
-  }
-  GN_CUDA_CHECK(cudaMemsetAsync(block_scalars_.data(), 0, num_blocks_ * sizeof(BlockScalars), stream_));
-  static_assert(kNoRow == ~0ull, "kNoRow is all bits set: a byte fill of 0xFF");
-  GN_CUDA_CHECK(cudaMemsetAsync(flags_.data(), 0xFF, 2 * sizeof(unsigned long long), stream_));
+  // The pinned buffer may be refilled once its last copy has left: finish()
+  // synchronises the stream; a profile that did not get there waits here.
+  // The blocks' moments need no zeroing: the first launch writes them
+  // (fresh_), and the flags were re-armed by the last merge.
+  if (pending_) GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  pending_ = true;
+  std::copy(layer.weight.begin(), layer.weight.end(), upload_.data());
+  std::fill_n(upload_.data() + k_ * d_, k_, 0.0);
+  if (layer.has_bias()) std::copy(layer.bias.begin(), layer.bias.end(), upload_.data() + k_ * d_);
+  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), upload_.data(), upload_.size() * sizeof(double),
+                                cudaMemcpyHostToDevice, stream_));
+  fresh_ = true;
+  launched_blocks_ = 0;
 }
 
 template <typename T>
@@ -487,11 +528,12 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
   args.k = static_cast<int>(layer.out);
   args.bias = layer.has_bias();
   args.weight = weight_.data();
-  args.bias_vec = bias_.data();
+  args.bias_vec = weight_.data() + k_ * d_;
   args.rows = rows;
   args.first_row = first_row;
   args.tiles_per_block = detail::ceil_div(detail::ceil_div(rows, layout.tile_rows), grid);
   args.slots = slots_;
+  args.fresh = fresh_;
   args.layout = layout;
   args.sums = sums_.data();
   args.block_mean = block_mean_.data();
@@ -503,6 +545,8 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
     kernel<<<grid, kThreads, layout.shared_bytes, stream_>>>(x, y, labels, args);
   });
   GN_CUDA_CHECK(cudaGetLastError());
+  fresh_ = false;
+  launched_blocks_ = std::max(launched_blocks_, grid);
 }
 
 template void FusedLinear::accumulate<float>(const float*, const float*, const std::int32_t*,
@@ -511,29 +555,23 @@ template void FusedLinear::accumulate<double>(const double*, const double*, cons
                                               std::int64_t, std::int64_t);
 
 void FusedLinear::finish(Profile& result) {
-  merge_block_slots_kernel<<<grid_for(slots_), kThreads, 0, stream_>>>(
-      num_blocks_, slots_, block_mean_.data(), block_m2_.data(), block_scalars_.data(), mean_.data(),
-      m2_.data(), shift_.data());
+  if (launched_blocks_ == 0) throw RuntimeError("internal: a fused profile finished without rows");
+  auto* totals = reinterpret_cast<FusedTotals*>(results_.data());
+  double* mean = results_.data() + kTotalsDoubles;
+  double* m2 = options_.param_stats ? mean + slots_ : nullptr;
+  merge_blocks_kernel<<<static_cast<int>(partial_.size()), kThreads, 0, stream_>>>(
+      launched_blocks_, slots_, block_mean_.data(), block_m2_.data(), block_scalars_.data(), totals, mean,
+      m2, partial_.data(), done_.data(), flags_.data());
   GN_CUDA_CHECK(cudaGetLastError());
-  reduce(slots_, LoadArray<double>{shift_.data()}, partial_.data(), shift_total_.data(), stream_);
-  merge_block_scalars_kernel<<<1, 1, 0, stream_>>>(num_blocks_, block_scalars_.data(),
-                                                   shift_total_.data(), total_.data());
-  GN_CUDA_CHECK(cudaGetLastError());
-
-  unsigned long long flags[2];
-  BlockScalars scalars;
-  std::vector<double> host_mean(static_cast<std::size_t>(slots_)), host_m2;
-  GN_CUDA_CHECK(cudaMemcpyAsync(flags, flags_.data(), sizeof(flags), cudaMemcpyDeviceToHost, stream_));
-  GN_CUDA_CHECK(cudaMemcpyAsync(&scalars, total_.data(), sizeof(scalars), cudaMemcpyDeviceToHost, stream_));
-  GN_CUDA_CHECK(cudaMemcpyAsync(host_mean.data(), mean_.data(), host_mean.size() * sizeof(double),
+  GN_CUDA_CHECK(cudaMemcpyAsync(download_.data(), results_.data(), results_.size() * sizeof(double),
                                 cudaMemcpyDeviceToHost, stream_));
-  if (options_.param_stats) {
-    host_m2.resize(static_cast<std::size_t>(slots_));
-    GN_CUDA_CHECK(cudaMemcpyAsync(host_m2.data(), m2_.data(), host_m2.size() * sizeof(double),
-                                  cudaMemcpyDeviceToHost, stream_));
-  }
   GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  throw_if_flagged(flags[0], flags[1], model_->output_dim(), options_.loss);
+  pending_ = false;
+  FusedTotals host_totals;
+  std::memcpy(&host_totals, download_.data(), sizeof(host_totals));
+  const BlockScalars& scalars = host_totals.scalars;
+  throw_if_flagged(host_totals.flags[0], host_totals.flags[1], model_->output_dim(), options_.loss);
+  const double* host_mean = download_.data() + kTotalsDoubles;
 
   const double inv_n = 1.0 / static_cast<double>(scalars.count);
   result.n = scalars.count;
@@ -543,12 +581,16 @@ void FusedLinear::finish(Profile& result) {
   LayerProfile lp;
   lp.name = Model::layer_name(0);
   lp.num_params = slots_;
-  for (double g : host_mean) lp.grad_norm_sq += g * g;
+  for (std::int64_t j = 0; j < slots_; ++j) lp.grad_norm_sq += host_mean[j] * host_mean[j];
   lp.trace_cov = scalars.m2_total * inv_n;
   lp.mean_sample_grad_norm_sq = scalars.sum_norm_sq * inv_n;
   result.layers.push_back(lp);
-  result.param_mean = std::move(host_mean);
-  for (double v : host_m2) result.param_var.push_back(v * inv_n);
+  result.param_mean.assign(host_mean, host_mean + slots_);
+  if (options_.param_stats) {
+    const double* host_m2 = host_mean + slots_;
+    result.param_var.resize(static_cast<std::size_t>(slots_));
+    for (std::int64_t j = 0; j < slots_; ++j) result.param_var[j] = host_m2[j] * inv_n;
+  }
 }
 
 }  // namespace gradnoise::cuda

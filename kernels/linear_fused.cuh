@@ -55,14 +55,20 @@ class FusedLinear {
   int num_blocks_ = 0;  // the larger of the two layouts' grids: what finish() merges
   std::int64_t slots_ = 0;
   detail::FusedLayout layout_float_, layout_double_;  // for float32 and float64 rows
-  DeviceBuffer<double> weight_, bias_;
-  DeviceBuffer<double> sums_;  // per-block sums when a layout keeps them out of shared memory
+  DeviceBuffer<double> weight_;    // W (K×D) then b (K; zeros without a bias)
+  PinnedBuffer<double> upload_;    // reset()'s staging of W and b
+  DeviceBuffer<double> sums_;      // per-block sums when a layout keeps them out of shared memory
   DeviceBuffer<double> block_mean_, block_m2_;
   DeviceBuffer<detail::BlockScalars> block_scalars_;
-  DeviceBuffer<unsigned long long> flags_;
-  // finish()'s merged moments, shifts and scalars.
-  DeviceBuffer<double> mean_, m2_, shift_, partial_, shift_total_;
-  DeviceBuffer<detail::BlockScalars> total_;
+  DeviceBuffer<unsigned long long> flags_;  // kNoRow between profiles (re-armed by the merge)
+  // finish(): detail::FusedTotals, then the slots' means and M2s, and their pinned copy.
+  DeviceBuffer<double> results_;
+  PinnedBuffer<double> download_;
+  DeviceBuffer<double> partial_;  // the merge's per-block sums of the slots' shifts
+  DeviceBuffer<unsigned int> done_;  // the merge's count of finished blocks (0 between profiles)
+  bool fresh_ = true;             // the next launch starts the blocks' moments
+  bool pending_ = false;          // copies queued since the last synchronise
+  int launched_blocks_ = 0;       // the widest grid launched since reset()
 };
 
 /// A session's fused-kernel state, kept between profile calls of the same

@@ -21,6 +21,7 @@
 // launch, not per tile), and the blocks are merged in index order at the end.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "moments.hpp"
@@ -173,6 +174,16 @@ struct BlockScalars {
   double loss_mean = 0;
   double loss_m2 = 0;
 };
+
+/// What the final merge leaves for the host, ahead of the slots' means (and
+/// M2s), so one transfer brings a profile back: the flagged rows (bad label,
+/// non-finite value; kNoRow when none) and the merged scalars.
+struct FusedTotals {
+  unsigned long long flags[2] = {};
+  BlockScalars scalars;
+};
+/// FusedTotals rounded up to whole doubles.
+inline constexpr std::size_t kTotalsDoubles = (sizeof(FusedTotals) + sizeof(double) - 1) / sizeof(double);
 
 /// Closes a launch of n rows into its block's scalars: Σ‖h_i‖² − n‖h̄‖²
 /// (moments.hpp chunk_centred_sum with the shift for the means and h̄ for
