@@ -186,6 +186,51 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+/// An instantiated CUDA graph, captured from what `enqueue()` queues on
+/// `stream` (thread-local capture: other threads' CUDA calls are not
+/// affected). If enqueue throws, the capture is ended and discarded, so the
+/// stream is usable again, and the exception goes on.
+class CapturedGraph {
+ public:
+  CapturedGraph() = default;
+  template <class Enqueue>
+  CapturedGraph(cudaStream_t stream, Enqueue&& enqueue) {
+    GN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    try {
+      enqueue();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    GN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    const cudaError_t status = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    GN_CUDA_CHECK(status);
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  CapturedGraph(CapturedGraph&& other) noexcept : exec_(std::exchange(other.exec_, nullptr)) {}
+  CapturedGraph& operator=(CapturedGraph&& other) noexcept {
+    if (this != &other) {
+      if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+      exec_ = std::exchange(other.exec_, nullptr);
+    }
+    return *this;
+  }
+  ~CapturedGraph() {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  }
+  explicit operator bool() const { return exec_ != nullptr; }
+  /// Queues one replay on `stream`.
+  void launch(cudaStream_t stream) const { GN_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 /// A device copy of `host`, queued on `stream` (zero-length: no allocation).
 inline DeviceBuffer<double> upload(const std::vector<double>& host, cudaStream_t stream) {
   DeviceBuffer<double> dev(host.size());

@@ -499,9 +499,14 @@ bool FusedLinear::fits(const Model& model, const ProfileOptions& options) const 
 }
 
 void FusedLinear::reset(const Model& model) {
+  stage(model);
+  enqueue_upload();
+}
+
+void FusedLinear::stage(const Model& model) {
   model_ = &model;
   const Layer& layer = model.layers.at(0);
-  // The pinned buffer may be refilled once its last copy has left: finish()
+  // The pinned buffer may be refilled once its last copy has left: collect()
   // synchronises the stream; a profile that did not get there waits here.
   // The blocks' moments need no zeroing: the first launch writes them
   // (fresh_), and the flags were re-armed by the last merge.
@@ -510,11 +515,52 @@ void FusedLinear::reset(const Model& model) {
   std::copy(layer.weight.begin(), layer.weight.end(), upload_.data());
   std::fill_n(upload_.data() + k_ * d_, k_, 0.0);
   if (layer.has_bias()) std::copy(layer.bias.begin(), layer.bias.end(), upload_.data() + k_ * d_);
-  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), upload_.data(), upload_.size() * sizeof(double),
-                                cudaMemcpyHostToDevice, stream_));
   fresh_ = true;
   launched_blocks_ = 0;
 }
+
+void FusedLinear::enqueue_upload() {
+  GN_CUDA_CHECK(cudaMemcpyAsync(weight_.data(), upload_.data(), upload_.size() * sizeof(double),
+                                cudaMemcpyHostToDevice, stream_));
+}
+
+template <typename T>
+void FusedLinear::profile_rows(const Model& model, const T* x, const T* y, const std::int32_t* labels,
+                               std::int64_t rows, bool replay, Profile& result) {
+  stage(model);
+  const GraphKey key{x, y, labels, rows, sizeof(T)};
+  if (!replay) {
+    enqueue_upload();
+    accumulate(x, y, labels, rows, 0);
+    enqueue_merge();
+  } else {
+    // The same rows a second time: capture the call's four stream operations
+    // once, then each profile is one graph launch (the weights change in the
+    // pinned buffer the graph copies from, never in the graph).
+    if (!graph_ && key == graph_key_) {
+      graph_ = CapturedGraph(stream_, [&] {
+        enqueue_upload();
+        accumulate(x, y, labels, rows, 0);
+        enqueue_merge();
+      });
+    }
+    if (graph_ && key == graph_key_) {
+      graph_.launch(stream_);
+    } else {
+      graph_ = CapturedGraph();
+      enqueue_upload();
+      accumulate(x, y, labels, rows, 0);
+      enqueue_merge();
+    }
+    graph_key_ = key;
+  }
+  collect(result);
+}
+
+template void FusedLinear::profile_rows<float>(const Model&, const float*, const float*, const std::int32_t*,
+                                               std::int64_t, bool, Profile&);
+template void FusedLinear::profile_rows<double>(const Model&, const double*, const double*,
+                                                const std::int32_t*, std::int64_t, bool, Profile&);
 
 template <typename T>
 void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels, std::int64_t rows,
@@ -555,6 +601,11 @@ template void FusedLinear::accumulate<double>(const double*, const double*, cons
                                               std::int64_t, std::int64_t);
 
 void FusedLinear::finish(Profile& result) {
+  enqueue_merge();
+  collect(result);
+}
+
+void FusedLinear::enqueue_merge() {
   if (launched_blocks_ == 0) throw RuntimeError("internal: a fused profile finished without rows");
   auto* totals = reinterpret_cast<FusedTotals*>(results_.data());
   double* mean = results_.data() + kTotalsDoubles;
@@ -565,6 +616,9 @@ void FusedLinear::finish(Profile& result) {
   GN_CUDA_CHECK(cudaGetLastError());
   GN_CUDA_CHECK(cudaMemcpyAsync(download_.data(), results_.data(), results_.size() * sizeof(double),
                                 cudaMemcpyDeviceToHost, stream_));
+}
+
+void FusedLinear::collect(Profile& result) {
   GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   pending_ = false;
   FusedTotals host_totals;

@@ -45,7 +45,30 @@ class FusedLinear {
   /// label or a non-finite output seen on the way.
   void finish(Profile& result);
 
+  /// The whole profile of `rows` device-resident rows (reset, accumulate,
+  /// finish). With `replay` (a session, whose rows stay put), the second call
+  /// on the same rows captures the call's copies and launches in a CUDA graph
+  /// and every later one replays it: one launch a profile.
+  template <typename T>
+  void profile_rows(const Model& model, const T* x, const T* y, const std::int32_t* labels,
+                    std::int64_t rows, bool replay, Profile& result);
+
  private:
+  void stage(const Model& model);  // W and b into the pinned buffer; a fresh profile
+  void enqueue_upload();
+  void enqueue_merge();             // the merge of the blocks and the copy of the results
+  void collect(Profile& result);    // synchronise, then read the results
+
+  /// The rows a captured graph reads.
+  struct GraphKey {
+    const void* x = nullptr;
+    const void* y = nullptr;
+    const void* labels = nullptr;
+    std::int64_t rows = 0;
+    std::size_t value_bytes = 0;
+    bool operator==(const GraphKey&) const = default;
+  };
+
   const Model* model_;
   ProfileOptions options_;
   cudaStream_t stream_;
@@ -69,6 +92,8 @@ class FusedLinear {
   bool fresh_ = true;             // the next launch starts the blocks' moments
   bool pending_ = false;          // copies queued since the last synchronise
   int launched_blocks_ = 0;       // the widest grid launched since reset()
+  CapturedGraph graph_;           // profile_rows' call, once captured
+  GraphKey graph_key_;            // the rows of the last profile_rows call
 };
 
 /// A session's fused-kernel state, kept between profile calls of the same

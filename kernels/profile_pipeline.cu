@@ -637,33 +637,36 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
                      const DeviceRows<T>* direct = nullptr, FusedCache* cache = nullptr) {
   const auto start = std::chrono::steady_clock::now();
   const bool labels = loss_targets(options.loss) == TargetKind::labels;
-  const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
   const std::int64_t n = shape.num_samples();
-  Profile result = with_halving_chunks(
-      "this model's " + std::to_string(model.num_params()) + " parameters",
-      [&](std::int64_t budget) { return detail::plan_chunk_rows(fp, budget, options.chunk_rows, n); },
-      [&](std::int64_t chunk) {
-        if (!use_fused_linear(model, options)) {
-          Pipeline pipeline(model, options, chunk, labels, stream);
-          return run(pipeline, n, chunk, stream, make_feeder);
-        }
-        if (direct == nullptr) {
-          FusedLinear fused(model, options, stream);
-          FusedEngine engine{fused};
-          return run(engine, n, chunk, stream, make_feeder);
-        }
-        FusedCache own;
-        FusedCache& kept = cache != nullptr ? *cache : own;
-        if (kept.fused && kept.fused->fits(model, options)) {
-          kept.fused->reset(model);
-        } else {
-          kept.fused = std::make_unique<FusedLinear>(model, options, stream);
-        }
-        kept.fused->accumulate(direct->x, direct->y, direct->labels, n, 0);
-        Profile profile;
-        kept.fused->finish(profile);
-        return profile;
-      });
+  const bool fused = use_fused_linear(model, options);
+  // Device-resident rows through the fused kernel: no chunks, so no chunk
+  // plan and no query of free memory; a session keeps the kernel's buffers.
+  const auto run_direct = [&] {
+    FusedCache own;
+    FusedCache& kept = cache != nullptr ? *cache : own;
+    if (!kept.fused || !kept.fused->fits(model, options)) {
+      kept.fused = std::make_unique<FusedLinear>(model, options, stream);
+    }
+    Profile profile;
+    kept.fused->profile_rows(model, direct->x, direct->y, direct->labels, n, cache != nullptr, profile);
+    return profile;
+  };
+  const detail::ChunkFootprint fp = detail::chunk_footprint(model, labels, options.param_stats);
+  Profile result =
+      fused && direct != nullptr
+          ? run_direct()
+          : with_halving_chunks(
+                "this model's " + std::to_string(model.num_params()) + " parameters",
+                [&](std::int64_t budget) { return detail::plan_chunk_rows(fp, budget, options.chunk_rows, n); },
+                [&](std::int64_t chunk) {
+                  if (!fused) {
+                    Pipeline pipeline(model, options, chunk, labels, stream);
+                    return run(pipeline, n, chunk, stream, make_feeder);
+                  }
+                  FusedLinear engine_state(model, options, stream);
+                  FusedEngine engine{engine_state};
+                  return run(engine, n, chunk, stream, make_feeder);
+                });
   for (LayerProfile& lp : result.layers) {
     lp.noise_scale_simple = noise_scale(lp.trace_cov, lp.grad_norm_sq);
     result.grad_norm_sq += lp.grad_norm_sq;
