@@ -238,8 +238,9 @@ void check_ranks(const ProfileArgs& args) {
   }
 }
 
-/// report.json's "ranks" and "bytes_communicated" (summed over the ranks:
-/// every byte sent or received, for the profile's merge and in all).
+/// report.json's "ranks", "bytes_communicated" (summed over the ranks:
+/// every byte sent or received, for the profile's merge and in all) and
+/// "reduction" (the path the products' sums took).
 void add_ranks_json_summed(nlohmann::ordered_json& report, detail::Communicator& comm,
                            std::uint64_t profile_bytes, const std::string& reduction) {
   std::vector<double> bytes{static_cast<double>(profile_bytes),
