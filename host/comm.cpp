@@ -8,26 +8,25 @@
 #include <new>
 
 #include "gradnoise/error.hpp"
+#include "tree.hpp"
 
 namespace gradnoise::detail {
 
 void Communicator::reduce(std::vector<double>& values, const Combine& combine) {
-  const int me = rank(), ranks = size();
-  if (ranks == 1) return;
+  if (size() == 1) return;
   const std::size_t bytes = values.size() * sizeof(double);
   std::vector<double> later(values.size());
-  for (int step = 1; step < ranks; step *= 2) {
-    if (me % (2 * step) != 0) {
-      send(me - step, values.data(), bytes);
-      count(bytes);
-      break;
-    }
-    if (me + step < ranks) {
-      recv(me + step, later.data(), bytes);
-      count(bytes);
-      combine(values, later);
-    }
-  }
+  walk_tree(
+      rank(), size(),
+      [&](int from) {
+        recv(from, later.data(), bytes);
+        count(bytes);
+        combine(values, later);
+      },
+      [&](int to) {
+        send(to, values.data(), bytes);
+        count(bytes);
+      });
   broadcast_raw(values.data(), bytes, 0);
   count(bytes);
 }

@@ -32,12 +32,16 @@ class Communicator {
   /// The rank's index among the ranks of its node (its GPU), 0 when alone.
   virtual int local_rank() const = 0;
 
-  /// Bytes this rank sent and received through the communicator so far.
+  /// Bytes this rank sent and received through the communicator so far
+  /// (with the GPU-to-GPU transfers made on its behalf, count_device()).
   std::uint64_t bytes_communicated() const { return bytes_; }
+  /// Counts bytes a device collective (NCCL) moved for this rank.
+  void count_device(std::size_t bytes) { bytes_ += bytes; }
 
   /// Folds every rank's `values` (the same length everywhere) in rank order
   /// over a fixed binary tree: ranks r and r + s combine at step s = 1, 2,
-  /// 4, …, the lower rank's part on the left. Every rank gets the result.
+  /// 4, …, the lower rank's part on the left (core/tree.hpp, the schedule the
+  /// NCCL path walks too). Every rank gets the result.
   void reduce(std::vector<double>& values, const Combine& combine);
   /// Elementwise sum of every rank's `values` by reduce(): one allreduce.
   void sum(std::vector<double>& values);

@@ -2,6 +2,7 @@
 // -DGRADNOISE_CUDA=OFF): they say so clearly instead of failing to link.
 #include "cuda_entry.hpp"
 #include "gradnoise/error.hpp"
+#include "nccl.hpp"
 
 namespace gradnoise {
 
@@ -60,4 +61,11 @@ std::vector<SweepRunOutcome> sweep_advance_cuda(SweepCudaState&, std::vector<dou
   refuse();
 }
 
+namespace detail {
+
+std::unique_ptr<DeviceSum> make_nccl_sum(const NcclLibrary&, const nccl_abi::UniqueId&, Communicator&) {
+  refuse();
+}
+
+}  // namespace detail
 }  // namespace gradnoise

@@ -99,11 +99,15 @@ Profile profile_from_moments(const std::vector<double>& moments, const Model& mo
 }
 
 void average_over_parts(Communicator& comm, double* values, std::int64_t count,
-                        std::int64_t part_rows, std::int64_t whole_rows) {
+                        std::int64_t part_rows, std::int64_t whole_rows, DeviceSum* device_sum) {
   // N_r · (the part's average), summed in the tree's order, over N.
   std::vector<double> sums(values, values + count);
   for (double& v : sums) v *= static_cast<double>(part_rows);
-  comm.sum(sums);
+  if (device_sum != nullptr) {
+    device_sum->sum(sums.data(), sums.size());
+  } else {
+    comm.sum(sums);
+  }
   const double inv_whole = 1.0 / static_cast<double>(whole_rows);
   for (std::int64_t j = 0; j < count; ++j) values[j] = sums[static_cast<std::size_t>(j)] * inv_whole;
 }
@@ -113,8 +117,9 @@ namespace {
 class DistributedBackend final : public Backend {
  public:
   DistributedBackend(Communicator& comm, std::unique_ptr<Backend> local, std::int64_t part_rows,
-                     std::int64_t whole_rows)
-      : comm_(comm), local_(std::move(local)), part_rows_(part_rows), whole_rows_(whole_rows) {}
+                     std::int64_t whole_rows, std::unique_ptr<DeviceSum> device_sum)
+      : comm_(comm), local_(std::move(local)), part_rows_(part_rows), whole_rows_(whole_rows),
+        device_sum_(std::move(device_sum)) {}
 
   std::string device() const override { return local_->device(); }
   std::int64_t chunk_rows() const override { return local_->chunk_rows(); }
@@ -122,13 +127,13 @@ class DistributedBackend final : public Backend {
   void covariance_apply(const Model& model, const std::vector<double>& mean_grad, const double* in,
                         double* out, std::int64_t cols) override {
     comm_.together([&] { local_->covariance_apply(model, mean_grad, in, out, cols); });
-    average_over_parts(comm_, out, model.num_params() * cols, part_rows_, whole_rows_);
+    average_over_parts(comm_, out, model.num_params() * cols, part_rows_, whole_rows_, device_sum_.get());
   }
 
   void hessian_apply(const Model& model, bool gauss_newton, const double* in, double* out,
                      std::int64_t cols) override {
     comm_.together([&] { local_->hessian_apply(model, gauss_newton, in, out, cols); });
-    average_over_parts(comm_, out, model.num_params() * cols, part_rows_, whole_rows_);
+    average_over_parts(comm_, out, model.num_params() * cols, part_rows_, whole_rows_, device_sum_.get());
   }
 
   // grad_cov_grad: the base's Ĝᵀ(ΣĜ). The per-rank variances of g_iᵀĜ sit
@@ -154,28 +159,36 @@ class DistributedBackend final : public Backend {
   std::unique_ptr<Backend> local_;
   std::int64_t part_rows_;
   std::int64_t whole_rows_;
+  std::unique_ptr<DeviceSum> device_sum_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::unique_ptr<Backend> local,
-                                                  std::int64_t part_rows, std::int64_t whole_rows) {
-  return std::make_unique<DistributedBackend>(comm, std::move(local), part_rows, whole_rows);
+                                                  std::int64_t part_rows, std::int64_t whole_rows,
+                                                  std::unique_ptr<DeviceSum> device_sum) {
+  return std::make_unique<DistributedBackend>(comm, std::move(local), part_rows, whole_rows,
+                                              std::move(device_sum));
 }
 
 void select_rank_device(Communicator& comm, Device device) {
   if (device != Device::cpu && resolve_device(device) == Place::cuda) select_cuda_device(comm.local_rank());
 }
 
-std::shared_ptr<Backend> make_rank_backend(Communicator& comm, const SessionOptions& options,
-                                           std::shared_ptr<const DataPart> part) {
-  select_rank_device(comm, options.device);
+RankBackend make_rank_backend(Communicator& comm, const SessionOptions& options,
+                              std::shared_ptr<const DataPart> part, Reduction reduction) {
   const std::int64_t part_rows = part->num_samples(), whole_rows = part->whole_samples();
-  std::unique_ptr<Backend> local =
-      make_backend(options.device, std::move(part), options.loss, options.chunk_rows, options.threads,
-                   options.fused_linear, options.gpu_resident, options.gpu_dtype);
-  if (comm.size() == 1) return local;
-  return make_distributed_backend(comm, std::move(local), part_rows, whole_rows);
+  bool gpu_engine = false;
+  std::unique_ptr<Backend> local = comm.together([&] {
+    select_rank_device(comm, options.device);
+    gpu_engine = options.device != Device::cpu && resolve_device(options.device) == Place::cuda;
+    return make_backend(options.device, std::move(part), options.loss, options.chunk_rows, options.threads,
+                        options.fused_linear, options.gpu_resident, options.gpu_dtype);
+  });
+  std::unique_ptr<DeviceSum> device_sum = make_device_sum(comm, gpu_engine, reduction);
+  if (comm.size() == 1) return {std::move(local), "none"};
+  const std::string path = device_sum ? "nccl" : "host";
+  return {make_distributed_backend(comm, std::move(local), part_rows, whole_rows, std::move(device_sum)), path};
 }
 
 BlockOperator distributed_layer_covariance(Communicator& comm, const Model& model,

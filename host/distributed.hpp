@@ -14,6 +14,7 @@
 
 #include "backend.hpp"
 #include "comm.hpp"
+#include "nccl.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/krylov.hpp"
 #include "gradnoise/model.hpp"
@@ -59,19 +60,30 @@ void merge_profile_moments(std::vector<double>& left, const std::vector<double>&
 Profile profile_from_moments(const std::vector<double>& moments, const Model& model, bool param_stats);
 
 /// The backend of a rank: `local` works on the rank's DataPart of
-/// `part_rows` rows out of `whole_rows`; every operation is collective.
+/// `part_rows` rows out of `whole_rows`; every operation is collective. With
+/// `device_sum` (every rank's engine a GPU, NCCL loaded) the Σ·V and H·V
+/// blocks are summed GPU to GPU; without, through `comm` on the host. The
+/// profile's partial moments always merge on the host (Chan's update is not
+/// a sum, and they are O(P) once per profile).
 std::unique_ptr<Backend> make_distributed_backend(Communicator& comm, std::unique_ptr<Backend> local,
-                                                  std::int64_t part_rows, std::int64_t whole_rows);
+                                                  std::int64_t part_rows, std::int64_t whole_rows,
+                                                  std::unique_ptr<DeviceSum> device_sum = nullptr);
 
 /// With a GPU for `device`, makes the rank's local GPU current (local rank
-/// mod the node's GPUs: one rank per GPU).
+/// mod the node's GPUs: one rank per GPU; a thread rank's own GPU).
 void select_rank_device(Communicator& comm, Device device);
 
-/// This rank's session backend on its `part`: the device's backend (with a
-/// GPU, the rank's local one: local rank mod the node's GPUs), wrapped in
-/// the distributed backend when there are several ranks.
-std::shared_ptr<Backend> make_rank_backend(Communicator& comm, const SessionOptions& options,
-                                           std::shared_ptr<const DataPart> part);
+/// This rank's session backend on its `part` and the path its sums take:
+/// the device's backend (with a GPU, the rank's local one), wrapped in the
+/// distributed backend when there are several ranks. Collective: call it
+/// on every rank, outside together() (it agrees on the outcome itself).
+struct RankBackend {
+  std::shared_ptr<Backend> backend;
+  /// report.json's "reduction": "none" (one process), "host" or "nccl".
+  std::string reduction;
+};
+RankBackend make_rank_backend(Communicator& comm, const SessionOptions& options,
+                              std::shared_ptr<const DataPart> part, Reduction reduction);
 
 /// Σ_ll·V (one layer's diagonal block, CPU) summed over the ranks' parts.
 BlockOperator distributed_layer_covariance(Communicator& comm, const Model& model,
@@ -80,8 +92,10 @@ BlockOperator distributed_layer_covariance(Communicator& comm, const Model& mode
                                            std::int64_t chunk_rows, std::int64_t layer);
 
 /// out ← Σ_r (N_r / N) out_r over the ranks: the whole-data value of a
-/// per-part average (a product with Σ or H), one allreduce.
+/// per-part average (a product with Σ or H), one allreduce: through
+/// `device_sum` when given, else comm.sum (the same bits either way).
 void average_over_parts(Communicator& comm, double* values, std::int64_t count,
-                        std::int64_t part_rows, std::int64_t whole_rows);
+                        std::int64_t part_rows, std::int64_t whole_rows,
+                        DeviceSum* device_sum = nullptr);
 
 }  // namespace gradnoise::detail

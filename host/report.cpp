@@ -192,9 +192,10 @@ std::vector<std::string> profile_warnings(const Profile& profile) {
 }
 
 void add_ranks_json(nlohmann::ordered_json& report, int ranks, std::uint64_t profile_bytes,
-                    std::uint64_t total_bytes) {
+                    std::uint64_t total_bytes, const std::string& reduction) {
   report["ranks"] = ranks;
   report["bytes_communicated"] = {{"profile", profile_bytes}, {"total", total_bytes}};
+  report["reduction"] = reduction;
 }
 
 double rounding_grad_norm_sq(const DataSource& data) {

@@ -490,6 +490,12 @@ TEST_F(Cli, VersionAndHelp) {
     EXPECT_EQ(result.status, 0);
     EXPECT_NE(result.out.find("Examples:"), std::string::npos) << result.out;
   }
+  // Ranks as threads of one process, and the path of their sums.
+  for (const char* command : {"profile", "sweep"}) {
+    result = run({command, "--help"});
+    EXPECT_NE(result.out.find("--devices"), std::string::npos) << result.out;
+  }
+  EXPECT_NE(run({"profile", "--help"}).out.find("--reduction"), std::string::npos);
 }
 
 // ---- Bad input: non-zero exit, one line naming the culprit, no output ---------
@@ -1303,6 +1309,151 @@ TEST_F(Cli, DashWritesTextOutputsToStdout) {
   // A binary output does not go to stdout.
   expect_failure({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--param-stats", "-"}, 2,
                  "--param-stats");
+}
+
+// ---- Ranks as threads of one process: --devices, --reduction ------------------------
+
+/// `report` without the keys that hold timings or eigensolver residuals.
+nlohmann::json without_timings(nlohmann::json report) {
+  if (report.is_object()) {
+    for (auto it = report.begin(); it != report.end();) {
+      if (it.key().find("elapsed_s") != std::string::npos || it.key().find("residuals") != std::string::npos) {
+        it = report.erase(it);
+      } else {
+        *it = without_timings(*it);
+        ++it;
+      }
+    }
+  } else if (report.is_array()) {
+    for (auto& item : report) item = without_timings(item);
+  }
+  return report;
+}
+
+/// Every number of `got` within `rtol` of `want`'s and every other value
+/// equal, but the keys that describe the run (timings, ranks, their bytes,
+/// the reduction, the options) and what one side leaves null (tr(Σ²) and
+/// tr(HΣ) are not computed across ranks; docs/MPI.md).
+void expect_reports_match(const nlohmann::json& got, const nlohmann::json& want, const std::string& where,
+                          double rtol = 1e-12) {
+  if (got.is_null() || want.is_null()) return;
+  if (want.is_object()) {
+    ASSERT_TRUE(got.is_object()) << where;
+    for (auto it = want.begin(); it != want.end(); ++it) {
+      static const char* const describing[] = {"elapsed_s", "residuals", "ranks", "bytes_communicated",
+                                               "reduction", "options", "curvature_notes"};
+      if (std::any_of(std::begin(describing), std::end(describing),
+                      [&](const char* key) { return it.key().find(key) != std::string::npos; })) {
+        continue;
+      }
+      ASSERT_TRUE(got.contains(it.key())) << where << "/" << it.key();
+      expect_reports_match(got[it.key()], it.value(), where + "/" + it.key(), rtol);
+    }
+  } else if (want.is_array()) {
+    ASSERT_EQ(got.size(), want.size()) << where;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      expect_reports_match(got[i], want[i], where + "/" + std::to_string(i), rtol);
+    }
+  } else if (want.is_number() && !want.is_boolean()) {
+    EXPECT_TRUE(close_relative(got.get<double>(), want.get<double>(), rtol)) << where;
+  } else {
+    EXPECT_EQ(got, want) << where;
+  }
+}
+
+TEST_F(Cli, ProfileOverThreadRanksMatchesOneProcess) {
+  synth(1001, 6, 2);
+  const std::vector<std::string> base = {"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--hidden", "3",
+                                         "--init", "gaussian", "--seed", "4", "--spectrum", "3",
+                                         "--theta", "0.5", "--quiet"};
+  const auto outputs = [&](const std::string& tag) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), {"--out", p(tag + ".json"), "--param-stats", p(tag + ".npy"), "--curve",
+                             p(tag + ".csv")});
+    return args;
+  };
+  const RunResult one = run(outputs("one"));
+  ASSERT_EQ(one.status, 0) << one.err;
+  const nlohmann::json want = nlohmann::json::parse(read_text(path("one.json")));
+  EXPECT_EQ(want["ranks"], 1);
+  EXPECT_EQ(want["reduction"], "none");
+  const Array want_stats = read_npy(path("one.npy"));
+  for (const std::string& devices : {std::string("cpu,cpu"), std::string("cpu,cpu,cpu")}) {
+    SCOPED_TRACE(devices);
+    const std::string tag = std::to_string(devices.size());
+    std::vector<std::string> args = outputs(tag);
+    args.insert(args.end(), {"--devices", devices});
+    const RunResult ranks = run(args);
+    ASSERT_EQ(ranks.status, 0) << ranks.err;
+    EXPECT_NE(ranks.out.find("threads of one process"), std::string::npos) << ranks.out;
+    const nlohmann::json got = nlohmann::json::parse(read_text(path(tag + ".json")));
+    expect_reports_match(got, want, "report");
+    EXPECT_EQ(got["ranks"], (devices.size() + 1) / 4);
+    EXPECT_EQ(got["reduction"], "host");  // CPU ranks: the thread mailboxes
+    EXPECT_GT(got["bytes_communicated"]["profile"].get<std::int64_t>(), 0);
+    const Array stats = read_npy(path(tag + ".npy"));
+    ASSERT_EQ(stats.values.size(), want_stats.values.size());
+    for (std::size_t j = 0; j < stats.values.size(); ++j) {
+      EXPECT_TRUE(close_relative(stats.values[j], want_stats.values[j])) << "--param-stats " << j;
+    }
+  }
+  // A fixed rank count gives the same bits run to run.
+  std::vector<std::string> again = outputs("again");
+  again.insert(again.end(), {"--devices", "cpu,cpu,cpu"});
+  ASSERT_EQ(run(again).status, 0);
+  EXPECT_EQ(without_timings(nlohmann::json::parse(read_text(path("again.json")))),
+            without_timings(nlohmann::json::parse(read_text(path("11.json")))));
+  EXPECT_EQ(read_text(path("again.csv")), read_text(path("11.csv")));
+}
+
+TEST_F(Cli, SweepOverThreadRanksMatchesOneProcess) {
+  synth(50, 3, 1);
+  const std::vector<std::string> base = {"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--init", "zeros",
+                                         "--batch-sizes", "1,4,16", "--lrs", "0.05,0.01", "--replicas", "3",
+                                         "--steps", "40", "--log-every", "10", "--quiet"};
+  std::vector<std::string> one = base, ranks = base;
+  one.insert(one.end(), {"--out", p("one.csv"), "--final-weights", p("one.npy")});
+  ranks.insert(ranks.end(), {"--out", p("ranks.csv"), "--final-weights", p("ranks.npy"), "--devices", "cpu,cpu,cpu"});
+  ASSERT_EQ(run(one).status, 0);
+  const RunResult result = run(ranks);
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(read_text(path("ranks.csv")), read_text(path("one.csv")));
+  EXPECT_EQ(read_text(path("ranks.npy")), read_text(path("one.npy")));
+}
+
+TEST_F(Cli, ThreadRankErrorsAreOneSentence) {
+  synth(1001, 6, 2);
+  // Row 900 is rank 2's (rows 667 to 1000) of 3: every rank stops with its sentence.
+  Array x = read_npy(path("X.npy"));
+  x.values[900 * 6 + 2] = std::nan("");
+  write_npy(path("Xbad.npy"), x.shape, x.values);
+  std::vector<std::string> bad = {"profile", "--x", p("Xbad.npy"), "--y", p("Y.npy"), "--devices", "cpu,cpu,cpu"};
+  for (const std::string& flag : output_flags()) bad.push_back(flag);
+  const std::string line = expect_failure(bad, 2, "rank 2 of 3");
+  EXPECT_NE(line.find("row 900"), std::string::npos) << line;
+
+  const auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"profile", "--x", p("X.npy"), "--y", p("Y.npy")};
+    for (const std::string& flag : output_flags()) args.push_back(flag);
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  // GPU 63 exists nowhere: no device, no CUDA build, or too few GPUs; each one sentence.
+  expect_failure(with({"--devices", "0,63"}), 2, "--devices 0,63");
+  if (cuda_device_count() == 0) expect_failure(with({"--devices", "0,1"}), 2, "lists GPUs, but this");
+  expect_failure(with({"--devices", "cpu,0"}), 2, "mixes GPUs and cpu");
+  expect_failure(with({"--devices", "1,1"}), 2, "twice");
+  expect_failure(with({"--devices", "two"}), 2, "comma-separated list of GPU numbers");
+  expect_failure(with({"--devices", "cpu,cpu", "--device", "cuda"}), 2, "contradicts");
+  expect_failure(with({"--devices", "cpu,cpu", "--estimators", "4,8"}), 2, "--estimators");
+  // NCCL asked for where it cannot run.
+  expect_failure(with({"--devices", "cpu,cpu", "--reduction", "nccl"}), 2, "engine is the CPU");
+  expect_failure(with({"--reduction", "nccl"}), 2, "this run has one");
+  expect_failure(with({"--reduction", "ring"}), 2, "--reduction must be auto, host or nccl");
+  // The sweep takes --devices too.
+  expect_failure({"sweep", "--x", p("X.npy"), "--y", p("Y.npy"), "--batch-sizes", "4", "--lrs", "0.1",
+                  "--steps", "5", "--out", p("runs.csv"), "--devices", "cpu,gpu"},
+                 2, "--devices");
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ def flat(value, prefix=""):
 
 # Fields that differ by design: timings, where eigensolver residuals sit at
 # rounding level, and the distribution's own record.
-VOLATILE = ("elapsed_s", "residuals", "bytes_communicated", "/ranks", "curvature_notes")
+VOLATILE = ("elapsed_s", "residuals", "bytes_communicated", "/ranks", "/reduction", "curvature_notes")
 
 
 def compare_reports(reference, other, what, rtol=1e-12, ignore=()):
@@ -90,6 +90,7 @@ def profile_case(tmp, name, x, y, extra, ranks_list):
         compare_reports(tmp / f"{name}-1.json", tmp / f"{name}-{ranks}.json", f"{name} -np {ranks}")
         report = json.loads((tmp / f"{name}-{ranks}.json").read_text())
         check(report["ranks"] == ranks, f"{name}: report.json ranks = {report['ranks']}")
+        check(report["reduction"] == "host", f"{name}: CPU ranks sum on the host, not {report['reduction']}")
         check(report["bytes_communicated"]["profile"] > 0, f"{name}: no bytes counted")
         s1, sr = np.load(tmp / f"{name}-1.npy"), np.load(tmp / f"{name}-{ranks}.npy")
         check(np.allclose(sr, s1, rtol=1e-12, atol=0), f"{name} -np {ranks}: --param-stats differ")

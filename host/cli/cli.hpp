@@ -19,7 +19,7 @@
 namespace gradnoise::cli {
 
 /// What the tool is doing now, for "out of memory while <stage>".
-extern const char* current_stage;
+extern thread_local const char* current_stage;  // per thread: --devices runs ranks as threads
 
 /// `message` unchanged when it names `flag` or `value`, else prefixed with
 /// "flag value: ", so every message points at the option or file at fault.
@@ -110,6 +110,8 @@ class OutputSet {
 struct ProfileArgs {
   DataModelArgs inputs;  // data and model: --dataset/--x/--y, --loss, --layer/--hidden/...
   std::string device = "auto";
+  std::string devices;             // --devices: thread ranks, one per GPU (or cpu); empty: none
+  std::string reduction = "auto";  // over ranks: auto, host or nccl
   std::string gpu_dtype = "float32";  // the resident copy's precision on a GPU
   std::string out_path;
   std::string curve_path;
@@ -129,6 +131,7 @@ struct ProfileArgs {
 
   // Which options were given explicitly (CLI11 fills these in).
   CLI::Option* batch_sizes_option = nullptr;
+  CLI::Option* device_option = nullptr;
 };
 
 /// Options of `gradnoise synth`, as parsed.
@@ -171,7 +174,9 @@ struct SweepArgs {
   double divergence_factor = 1e6;
   int threads = 0;
   std::string device = "cpu";  // auto, cpu or cuda: where the SGD steps run
+  std::string devices;         // --devices: thread ranks, one per GPU (or cpu); empty: none
   bool quiet = false;
+  CLI::Option* device_option = nullptr;  // whether --device was given
 };
 
 CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args);

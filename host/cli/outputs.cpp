@@ -15,7 +15,7 @@
 
 namespace gradnoise::cli {
 
-const char* current_stage = "starting";
+thread_local const char* current_stage = "starting";
 
 std::string mention(const std::string& flag, const std::string& value,
                     const std::string& message) {

@@ -28,6 +28,7 @@
 #include "backend.hpp"
 #include "comm.hpp"
 #include "distributed.hpp"
+#include "cli/ranks.hpp"
 
 namespace gradnoise::cli {
 namespace {
@@ -111,7 +112,15 @@ CLI::App* add_profile_command(CLI::App& app, ProfileArgs& args) {
   CLI::App* command = app.add_subcommand(
       "profile", "Profile the gradient noise of a model on a data set, exactly.");
   add_data_model_options(command, args.inputs, "Seed of --init gaussian and of --estimators");
-  command->add_option("--device", args.device, "auto, cpu or cuda")->capture_default_str();
+  args.device_option = command->add_option("--device", args.device, "auto, cpu or cuda")->capture_default_str();
+  command->add_option("--devices", args.devices,
+                      "Split the rows over ranks run as threads of this process, one per listed "
+                      "GPU (e.g. 0,1,2,3), or CPU ranks (cpu,cpu); not under mpirun")
+      ->type_name("LIST");
+  command->add_option("--reduction", args.reduction,
+                      "Over ranks, how the Sigma/H products are summed: auto (NCCL, GPU to GPU, "
+                      "when every rank has a GPU and libnccl loads; else host), host or nccl")
+      ->capture_default_str();
   command->add_option("--gpu-dtype", args.gpu_dtype,
                       "On a GPU, keep the data on the device in float32 (half the bytes; every "
                       "sum is still float64) or float64")
@@ -213,31 +222,32 @@ class EigenProgressLine {
 namespace {
 
 /// Refuses what needs every row on one process when the data are split over
-/// MPI ranks (docs/MPI.md).
+/// ranks (MPI's or --devices'; docs/MPI.md).
 void check_ranks(const ProfileArgs& args) {
   if (!args.estimators.empty()) {
-    throw InputError("--estimators draws minibatches from every row, which no one MPI rank "
-                     "holds; run it in one process (without mpirun).");
+    throw InputError("--estimators draws minibatches from every row, which no one rank "
+                     "holds; run it in one process (without mpirun or --devices).");
   }
   if (args.inputs.init == "lstsq") {
-    throw InputError("--init lstsq fits the model on every row, which no one MPI rank holds; "
+    throw InputError("--init lstsq fits the model on every row, which no one rank holds; "
                      "fit it in one process and give the weights with --layer.");
   }
   if (args.exact_trace_sq) {
-    throw InputError("--exact-trace-sq needs every row on one process; across MPI ranks "
+    throw InputError("--exact-trace-sq needs every row on one process; across ranks "
                      "--spectrum reports the lower bound of tr(Σ²) only.");
   }
 }
 
-/// report.json's "ranks" and "bytes_communicated" (summed over the ranks:
-/// every byte sent or received, for the profile's merge and in all).
+/// report.json's "ranks", "bytes_communicated" (summed over the ranks:
+/// every byte sent or received, for the profile's merge and in all) and
+/// "reduction" (the path the products' sums took).
 void add_ranks_json_summed(nlohmann::ordered_json& report, detail::Communicator& comm,
-                           std::uint64_t profile_bytes) {
+                           std::uint64_t profile_bytes, const std::string& reduction) {
   std::vector<double> bytes{static_cast<double>(profile_bytes),
                             static_cast<double>(comm.bytes_communicated())};
   comm.sum(bytes);
   add_ranks_json(report, comm.size(), static_cast<std::uint64_t>(bytes[0]),
-                 static_cast<std::uint64_t>(bytes[1]));
+                 static_cast<std::uint64_t>(bytes[1]), reduction);
 }
 
 /// mean‖g_i‖²'s rounding floor from Σ‖x_i‖² and Σ‖y_i‖² over every rank.
@@ -249,17 +259,15 @@ double rounding_floor(detail::Communicator& comm, const LoadedData& loaded) {
   return rounding_grad_norm_sq(sums[0], sums[1], loaded.whole_rows, !loaded.data.y.empty());
 }
 
-}  // namespace
-
-int run_profile(const ProfileArgs& args) {
-  // One process, or this rank of an MPI job (docs/MPI.md): each rank reads
-  // its own rows; every collective step below is taken by every rank, and
-  // work that may fail on one rank runs inside comm.together().
-  detail::Communicator& comm = detail::world();
+/// One process, or one rank of an MPI job or of --devices (docs/MPI.md):
+/// each rank reads its own rows; every collective step below is taken by
+/// every rank, and work that may fail on one rank runs inside comm.together().
+int run_profile_rank(const ProfileArgs& args, detail::Communicator& comm) {
   const bool ranks = comm.size() > 1;
   const bool writer = comm.rank() == 0;
   Loss loss{};
   SessionOptions session_options;
+  detail::Reduction reduction{};
   OutputSet outputs;
   std::vector<std::int64_t> estimator_spec;
   bool param_stats = false;
@@ -275,6 +283,7 @@ int run_profile(const ProfileArgs& args) {
     session_options.gpu_dtype =
         mentioning("--gpu-dtype", args.gpu_dtype, [&] { return parse_gpu_dtype(args.gpu_dtype); });
     session_options.chunk_rows = args.chunk_rows;  // 0: the device's default
+    reduction = detail::parse_reduction(args.reduction);
     param_stats = !args.param_stats_path.empty();
 
     outputs.add_inputs(input_files(args.inputs));
@@ -315,6 +324,7 @@ int run_profile(const ProfileArgs& args) {
   std::vector<std::int64_t> batch_sizes;
   std::shared_ptr<const detail::DataPart> part;
   std::optional<Profiler> session;
+  detail::RankBackend backend;
   comm.together([&] {
     built = load_model(args.inputs, loaded, loss);
     if (!args.curve_path.empty() || !args.tests_csv_path.empty()) {
@@ -327,9 +337,10 @@ int run_profile(const ProfileArgs& args) {
     part = std::make_shared<const detail::DataPart>(
         std::shared_ptr<const DataSource>(std::shared_ptr<void>(), &loaded.data), loaded.first_row,
         loaded.whole_rows);
-    session.emplace(part, session_options,
-                    detail::make_rank_backend(comm, session_options, part));
   });
+  // Collective, agreeing itself: the device, and the path the sums take.
+  backend = detail::make_rank_backend(comm, session_options, part, reduction);
+  comm.together([&] { session.emplace(part, session_options, backend.backend); });
   const Model& model = built.model;
   const nlohmann::ordered_json& model_description = built.description;
   const std::int64_t chunk_rows = session->chunk_rows();
@@ -383,7 +394,7 @@ int run_profile(const ProfileArgs& args) {
   if (!args.out_path.empty()) {
     nlohmann::ordered_json report = report_json(result, context);
     add_shape_json(report, shape);
-    add_ranks_json_summed(report, comm, profile_bytes);
+    add_ranks_json_summed(report, comm, profile_bytes, backend.reduction);
     outputs.set_text(args.out_path, report.dump(2) + "\n");
   }
   if (!args.spectrum_csv_path.empty()) outputs.set_text(args.spectrum_csv_path, spectrum_csv(shape));
@@ -417,7 +428,7 @@ int run_profile(const ProfileArgs& args) {
   summary << summary_text(result, context) << shape_summary_text(shape);
   if (ranks) {
     summary << "ranks   " << comm.size() << " (" << comm.library() << "), the profile's merge moved "
-            << profile_bytes << " bytes on rank 0\n";
+            << profile_bytes << " bytes on rank 0; sums of products: " << backend.reduction << "\n";
   }
   for (const std::string& path : {args.out_path, args.curve_path, args.param_stats_path,
                                   args.spectrum_csv_path, args.tests_csv_path}) {
@@ -430,5 +441,9 @@ int run_profile(const ProfileArgs& args) {
   if (!rounding_warning.empty()) std::cerr << "gradnoise: warning: " << rounding_warning << "\n";
   return 0;
 }
+
+}  // namespace
+
+int run_profile(const ProfileArgs& args) { return run_command_ranks(args, run_profile_rank); }
 
 }  // namespace gradnoise::cli

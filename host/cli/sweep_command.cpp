@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/cli.hpp"
+#include "cli/ranks.hpp"
 #include "cli/sweep_ranks.hpp"
 #include "comm.hpp"
 #include "gradnoise/io.hpp"
@@ -130,10 +131,15 @@ CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
                       "A run diverged when a loss exceeds this times the starting loss")
       ->capture_default_str();
   command->add_option("--threads", args.threads, "Worker threads (0: all); results do not change");
-  command->add_option("--device", args.device,
-                      "Where the SGD steps run: cpu, cuda (one GPU thread per run) or auto (the "
-                      "GPU for small models when there is one); logging stays on the CPU")
-      ->capture_default_str();
+  args.device_option =
+      command->add_option("--device", args.device,
+                          "Where the SGD steps run: cpu, cuda (one GPU thread per run) or auto (the "
+                          "GPU for small models when there is one); logging stays on the CPU")
+          ->capture_default_str();
+  command->add_option("--devices", args.devices,
+                      "Divide the grid points among ranks run as threads of this process, one per "
+                      "listed GPU (e.g. 0,1), or CPU ranks (cpu,cpu); not under mpirun")
+      ->type_name("LIST");
   command->add_flag("--quiet", args.quiet, "No progress bar");
   command->footer(
       "Examples:\n"
@@ -147,10 +153,12 @@ CLI::App* add_sweep_command(CLI::App& app, SweepArgs& args) {
   return command;
 }
 
-int run_sweep(const SweepArgs& args) {
-  // One process, or this rank of an MPI job (docs/MPI.md "Sweeps"): every
-  // rank loads the whole data and runs its share of the grid points.
-  detail::Communicator& comm = detail::world();
+namespace {
+
+/// One process, or one rank of an MPI job or of --devices (docs/MPI.md
+/// "Sweeps"): every rank loads the whole data and runs its share of the grid
+/// points.
+int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
   const bool writer = comm.rank() == 0;
   Loss loss{};
   SweepConfig config;
@@ -333,5 +341,9 @@ int run_sweep(const SweepArgs& args) {
   }
   return 0;
 }
+
+}  // namespace
+
+int run_sweep(const SweepArgs& args) { return run_command_ranks(args, run_sweep_rank); }
 
 }  // namespace gradnoise::cli

@@ -47,11 +47,13 @@ nlohmann::ordered_json model_json(const Model& model);
 /// curve_preview (the batch-size curve at b = 1, 2, 4, ..., N).
 nlohmann::ordered_json report_json(const Profile& profile, const ReportContext& context);
 
-/// report.json's closing keys: the processes that computed it ("ranks") and
+/// report.json's closing keys: the processes that computed it ("ranks"),
 /// the bytes they exchanged ("bytes_communicated": for the profile's merge
-/// and in all; docs/MPI.md). One process: ranks 1, no bytes.
+/// and in all) and how the products' sums travelled ("reduction": "host"
+/// through MPI or the thread ranks' mailboxes, "nccl" GPU to GPU; docs/MPI.md).
+/// One process: ranks 1, no bytes, reduction "none".
 void add_ranks_json(nlohmann::ordered_json& report, int ranks, std::uint64_t profile_bytes = 0,
-                    std::uint64_t total_bytes = 0);
+                    std::uint64_t total_bytes = 0, const std::string& reduction = "none");
 
 /// report_json pretty-printed (2-space indent), ending in a newline. Doubles
 /// are written so they read back bit for bit.

@@ -190,7 +190,7 @@ class Shape:
         """The profile's report with the shape's keys, as report.json has them."""
         report = self.profile.to_dict()
         # report.json closes with the process count and its traffic.
-        closing = {k: report.pop(k) for k in ("ranks", "bytes_communicated") if k in report}
+        closing = {k: report.pop(k) for k in ("ranks", "bytes_communicated", "reduction") if k in report}
         report.update(self._keys)
         report.update(closing)
         return report
