@@ -254,4 +254,23 @@ inline bool fits_resident(std::int64_t bytes, std::size_t free_bytes) {
   return bytes >= 0 && bytes <= usable_device_bytes(free_bytes) / 2;
 }
 
+/// Bytes a session's forward cache takes for N rows of `model`: every
+/// layer's input and error, the outputs (float64), and the weights.
+inline std::int64_t forward_cache_bytes(const Model& model, std::int64_t n) {
+  std::int64_t per_row = model.output_dim(), weights = 0;
+  for (const Layer& layer : model.layers) {
+    per_row += layer.in + layer.out;
+    weights += layer.in * layer.out;
+  }
+  return 8 * (n * per_row + weights);
+}
+
+/// Whether a session keeps its operators' forward pass on a device with
+/// `free_bytes` free (after its resident copy): like the resident copy, when
+/// it takes at most half of the usable memory, leaving the rest to the
+/// passes' chunk workspaces.
+inline bool fits_forward_cache(std::int64_t bytes, std::size_t free_bytes) {
+  return fits_resident(bytes, free_bytes);
+}
+
 }  // namespace gradnoise::detail

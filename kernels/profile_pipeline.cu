@@ -563,14 +563,63 @@ Profile run(Engine& engine, std::int64_t n, std::int64_t chunk, cudaStream_t str
 /// device_chunks.cuh): the pipeline's forward and backward per chunk, then
 /// `visit`, whose work is queued on the same stream, so the next chunk's
 /// forward pass (which reuses the buffers) runs after it.
+namespace {
+
+/// A pass served from a session's forward cache: the visitor sees slices of
+/// the kept inputs, errors and outputs, chunk by chunk, as if the pipeline
+/// had just produced them.
+void visit_cached(const ForwardCache& cache, const Model& model, std::int64_t n, std::int64_t chunk,
+                  cudaStream_t stream, const std::function<void(const DeviceChunkView&)>& visit) {
+  GN_CUBLAS_CHECK(cublasSetStream(cache.cublas->get(), stream));
+  DeviceChunkView view;
+  view.cublas = cache.cublas->get();
+  view.stream = stream;
+  const auto layers = static_cast<std::size_t>(model.num_layers());
+  view.inputs.resize(layers);
+  view.errors.resize(layers);
+  view.weights.resize(layers);
+  for (std::int64_t first = 0; first < n; first += chunk) {
+    view.first = first;
+    view.rows = std::min(chunk, n - first);
+    for (std::size_t l = 0; l < layers; ++l) {
+      const Layer& layer = model.layers[l];
+      view.inputs[l] = cache.inputs[l].data() + first * layer.in;
+      view.errors[l] = cache.errors[l].data() + first * layer.out;
+      view.weights[l] = cache.weights[l].data();
+    }
+    view.outputs = cache.outputs.data() + first * model.output_dim();
+    visit(view);
+  }
+  GN_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+/// Queues the copy of `rows` rows of `width` doubles to row `first` of `dst`.
+void keep_rows(cuda::DeviceBuffer<double>& dst, const double* src, std::int64_t first, std::int64_t rows,
+               std::int64_t width, cudaStream_t stream) {
+  GN_CUDA_CHECK(cudaMemcpyAsync(dst.data() + first * width, src,
+                                static_cast<std::size_t>(rows * width) * sizeof(double),
+                                cudaMemcpyDeviceToDevice, stream));
+}
+
+}  // namespace
+
 void for_each_device_chunk(const Model& model, const DataSource& data, const ResidentData* resident,
                            Loss loss, std::int64_t chunk, cudaStream_t stream,
                            const std::function<void(const DeviceChunkView&)>& visit) {
   const std::int64_t n = data.num_samples();
+  if (resident != nullptr && resident->forward.matches(model, loss)) {
+    visit_cached(resident->forward, model, n, chunk, stream, visit);
+    return;
+  }
   const bool labels = loss_targets(loss) == TargetKind::labels;
   ProfileOptions options;
   options.loss = loss;
   Pipeline pipeline(model, options, chunk, labels, stream);
+  // A session's pass also keeps what it computes, when that fits, so the
+  // next pass at the same θ skips the pipeline.
+  ForwardCache* keep = resident != nullptr && resident->forward.prepare(model, loss, n, stream)
+                           ? &resident->forward
+                           : nullptr;
   DeviceChunkView view;
   view.cublas = pipeline.cublas();
   view.stream = stream;
@@ -588,6 +637,15 @@ void for_each_device_chunk(const Model& model, const DataSource& data, const Res
         view.weights[l] = pipeline.layer_weight(l);
       }
       view.outputs = pipeline.model_output();
+      if (keep != nullptr) {
+        for (std::int64_t l = 0; l < model.num_layers(); ++l) {
+          const Layer& layer = model.layers[l];
+          keep_rows(keep->inputs[l], view.inputs[l], first, m, layer.in, stream);
+          keep_rows(keep->errors[l], view.errors[l], first, m, layer.out, stream);
+          if (first == 0) keep_rows(keep->weights[l], view.weights[l], 0, layer.out, layer.in, stream);
+        }
+        keep_rows(keep->outputs, view.outputs, first, m, model.output_dim(), stream);
+      }
       visit(view);
     });
   };
@@ -602,6 +660,7 @@ void for_each_device_chunk(const Model& model, const DataSource& data, const Res
     pass(feeder);
   }
   pipeline.check_flags();  // synchronises the stream: every visit's work has finished
+  if (keep != nullptr) keep->valid = true;  // a pass that threw leaves it invalid
 }
 
 namespace {

@@ -171,4 +171,56 @@ Profile profile_resident(ResidentData& data, const Model& model, const ProfileOp
                                    &data.fused);
 }
 
+// ---- ForwardCache -----------------------------------------------------------
+
+namespace {
+
+std::vector<std::int64_t> layer_shape(const Model& model) {
+  std::vector<std::int64_t> shape;
+  for (const Layer& layer : model.layers) {
+    shape.insert(shape.end(), {layer.in, layer.out, layer.has_bias() ? 1 : 0});
+  }
+  return shape;
+}
+
+}  // namespace
+
+bool ForwardCache::matches(const Model& model, Loss loss) const {
+  return valid && loss == this->loss && shape == layer_shape(model) && params == model.flatten();
+}
+
+void ForwardCache::release() {
+  valid = false;
+  shape.clear();
+  params.clear();
+  inputs.clear();
+  errors.clear();
+  weights.clear();
+  outputs = cuda::DeviceBuffer<double>();
+}
+
+bool ForwardCache::prepare(const Model& model, Loss loss, std::int64_t n, cudaStream_t stream) {
+  release();
+  std::size_t free_bytes = 0, total_bytes = 0;
+  GN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (!detail::fits_forward_cache(detail::forward_cache_bytes(model, n), free_bytes)) return false;
+  try {
+    for (const Layer& layer : model.layers) {
+      inputs.emplace_back(static_cast<std::size_t>(n * layer.in));
+      errors.emplace_back(static_cast<std::size_t>(n * layer.out));
+      weights.emplace_back(static_cast<std::size_t>(layer.in * layer.out));
+    }
+    outputs = cuda::DeviceBuffer<double>(static_cast<std::size_t>(n * model.output_dim()));
+    if (!cublas) cublas = std::make_unique<cuda::CublasHandle>(stream);
+  } catch (const cuda::OutOfMemory&) {  // another tenant took memory since: run without it
+    cudaGetLastError();
+    release();
+    return false;
+  }
+  this->loss = loss;
+  shape = layer_shape(model);
+  params = model.flatten();
+  return true;
+}
+
 }  // namespace gradnoise

@@ -117,12 +117,27 @@ TEST(GpuSession, ResidentProductsMatchTheCpuSession) {
   const std::vector<double> mean_grad = cpu.profile(model).param_mean;
   std::vector<double> v(3 * model.num_params());
   for (std::size_t j = 0; j < v.size(); ++j) v[j] = std::sin(0.7 * static_cast<double>(j));
-  std::vector<double> want(v.size()), got(v.size());
+  std::vector<double> want(v.size()), got(v.size()), again(v.size());
   cpu.cov_apply(model, mean_grad, v.data(), want.data(), 3);
   gpu.cov_apply(model, mean_grad, v.data(), got.data(), 3);
   EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
+  // The second pass at the same θ reads the session's forward cache: the same bits.
+  gpu.cov_apply(model, mean_grad, v.data(), again.data(), 3);
+  EXPECT_EQ(again, got);
   cpu.hessian_apply(model, false, v.data(), want.data(), 3);
   gpu.hessian_apply(model, false, v.data(), got.data(), 3);
+  EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
+  gpu.hessian_apply(model, false, v.data(), again.data(), 3);
+  EXPECT_EQ(again, got);
+  // Another θ must not be served from the cache of the first.
+  Model moved = model;
+  for (double& w : moved.layers[0].weight) w *= 1.5;
+  const std::vector<double> moved_grad = cpu.profile(moved).param_mean;
+  cpu.cov_apply(moved, moved_grad, v.data(), want.data(), 3);
+  gpu.cov_apply(moved, moved_grad, v.data(), got.data(), 3);
+  EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
+  cpu.hessian_apply(moved, true, v.data(), want.data(), 3);
+  gpu.hessian_apply(moved, true, v.data(), got.data(), 3);
   EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
 }
 

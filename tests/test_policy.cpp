@@ -157,5 +157,17 @@ TEST(CudaPolicy, ResidentCopyTakesAtMostHalfTheUsableMemory) {
   EXPECT_GE(detail::kResidentStagingBytes, std::int64_t{4096} * 8 * 64);
 }
 
+// The operators' forward cache: every layer's input and error, the outputs,
+// the weights, float64; kept under the same rule as the resident copy.
+TEST(CudaPolicy, ForwardCacheHoldsEveryLayersInputAndErrorAndTakesAtMostHalf) {
+  const Model model = random_model({784, 256, 10}, true, 1);
+  const std::int64_t n = std::int64_t{1} << 20;
+  const std::int64_t per_row = (784 + 256) + (256 + 10) + 10;
+  EXPECT_EQ(detail::forward_cache_bytes(model, n), 8 * (n * per_row + 784 * 256 + 256 * 10));
+  const std::int64_t bytes = detail::forward_cache_bytes(model, n);  // 11.6 GB
+  EXPECT_TRUE(detail::fits_forward_cache(bytes, std::size_t{80} << 30));
+  EXPECT_FALSE(detail::fits_forward_cache(bytes, std::size_t{16} << 30));
+}
+
 }  // namespace
 }  // namespace gradnoise
