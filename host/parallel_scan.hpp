@@ -42,8 +42,8 @@ void parallel_ranges(std::int64_t count, Work&& work, std::int64_t grain = kPara
 /// Σ f(values[j]) over [0, count): fixed blocks of kParallelGrain values,
 /// each summed in order, then the blocks in order, so the bits do not depend
 /// on the number of cores.
-template <typename F>
-double blocked_sum(const double* values, std::int64_t count, F&& f) {
+template <typename T, typename F>
+double blocked_sum(const T* values, std::int64_t count, F&& f) {
   const std::int64_t blocks = std::max<std::int64_t>(1, (count + kParallelGrain - 1) / kParallelGrain);
   std::vector<double> sums(static_cast<std::size_t>(blocks), 0.0);
   parallel_ranges(

@@ -29,6 +29,7 @@
 #include "parallel_scan.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "gradnoise/report.hpp"
 #include "io_npy.hpp"
 #include "stored_data.hpp"
 #include "text.hpp"
@@ -435,6 +436,23 @@ TEST_F(IoNpy, KeepsFloat32FilesFloat32) {
     EXPECT_EQ(x[j], static_cast<double>(values[997 * cols + j])) << j;
   }
   EXPECT_EQ(y[0], 0.5);
+}
+
+// The rounding floor sums X² over float32 rows in place, on every core, in
+// the fixed blocks of the float64 path: the same bits as from the widened copy.
+TEST_F(IoNpy, RoundingFloorOfFloat32RowsEqualsTheirFloat64Copy) {
+  const std::int64_t rows = detail::kParallelGrain / 2 + 7, cols = 3;  // more than one block
+  std::vector<float> values(static_cast<std::size_t>(rows * cols));
+  for (std::size_t j = 0; j < values.size(); ++j) {
+    values[j] = static_cast<float>(std::sin(0.37 * static_cast<double>(j)) * (1 + j % 97));
+  }
+  write_bytes(path("x.npy"), npy_file(npy_dict("<f4", "(" + std::to_string(rows) + ", 3)"), npy_data(values)));
+  write_npy(path("y.npy"), {rows}, std::vector<double>(static_cast<std::size_t>(rows), 0.5));
+  const detail::StoredDataPart stored =
+      detail::load_xy_stored(path("x.npy"), path("y.npy"), Loss::squared, CsvHeader::automatic);
+  ASSERT_NE(stored.data.inputs_in_place_float32(0, rows), nullptr);
+  const Dataset widened = load_xy(path("x.npy"), path("y.npy"), Loss::squared);
+  EXPECT_EQ(rounding_grad_norm_sq(stored.data), rounding_grad_norm_sq(widened));
 }
 
 // A header of odd length (hand-made files; NumPy pads to 64 bytes) leaves the
