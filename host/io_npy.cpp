@@ -509,10 +509,9 @@ std::int64_t decode_rows(const unsigned char* bytes, const Dtype& dtype, const L
               }
             }
             if constexpr (std::is_floating_point_v<T>) {
-              Out* block_end = out + r1 * cols;
-              Out* bad = std::find_if(dst, block_end, [](Out v) { return !std::isfinite(v); });
-              if (bad != block_end) {
-                first_bad[static_cast<std::size_t>(part)] = bad - out;
+              const std::int64_t bad = detail::first_non_finite_serial(dst, (r1 - r0) * cols);
+              if (bad >= 0) {
+                first_bad[static_cast<std::size_t>(part)] = r0 * cols + bad;
                 return;
               }
             }

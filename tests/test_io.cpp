@@ -529,6 +529,36 @@ TEST_F(IoNpy, FindsTheFirstNonFiniteValueInAParallelScan) {
   }
 }
 
+// The block test reads exponent bits: every NaN (quiet, signalling, either
+// sign) and infinity is found wherever it sits in a block, and no finite
+// value (the largest, subnormals, −0) is taken for one.
+template <typename T>
+void check_first_non_finite_serial() {
+  using limits = std::numeric_limits<T>;
+  std::vector<T> values(5000);
+  for (std::size_t j = 0; j < values.size(); ++j) values[j] = static_cast<T>(j % 7) - T(3);
+  values[0] = limits::max();
+  values[1] = limits::lowest();
+  values[2] = limits::denorm_min();
+  values[3] = -T(0);
+  EXPECT_EQ(detail::first_non_finite_serial(values.data(), 5000), -1);
+  for (const T bad : {limits::quiet_NaN(), -limits::quiet_NaN(), limits::signaling_NaN(),
+                      limits::infinity(), -limits::infinity()}) {
+    for (const std::int64_t at : {0, 2047, 2048, 4999}) {
+      std::vector<T> with = values;
+      with[static_cast<std::size_t>(at)] = bad;
+      with[4999] = at < 4999 ? limits::infinity() : with[4999];  // a later one must not win
+      EXPECT_EQ(detail::first_non_finite_serial(with.data(), 5000), at) << bad << " at " << at;
+      EXPECT_EQ(detail::first_non_finite(with.data(), 5000), at);
+    }
+  }
+}
+
+TEST(ParallelScan, FirstNonFiniteFindsEveryKindOfNonFiniteValue) {
+  check_first_non_finite_serial<float>();
+  check_first_non_finite_serial<double>();
+}
+
 // A mapped file cut short must be refused from its size before any page is
 // touched (touching a page past the end would be SIGBUS), for the whole file
 // and for the part of a rank whose rows run past the end.
