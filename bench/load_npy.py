@@ -82,6 +82,9 @@ def main():
         for name, path in files.items():
             warm(path)
             times.setdefault((name, "numpy.load"), []).append(numpy_load_s(path))
+            # Again at once: the freed pages are reused, so this is numpy.load
+            # without the first touch of fresh memory (see BENCHMARKS.md).
+            times.setdefault((name, "numpy.load, at once again"), []).append(numpy_load_s(path))
             warm(path)
             times.setdefault((name, "bench_load_npy"), []).append(bench_load_s(args.bench, path, labels))
             for binary in args.cli:
