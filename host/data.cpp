@@ -256,7 +256,7 @@ void StoredData::read(std::int64_t first, std::int64_t count, double* x_out, dou
                        std::to_string(first + count) + ") of " + std::to_string(n));
   }
   if (x_out) gather_rows(inputs(), first, count, x_out);
-  if (target_kind() == TargetKind::real) {
+  if (kind == TargetKind::real) {
     if (y_out) std::copy_n(y.data() + first * k, count * k, y_out);
   } else if (labels_out) {
     std::copy_n(labels.data() + first, count, labels_out);
@@ -296,6 +296,7 @@ StoredData StoredData::from(Dataset&& data) {
   out.n = data.n;
   out.d = data.d;
   out.k = data.k;
+  out.kind = data.target_kind();
   out.set_inputs(std::move(data.x));
   out.y = std::move(data.y);
   out.labels = std::move(data.labels);

@@ -297,6 +297,7 @@ StoredDataPart load_xy_stored(const std::filesystem::path& x_path, const std::fi
                               Loss loss, CsvHeader csv_header, int part, int parts) {
   StoredDataPart result;
   StoredData& data = result.data;
+  data.kind = loss_targets(loss);
   std::int64_t x_first_bad = -1;
   if (has_extension(x_path, ".npy")) {
     NpyRows x = map_npy_rows(x_path, part, parts);

@@ -22,8 +22,9 @@ class StoredData final : public DataSource {
   std::int64_t n = 0;
   std::int64_t d = 0;
   std::int64_t k = 0;
-  std::vector<double> y;              // n×k real targets, or empty
-  std::vector<std::int32_t> labels;   // n class labels, or empty
+  TargetKind kind = TargetKind::real;  // which of y and labels holds the targets
+  std::vector<double> y;               // n×k real targets
+  std::vector<std::int32_t> labels;    // n class labels
 
   /// X as n×d float32 or float64 values, C order, in memory `owner` keeps.
   void set_inputs(const void* data, ElementType type, std::shared_ptr<const void> owner);
@@ -34,10 +35,8 @@ class StoredData final : public DataSource {
 
   std::int64_t num_samples() const override { return n; }
   std::int64_t num_features() const override { return d; }
-  TargetKind target_kind() const override {
-    return labels.empty() && !y.empty() ? TargetKind::real : TargetKind::labels;
-  }
   std::int64_t num_targets() const override { return k; }
+  TargetKind target_kind() const override { return kind; }
   void read(std::int64_t first, std::int64_t count, double* x_out, double* y_out,
             std::int32_t* labels_out) const override;
   const double* inputs_in_place(std::int64_t first, std::int64_t count) const override;
