@@ -7,6 +7,7 @@
 #include "parallel_scan.hpp"
 #include "gradnoise/data.hpp"
 #include "gradnoise/error.hpp"
+#include "stored_data.hpp"
 
 namespace gradnoise {
 
@@ -200,11 +201,109 @@ void BorrowedData::read(std::int64_t first, std::int64_t count, double* x, doubl
   }
 }
 
-const double* BorrowedData::inputs_in_place(std::int64_t first, std::int64_t count) const {
-  if (x_.type != ElementType::float64 || !x_.c_contiguous()) return nullptr;
-  if (first < 0 || count < 0 || first + count > x_.rows) return nullptr;
-  return static_cast<const double*>(x_.data) + first * x_.row_stride;
+namespace {
+
+/// Rows [first, first + count) of a C-order view of T in place, or null.
+template <typename T>
+const T* rows_in_place(const ArrayView& view, ElementType type, std::int64_t first, std::int64_t count) {
+  if (view.type != type || !view.c_contiguous()) return nullptr;
+  if (first < 0 || count < 0 || first + count > view.rows) return nullptr;
+  return static_cast<const T*>(view.data) + first * view.cols;
 }
+
+}  // namespace
+
+const double* BorrowedData::inputs_in_place(std::int64_t first, std::int64_t count) const {
+  return rows_in_place<double>(x_, ElementType::float64, first, count);
+}
+
+const float* BorrowedData::inputs_in_place_float32(std::int64_t first, std::int64_t count) const {
+  return rows_in_place<float>(x_, ElementType::float32, first, count);
+}
+
+// ---- StoredData (stored_data.hpp) ---------------------------------------------
+
+namespace detail {
+
+void StoredData::set_inputs(const void* data, ElementType type, std::shared_ptr<const void> owner) {
+  x_vector_ = {};
+  x_data_ = data;
+  x_type_ = type;
+  x_owner_ = std::move(owner);
+}
+
+void StoredData::set_inputs(std::vector<double> values) {
+  x_vector_ = std::move(values);
+  x_data_ = nullptr;
+  x_type_ = ElementType::float64;
+  x_owner_ = nullptr;
+}
+
+ArrayView StoredData::inputs() const {
+  ArrayView view;
+  view.data = x_owner_ ? x_data_ : x_vector_.data();
+  view.type = x_type_;
+  view.rows = n;
+  view.cols = d;
+  view.row_stride = d;
+  return view;
+}
+
+void StoredData::read(std::int64_t first, std::int64_t count, double* x_out, double* y_out,
+                      std::int32_t* labels_out) const {
+  if (first < 0 || count < 0 || first + count > n) {
+    throw RuntimeError("internal: StoredData::read asked for rows [" + std::to_string(first) + ", " +
+                       std::to_string(first + count) + ") of " + std::to_string(n));
+  }
+  if (x_out) gather_rows(inputs(), first, count, x_out);
+  if (kind == TargetKind::real) {
+    if (y_out) std::copy_n(y.data() + first * k, count * k, y_out);
+  } else if (labels_out) {
+    std::copy_n(labels.data() + first, count, labels_out);
+  }
+}
+
+const double* StoredData::inputs_in_place(std::int64_t first, std::int64_t count) const {
+  return rows_in_place<double>(inputs(), ElementType::float64, first, count);
+}
+
+const float* StoredData::inputs_in_place_float32(std::int64_t first, std::int64_t count) const {
+  return rows_in_place<float>(inputs(), ElementType::float32, first, count);
+}
+
+Dataset StoredData::release_dataset() {
+  Dataset out;
+  out.n = n;
+  out.d = d;
+  out.k = k;
+  if (x_owner_) {
+    out.x.resize(static_cast<std::size_t>(n * d));
+    const ArrayView view = inputs();
+    parallel_ranges(n, [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+      gather_rows(view, begin, end - begin, out.x.data() + begin * d);
+    }, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(d, 1)));
+  } else {
+    out.x = std::move(x_vector_);
+  }
+  out.y = std::move(y);
+  out.labels = std::move(labels);
+  *this = StoredData();
+  return out;
+}
+
+StoredData StoredData::from(Dataset&& data) {
+  StoredData out;
+  out.n = data.n;
+  out.d = data.d;
+  out.k = data.k;
+  out.kind = data.target_kind();
+  out.set_inputs(std::move(data.x));
+  out.y = std::move(data.y);
+  out.labels = std::move(data.labels);
+  return out;
+}
+
+}  // namespace detail
 
 Dataset with_one_hot_targets(const Dataset& labelled) {
   Dataset out;

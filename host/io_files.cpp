@@ -22,6 +22,8 @@
 #include "chunk_pass.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "io_npy.hpp"
+#include "stored_data.hpp"
 #include "text.hpp"
 
 namespace gradnoise {
@@ -181,16 +183,21 @@ std::string shape_string(const Array& array) {
 
 /// NaN/Inf checked here as well as in Dataset::validate so the message can
 /// name the file and the element.
+InputError non_finite_error(const char* role, const std::filesystem::path& path, double value,
+                            std::int64_t row, std::int64_t column) {
+  return InputError(std::string(role) + " file " + quoted(path) + " holds a non-finite value (" +
+                    format_number(value) + ") at row " + std::to_string(row) + ", column " +
+                    std::to_string(column) + " (0-based); every value must be finite");
+}
+
 void require_finite(const Array& array, std::int64_t first_row, const std::filesystem::path& path,
                     const char* role) {
   const std::int64_t index =
       detail::first_non_finite(array.values.data(), static_cast<std::int64_t>(array.values.size()));
   if (index < 0) return;
   const std::int64_t cols = array.cols();
-  throw InputError(std::string(role) + " file " + quoted(path) + " holds a non-finite value (" +
-                   format_number(array.values[static_cast<std::size_t>(index)]) + ") at row " + std::to_string(first_row + index / cols) +
-                   ", column " + std::to_string(index % cols) +
-                   " (0-based); every value must be finite");
+  throw non_finite_error(role, path, array.values[static_cast<std::size_t>(index)],
+                         first_row + index / cols, index % cols);
 }
 
 }  // namespace
@@ -280,35 +287,60 @@ Dataset load_xy(const std::filesystem::path& x_path, const std::filesystem::path
 
 DatasetPart load_xy_part(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
                          Loss loss, CsvHeader csv_header, int part, int parts) {
-  ArrayPart x_part = read_array_part(x_path, "X", csv_header, part, parts);
+  detail::StoredDataPart stored = detail::load_xy_stored(x_path, y_path, loss, csv_header, part, parts);
+  return {stored.data.release_dataset(), stored.first_row, stored.whole_rows};
+}
+
+namespace detail {
+
+StoredDataPart load_xy_stored(const std::filesystem::path& x_path, const std::filesystem::path& y_path,
+                              Loss loss, CsvHeader csv_header, int part, int parts) {
+  StoredDataPart result;
+  StoredData& data = result.data;
+  data.kind = loss_targets(loss);
+  std::int64_t x_first_bad = -1;
+  if (has_extension(x_path, ".npy")) {
+    NpyRows x = map_npy_rows(x_path, part, parts);
+    result.first_row = x.first_row;
+    result.whole_rows = x.whole_rows;
+    data.n = x.values.rows;
+    data.d = x.values.cols;  // 1-D X is N×1
+    x_first_bad = x.first_non_finite;
+    data.set_inputs(x.values.data, x.values.type, std::move(x.owner));
+  } else {
+    ArrayPart x = read_array_part(x_path, "X", csv_header, part, parts);
+    result.first_row = x.first_row;
+    result.whole_rows = x.whole_rows;
+    data.n = x.array.rows();
+    data.d = x.array.cols();
+    x_first_bad = detail::first_non_finite(x.array.values.data(),
+                                           static_cast<std::int64_t>(x.array.values.size()));
+    data.set_inputs(std::move(x.array.values));
+  }
+  const std::int64_t first_row = result.first_row;
   ArrayPart y_part = read_array_part(y_path, "Y", csv_header, part, parts);
-  Array& x = x_part.array;
   Array& y = y_part.array;
-  const std::int64_t first_row = x_part.first_row;
-  require_finite(x, first_row, x_path, "X");
+  if (x_first_bad >= 0) {
+    std::vector<double> row(static_cast<std::size_t>(data.d));
+    data.read(x_first_bad / data.d, 1, row.data(), nullptr, nullptr);
+    throw non_finite_error("X", x_path, row[static_cast<std::size_t>(x_first_bad % data.d)],
+                           first_row + x_first_bad / data.d, x_first_bad % data.d);
+  }
   require_finite(y, first_row, y_path, "Y");
 
-  DatasetPart result;
-  result.first_row = first_row;
-  result.whole_rows = x_part.whole_rows;
-  Dataset& data = result.data;
-  data.n = x.rows();
-  data.d = x.cols();  // 1-D X is N×1
-  if (x_part.whole_rows == 0) throw InputError("X file " + quoted(x_path) + " holds no samples");
+  if (result.whole_rows == 0) throw InputError("X file " + quoted(x_path) + " holds no samples");
   if (data.d == 0) throw InputError("X file " + quoted(x_path) + " has no feature columns");
-  if (y_part.whole_rows != x_part.whole_rows) {
-    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(x_part.whole_rows) +
+  if (y_part.whole_rows != result.whole_rows) {
+    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(result.whole_rows) +
                      " rows but Y file " + quoted(y_path) + " has " + std::to_string(y_part.whole_rows) +
                      "; they must have one row per sample");
   }
   if (data.n == 0) {
-    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(x_part.whole_rows) +
+    throw InputError("X file " + quoted(x_path) + " has " + std::to_string(result.whole_rows) +
                      " rows, too few to give each of " + std::to_string(parts) +
-                     " processes at least one; use at most " + std::to_string(x_part.whole_rows) +
+                     " processes at least one; use at most " + std::to_string(result.whole_rows) +
                      " ranks");
   }
-  data.x = std::move(x.values);
-
   if (loss_targets(loss) == TargetKind::labels) {
     if (y.cols() != 1) {
       throw InputError("Y file " + quoted(y_path) + " has shape " + shape_string(y) +
@@ -346,9 +378,9 @@ DatasetPart load_xy_part(const std::filesystem::path& x_path, const std::filesys
     }
   }
 
-  const std::string what = "the data from " + quoted(x_path) + " and " + quoted(y_path);
-  data.validate(what.c_str());
   return result;
 }
+
+}  // namespace detail
 
 }  // namespace gradnoise

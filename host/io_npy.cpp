@@ -1,26 +1,37 @@
 // NumPy .npy files (format versions 1.0, 2.0 and 3.0), as specified in
 // numpy/lib/format.py: a magic string, a version, a little-endian header
 // length, a Python-literal dict with 'descr', 'fortran_order' and 'shape', and
-// the raw array bytes. Values are decoded byte by byte, so the reader gives the
-// same result on a big-endian host. Regular files are read by every core at
-// once (pread of disjoint ranges); pipes in order.
+// the raw array bytes. Regular files are memory-mapped (only the pages of the
+// rows asked for) and decoded by every core at once; pipes are read in order.
+// Values are decoded through memcpy and an explicit byte swap, so the reader
+// gives the same result on a host of either byte order.
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <type_traits>
+#include <vector>
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "io_npy.hpp"
 #include "parallel_scan.hpp"
 #include "text.hpp"
 
@@ -30,7 +41,8 @@ namespace {
 constexpr std::string_view kMagic = "\x93NUMPY";
 constexpr std::size_t kPreambleSize = 8;         // magic + major + minor
 constexpr std::size_t kMaxHeaderSize = 1 << 20;  // real headers are < 1 KiB; guards garbage
-constexpr std::string_view kSupportedDtypes = "<f4, <f8, <i1, <i2, <i4, <i8, |u1 or <u2";
+constexpr std::string_view kSupportedDtypes =
+    "<f4, <f8, <i1, <i2, <i4, <i8, |u1 or <u2 (or the same big-endian, '>')";
 
 std::string quoted(const std::filesystem::path& path) {
   std::string text(1, '"');
@@ -57,30 +69,58 @@ Unsigned load_little_endian(const unsigned char* bytes) {
   return value;
 }
 
-/// The element types we decode, by NumPy kind letter and size in bytes.
+/// The element types we decode, by NumPy kind letter, size in bytes and
+/// byte order.
 struct Dtype {
   char kind = 'f';  // 'f' float, 'i' signed integer, 'u' unsigned integer
   int size = 8;
+  bool big_endian = false;
 
-  double decode(const unsigned char* bytes) const {
-    switch (kind) {
-      case 'f':
-        return size == 4 ? std::bit_cast<float>(load_little_endian<std::uint32_t>(bytes))
-                         : std::bit_cast<double>(load_little_endian<std::uint64_t>(bytes));
-      case 'i':
-        switch (size) {
-          case 1: return static_cast<std::int8_t>(bytes[0]);
-          case 2: return static_cast<std::int16_t>(load_little_endian<std::uint16_t>(bytes));
-          case 4: return static_cast<std::int32_t>(load_little_endian<std::uint32_t>(bytes));
-          default:
-            return static_cast<double>(
-                static_cast<std::int64_t>(load_little_endian<std::uint64_t>(bytes)));
-        }
-      default:
-        return size == 1 ? bytes[0] : load_little_endian<std::uint16_t>(bytes);
-    }
-  }
+  /// Whether the file's bytes must be swapped to give this host's values.
+  bool swapped() const { return size > 1 && big_endian != (std::endian::native == std::endian::big); }
 };
+
+template <std::size_t Size> struct UnsignedOf;
+template <> struct UnsignedOf<1> { using type = std::uint8_t; };
+template <> struct UnsignedOf<2> { using type = std::uint16_t; };
+template <> struct UnsignedOf<4> { using type = std::uint32_t; };
+template <> struct UnsignedOf<8> { using type = std::uint64_t; };
+
+/// The element of type T at `bytes`, its bytes reversed when `swap`.
+template <typename T>
+T load_element(const unsigned char* bytes, bool swap) {
+  using Unsigned = typename UnsignedOf<sizeof(T)>::type;
+  Unsigned bits;
+  std::memcpy(&bits, bytes, sizeof bits);
+  if constexpr (sizeof(T) == 2) {
+    if (swap) bits = __builtin_bswap16(bits);
+  } else if constexpr (sizeof(T) == 4) {
+    if (swap) bits = __builtin_bswap32(bits);
+  } else if constexpr (sizeof(T) == 8) {
+    if (swap) bits = __builtin_bswap64(bits);
+  }
+  return std::bit_cast<T>(bits);
+}
+
+/// Calls f(T{}) with the C++ type of the dtype's elements.
+template <typename F>
+void visit_dtype(const Dtype& dtype, F&& f) {
+  switch (dtype.kind) {
+    case 'f':
+      if (dtype.size == 4) return f(float{});
+      return f(double{});
+    case 'i':
+      switch (dtype.size) {
+        case 1: return f(std::int8_t{});
+        case 2: return f(std::int16_t{});
+        case 4: return f(std::int32_t{});
+        default: return f(std::int64_t{});
+      }
+    default:
+      if (dtype.size == 1) return f(std::uint8_t{});
+      return f(std::uint16_t{});
+  }
+}
 
 /// Maps a 'descr' string to a Dtype, or throws naming what was found.
 Dtype parse_dtype(const std::string& descr, const std::filesystem::path& path) {
@@ -99,14 +139,11 @@ Dtype parse_dtype(const std::string& descr, const std::filesystem::path& path) {
                                       size_text == "8")) ||
                      (kind == 'u' && (size_text == "1" || size_text == "2"));
   if (!known) throw unsupported("");
-  const Dtype dtype{kind, std::stoi(size_text)};
+  const Dtype dtype{kind, std::stoi(size_text), order == '>'};
   // Byte order only matters for multi-byte types; NumPy writes '|' for bytes.
-  if (dtype.size > 1 && order == '>') {
-    throw InputError(quoted(path) + " has dtype '" + descr +
-                     "', which is big-endian; expected little-endian '<" + descr.substr(1) +
-                     "' (convert with array.astype('<" + descr.substr(1) + "'))");
+  if (dtype.size > 1 && order != '<' && order != '>') {
+    throw unsupported(", whose byte order is not explicit");
   }
-  if (dtype.size > 1 && order != '<') throw unsupported(", whose byte order is not explicit");
   return dtype;
 }
 
@@ -311,10 +348,6 @@ NpyFile open_npy(const std::filesystem::path& path) {
   npy.header = HeaderParser(header_text, path).parse();
   const NpyHeader& header = npy.header;
   npy.dtype = parse_dtype(header.descr, path);
-  if (header.fortran_order) {
-    throw InputError(quoted(path) + " is stored in Fortran (column-major) order; expected C order "
-                     "(save it with numpy.ascontiguousarray)");
-  }
   if (header.shape.size() != 1 && header.shape.size() != 2) {
     throw InputError(quoted(path) + " holds an array of shape " + shape_tuple(header.shape) +
                      "; expected a 1-D or 2-D array");
@@ -354,120 +387,251 @@ InputError npy_truncated(const std::filesystem::path& path, const NpyFile& npy, 
                     " data bytes but only " + std::to_string(present) + " are present");
 }
 
-constexpr std::size_t kChunkElements = 1 << 16;
+/// Bytes of a file's data, mapped or read, kept alive by `owner`.
+struct DataBytes {
+  const unsigned char* data = nullptr;
+  std::shared_ptr<const void> owner;
+};
 
-/// Reads `bytes` bytes at `offset` of `fd` into `out`; returns how many there
-/// were (fewer at the end of the file).
-std::uint64_t pread_fully(int fd, unsigned char* out, std::uint64_t bytes, std::uint64_t offset,
-                          const std::filesystem::path& path) {
-  std::uint64_t done = 0;
-  while (done < bytes) {
-    const ssize_t got = ::pread(fd, out + done, static_cast<std::size_t>(bytes - done),
-                                static_cast<off_t>(offset + done));
-    if (got == 0) break;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw InputError("cannot read " + quoted(path) + " (" + std::strerror(errno) + ")");
-    }
-    done += static_cast<std::uint64_t>(got);
-  }
-  return done;
-}
+/// A read-only private mapping, unmapped with its last owner.
+class Mapping {
+ public:
+  Mapping(void* base, std::size_t length) : base_(base), length_(length) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { ::munmap(base_, length_); }
 
-/// Decodes values.size() elements, the first at data byte `bytes_before`,
-/// with every core when the file is a regular one (each thread reads its own
-/// range with pread and decodes it; float64 on a little-endian host lands in
-/// place). Returns false, reading nothing, for anything else (a pipe).
-bool read_values_parallel(NpyFile& npy, const std::filesystem::path& path,
-                          std::uint64_t bytes_before, std::vector<double>& values) {
-  const auto count = static_cast<std::int64_t>(values.size());
-  if (!npy.regular || count < detail::kParallelGrain) return false;
+ private:
+  void* base_;
+  std::size_t length_;
+};
+
+/// Data bytes [first, first + length) of a regular file, memory-mapped from
+/// the page that holds the first; nullopt when the file cannot be mapped
+/// (then it is read in order). The size is checked on the descriptor that is
+/// mapped, so a file cut short since open_npy looked is an InputError here,
+/// never a SIGBUS later.
+std::optional<DataBytes> map_bytes(const NpyFile& npy, const std::filesystem::path& path,
+                                   std::uint64_t first, std::uint64_t length) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return std::nullopt;
   struct Closer {
     int fd;
-    ~Closer() { ::close(fd); }
+    ~Closer() { ::close(fd); }  // the mapping outlives the descriptor
   } closer{fd};
-  const auto size = static_cast<std::uint64_t>(npy.dtype.size);
-  const std::uint64_t base = npy.data_offset + bytes_before;
-  const bool in_place = npy.dtype.kind == 'f' && size == 8 && std::endian::native == std::endian::little;
-  detail::parallel_ranges(count, [&](std::int64_t, std::int64_t begin, std::int64_t end) {
-    std::vector<unsigned char> chunk(in_place ? 0 : kChunkElements * size);
-    for (std::int64_t first = begin; first < end; first += static_cast<std::int64_t>(kChunkElements)) {
-      const auto elements =
-          static_cast<std::uint64_t>(std::min<std::int64_t>(kChunkElements, end - first));
-      unsigned char* out =
-          in_place ? reinterpret_cast<unsigned char*>(values.data() + first) : chunk.data();
-      const std::uint64_t at = static_cast<std::uint64_t>(first) * size;
-      const std::uint64_t got = pread_fully(fd, out, elements * size, base + at, path);
-      if (got < elements * size) throw npy_truncated(path, npy, bytes_before + at + got);
-      if (!in_place) {
-        for (std::uint64_t i = 0; i < elements; ++i) {
-          values[static_cast<std::size_t>(first) + i] = npy.dtype.decode(chunk.data() + i * size);
-        }
-      }
-    }
-  });
-  npy.file.seekg(static_cast<std::streamoff>(base + static_cast<std::uint64_t>(count) * size));
-  return true;
+  struct stat info {};
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) return std::nullopt;
+  const auto size = static_cast<std::uint64_t>(info.st_size);
+  const std::uint64_t offset = npy.data_offset + first;
+  if (size < offset + length) {
+    throw npy_truncated(path, npy, size > npy.data_offset ? size - npy.data_offset : 0);
+  }
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t start = offset / page * page;
+  const auto mapped = static_cast<std::size_t>(offset + length - start);
+  void* base = ::mmap(nullptr, mapped, PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(start));
+  if (base == MAP_FAILED) return std::nullopt;
+  auto mapping = std::make_shared<const Mapping>(base, mapped);
+  return DataBytes{static_cast<const unsigned char*>(base) + (offset - start), std::move(mapping)};
 }
 
-/// Decodes `values.size()` elements from the file's current position, which
-/// is data byte `bytes_before`.
-void read_values(NpyFile& npy, const std::filesystem::path& path, std::uint64_t bytes_before,
-                 std::vector<double>& values) {
-  if (read_values_parallel(npy, path, bytes_before, values)) return;
-  const auto size = static_cast<std::size_t>(npy.dtype.size);
-  std::vector<unsigned char> chunk(kChunkElements * size);
-  std::uint64_t bytes_read = bytes_before;
-  for (std::size_t first = 0; first < values.size(); first += kChunkElements) {
-    const std::size_t elements = std::min(kChunkElements, values.size() - first);
-    const auto wanted = static_cast<std::streamsize>(elements * size);
-    npy.file.read(reinterpret_cast<char*>(chunk.data()), wanted);
-    bytes_read += static_cast<std::uint64_t>(npy.file.gcount());
-    if (npy.file.gcount() < wanted) throw npy_truncated(path, npy, bytes_read);
-    for (std::size_t i = 0; i < elements; ++i) {
-      values[first + i] = npy.dtype.decode(chunk.data() + i * size);
+/// Data bytes [first, first + length) read in order from the stream, which
+/// stands at the first data byte (a pipe, or a file that cannot be mapped).
+DataBytes stream_bytes(NpyFile& npy, const std::filesystem::path& path, std::uint64_t first,
+                       std::uint64_t length) {
+  std::shared_ptr<unsigned char[]> buffer(new unsigned char[std::max<std::uint64_t>(length, 1)]);
+  std::uint64_t present = 0;  // data bytes seen
+  // The rows before the part are read into the buffer and overwritten.
+  auto read = [&](std::uint64_t bytes, bool keep) {
+    constexpr std::uint64_t kStep = std::uint64_t{1} << 24;
+    const std::uint64_t step_limit = keep ? kStep : std::min(kStep, std::max<std::uint64_t>(length, 1));
+    for (std::uint64_t done = 0; done < bytes;) {
+      const auto wanted = static_cast<std::streamsize>(std::min(step_limit, bytes - done));
+      npy.file.read(reinterpret_cast<char*>(buffer.get() + (keep ? done : 0)), wanted);
+      const auto got = static_cast<std::uint64_t>(npy.file.gcount());
+      present += got;
+      done += got;
+      if (got < static_cast<std::uint64_t>(wanted)) throw npy_truncated(path, npy, present);
     }
+  };
+  read(first, false);
+  read(length, true);
+  return {buffer.get(), std::shared_ptr<const void>(buffer, buffer.get())};
+}
+
+/// Where a part's values lie among the bytes handed to decode_rows.
+struct Layout {
+  std::int64_t rows = 0;        // the part's
+  std::int64_t cols = 1;        // elements per row
+  std::int64_t whole_rows = 0;  // the file's
+  std::int64_t first_row = 0;   // the part's first, in the file
+  /// Fortran order with more than one row and column: the bytes hold the
+  /// whole array, element (r, c) at c·whole_rows + r. Otherwise they hold
+  /// the part's rows alone, in C order.
+  bool column_major = false;
+};
+
+/// Decodes a part's values from `bytes` into out (rows × cols, C order) over
+/// every core, each thread a range of rows, and finds the first NaN or
+/// infinity in the same pass (block by block, while the block is in cache).
+/// Returns its index in `out`, or −1. A thread stops at its first bad value;
+/// the lowest one over the threads is the answer, as with every core.
+template <typename Out>
+std::int64_t decode_rows(const unsigned char* bytes, const Dtype& dtype, const Layout& layout, Out* out) {
+  const bool swap = dtype.swapped();
+  const std::int64_t cols = layout.cols;
+  const std::int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::int64_t> first_bad(static_cast<std::size_t>(cores), -1);
+  visit_dtype(dtype, [&](auto element) {
+    using T = decltype(element);
+    constexpr std::int64_t kBlockValues = 4096;
+    // Column-major rows come 64 at a time: each column's run is contiguous.
+    const std::int64_t block_rows =
+        layout.column_major ? 64 : std::max<std::int64_t>(1, kBlockValues / std::max<std::int64_t>(cols, 1));
+    detail::parallel_ranges(
+        layout.rows,
+        [&](std::int64_t part, std::int64_t begin, std::int64_t end) {
+          for (std::int64_t r0 = begin; r0 < end; r0 += block_rows) {
+            const std::int64_t r1 = std::min(end, r0 + block_rows);
+            Out* dst = out + r0 * cols;
+            if (!layout.column_major) {
+              const unsigned char* src = bytes + static_cast<std::size_t>(r0 * cols) * sizeof(T);
+              for (std::int64_t j = 0; j < (r1 - r0) * cols; ++j) {
+                dst[j] = static_cast<Out>(load_element<T>(src + static_cast<std::size_t>(j) * sizeof(T), swap));
+              }
+            } else {
+              for (std::int64_t c = 0; c < cols; ++c) {
+                const unsigned char* src =
+                    bytes + static_cast<std::size_t>(c * layout.whole_rows + layout.first_row + r0) * sizeof(T);
+                for (std::int64_t r = 0; r < r1 - r0; ++r) {
+                  dst[r * cols + c] = static_cast<Out>(load_element<T>(src + static_cast<std::size_t>(r) * sizeof(T), swap));
+                }
+              }
+            }
+            if constexpr (std::is_floating_point_v<T>) {
+              const std::int64_t bad = detail::first_non_finite_serial(dst, (r1 - r0) * cols);
+              if (bad >= 0) {
+                first_bad[static_cast<std::size_t>(part)] = r0 * cols + bad;
+                return;
+              }
+            }
+          }
+        },
+        std::max<std::int64_t>(1, detail::kParallelGrain / std::max<std::int64_t>(cols, 1)));
+  });
+  for (const std::int64_t index : first_bad) {
+    if (index >= 0) return index;
   }
+  return -1;
+}
+
+/// A part of a file's rows and the bytes that hold them.
+struct PartBytes {
+  NpyFile npy;
+  RowSpan rows;
+  Layout layout;
+  DataBytes bytes;
+};
+
+/// Opens `path` and maps (or reads) the bytes of part `part` of `parts` of its
+/// rows: only the part's own for C order, the whole array for Fortran order.
+/// A pipe read whole must end with the data.
+PartBytes part_bytes(const std::filesystem::path& path, int part, int parts) {
+  PartBytes result{open_npy(path), {}, {}, {}};
+  NpyFile& npy = result.npy;
+  const std::vector<std::int64_t>& shape = npy.header.shape;
+  const std::int64_t whole_rows = shape[0];
+  result.rows = split_rows(whole_rows, part, parts);
+  Layout& layout = result.layout;
+  layout.rows = result.rows.count;
+  layout.cols = npy.row_elements;
+  layout.whole_rows = whole_rows;
+  layout.first_row = result.rows.first;
+  // A Fortran-order vector, one row or one column lies as in C order.
+  layout.column_major = npy.header.fortran_order && shape.size() == 2 && shape[0] > 1 && shape[1] > 1;
+  const auto size = static_cast<std::uint64_t>(npy.dtype.size);
+  const std::uint64_t first =
+      layout.column_major ? 0 : static_cast<std::uint64_t>(result.rows.first * layout.cols) * size;
+  const std::uint64_t length = layout.column_major
+                                   ? npy.data_bytes
+                                   : static_cast<std::uint64_t>(result.rows.count * layout.cols) * size;
+  std::optional<DataBytes> mapped;
+  if (npy.regular && length > 0) mapped = map_bytes(npy, path, first, length);
+  result.bytes = mapped ? std::move(*mapped) : stream_bytes(npy, path, first, length);
+  if (!mapped && parts == 1 && npy.file.peek() != std::ifstream::traits_type::eof()) {
+    throw InputError(quoted(path) + " has bytes after the " + std::to_string(npy.data_bytes) +
+                     " data bytes that shape " + shape_tuple(shape) + " of '" + npy.header.descr +
+                     "' needs");
+  }
+  return result;
 }
 
 }  // namespace
 
-Array read_npy(const std::filesystem::path& path) {
-  NpyFile npy = open_npy(path);
-  Array array;
-  array.shape = npy.header.shape;
-  array.integral_dtype = npy.dtype.kind != 'f';
-  array.values.resize(static_cast<std::size_t>(npy.count));
-  read_values(npy, path, 0, array.values);
-  if (npy.file.peek() != std::ifstream::traits_type::eof()) {
-    throw InputError(quoted(path) + " has bytes after the " + std::to_string(npy.data_bytes) +
-                     " data bytes that shape " + shape_tuple(npy.header.shape) + " of '" +
-                     npy.header.descr + "' needs");
-  }
-  return array;
-}
+Array read_npy(const std::filesystem::path& path) { return read_npy_part(path, 0, 1).array; }
 
 ArrayPart read_npy_part(const std::filesystem::path& path, int part, int parts) {
-  NpyFile npy = open_npy(path);
+  PartBytes source = part_bytes(path, part, parts);
   ArrayPart result;
-  result.whole_rows = npy.header.shape.empty() ? 1 : npy.header.shape[0];
-  const RowSpan rows = split_rows(result.whole_rows, part, parts);
-  result.first_row = rows.first;
+  result.whole_rows = source.layout.whole_rows;
+  result.first_row = source.rows.first;
   Array& array = result.array;
-  array.shape = npy.header.shape;
-  array.shape[0] = rows.count;
-  array.integral_dtype = npy.dtype.kind != 'f';
-  array.values.resize(static_cast<std::size_t>(rows.count * npy.row_elements));
-  // Only this part's bytes are read: a seek to its first row.
-  const std::uint64_t skipped = static_cast<std::uint64_t>(rows.first * npy.row_elements) *
-                                static_cast<std::uint64_t>(npy.dtype.size);
-  npy.file.seekg(static_cast<std::streamoff>(npy.data_offset + skipped));
-  if (!npy.file) throw npy_truncated(path, npy, 0);
-  read_values(npy, path, skipped, array.values);
+  array.shape = source.npy.header.shape;
+  array.shape[0] = source.rows.count;
+  array.integral_dtype = source.npy.dtype.kind != 'f';
+  array.values.resize(static_cast<std::size_t>(source.rows.count * source.layout.cols));
+  decode_rows(source.bytes.data, source.npy.dtype, source.layout, array.values.data());
   return result;
 }
+
+namespace detail {
+
+NpyRows map_npy_rows(const std::filesystem::path& path, int part, int parts) {
+  PartBytes source = part_bytes(path, part, parts);
+  const Dtype& dtype = source.npy.dtype;
+  const std::int64_t count = source.rows.count * source.layout.cols;
+  NpyRows rows;
+  rows.shape = source.npy.header.shape;
+  rows.shape[0] = source.rows.count;
+  rows.first_row = source.rows.first;
+  rows.whole_rows = source.layout.whole_rows;
+  rows.integral_dtype = dtype.kind != 'f';
+  const bool float32 = dtype.kind == 'f' && dtype.size == 4;
+  rows.values.type = float32 ? ElementType::float32 : ElementType::float64;
+  rows.values.rows = source.rows.count;
+  rows.values.cols = source.layout.cols;
+  rows.values.row_stride = source.layout.cols;
+  const unsigned char* bytes = source.bytes.data;
+  // The file's bytes are the values when they are floats in this host's
+  // order, row by row, and aligned (NumPy pads the header to 64 bytes; a
+  // hand-made header of odd length leaves the data unaligned: decoded).
+  const bool in_place = dtype.kind == 'f' && !dtype.swapped() && !source.layout.column_major &&
+                        reinterpret_cast<std::uintptr_t>(bytes) % static_cast<std::uintptr_t>(dtype.size) == 0;
+  auto fill = [&](auto* typed) {
+    using Out = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+    if (in_place) {
+      const auto* values = reinterpret_cast<const Out*>(bytes);
+      rows.values.data = values;
+      rows.owner = std::move(source.bytes.owner);
+      rows.in_place = true;
+      rows.first_non_finite = detail::first_non_finite(values, count);
+      return;
+    }
+    // Uninitialised: every element is written by the decode.
+    std::shared_ptr<Out[]> storage(new Out[static_cast<std::size_t>(std::max<std::int64_t>(count, 1))]);
+    rows.first_non_finite = decode_rows(bytes, dtype, source.layout, storage.get());
+    rows.values.data = storage.get();
+    rows.owner = std::shared_ptr<const void>(storage, storage.get());
+  };
+  if (float32) {
+    fill(static_cast<float*>(nullptr));
+  } else {
+    fill(static_cast<double*>(nullptr));
+  }
+  return rows;
+}
+
+}  // namespace detail
 
 void write_npy(const std::filesystem::path& path, const std::vector<std::int64_t>& shape,
                const std::vector<double>& values) {

@@ -4,10 +4,13 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace gradnoise::detail {
@@ -42,8 +45,8 @@ void parallel_ranges(std::int64_t count, Work&& work, std::int64_t grain = kPara
 /// Σ f(values[j]) over [0, count): fixed blocks of kParallelGrain values,
 /// each summed in order, then the blocks in order, so the bits do not depend
 /// on the number of cores.
-template <typename F>
-double blocked_sum(const double* values, std::int64_t count, F&& f) {
+template <typename T, typename F>
+double blocked_sum(const T* values, std::int64_t count, F&& f) {
   const std::int64_t blocks = std::max<std::int64_t>(1, (count + kParallelGrain - 1) / kParallelGrain);
   std::vector<double> sums(static_cast<std::size_t>(blocks), 0.0);
   parallel_ranges(
@@ -62,15 +65,41 @@ double blocked_sum(const double* values, std::int64_t count, F&& f) {
   return total;
 }
 
+/// Index of the first NaN or infinity in values[0, count), or −1, on one
+/// thread. Blocks are tested with the exponent bits, in a loop without an
+/// exit that the compiler vectorises (on the 32-bit word holding them: a
+/// 64-bit compare is no SSE2 instruction, and ran at 2/3 of the speed over a
+/// memory map), and only a block that holds one is searched.
+template <typename T>
+std::int64_t first_non_finite_serial(const T* values, std::int64_t count) {
+  static_assert(std::is_floating_point_v<T> && (sizeof(T) == 4 || sizeof(T) == 8));
+  constexpr std::size_t kHighWord = sizeof(T) == 8 && std::endian::native == std::endian::little ? 4 : 0;
+  constexpr std::uint32_t kExponent = sizeof(T) == 4 ? 0x7f800000u : 0x7ff00000u;
+  constexpr std::int64_t kBlock = 2048;
+  for (std::int64_t first = 0; first < count; first += kBlock) {
+    const std::int64_t end = std::min(count, first + kBlock);
+    std::uint32_t any = 0;  // all exponent bits set: infinity or NaN
+    for (std::int64_t j = first; j < end; ++j) {
+      std::uint32_t word;
+      std::memcpy(&word, reinterpret_cast<const unsigned char*>(values + j) + kHighWord, sizeof word);
+      any |= static_cast<std::uint32_t>((word & kExponent) == kExponent);
+    }
+    if (any != 0) {
+      return std::find_if(values + first, values + end, [](T value) { return !std::isfinite(value); }) -
+             values;
+    }
+  }
+  return -1;
+}
+
 /// Index of the first NaN or infinity in values[0, count), or −1.
 template <typename T>
 std::int64_t first_non_finite(const T* values, std::int64_t count) {
   const std::int64_t cores = std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::int64_t> first(static_cast<std::size_t>(cores), -1);
   parallel_ranges(count, [&](std::int64_t part, std::int64_t begin, std::int64_t end) {
-    const T* bad = std::find_if(values + begin, values + end,
-                                [](T value) { return !std::isfinite(value); });
-    if (bad != values + end) first[static_cast<std::size_t>(part)] = bad - values;
+    const std::int64_t bad = first_non_finite_serial(values + begin, end - begin);
+    if (bad >= 0) first[static_cast<std::size_t>(part)] = begin + bad;
   });
   for (const std::int64_t index : first) {
     if (index >= 0) return index;

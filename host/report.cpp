@@ -203,16 +203,22 @@ double rounding_grad_norm_sq(const DataSource& data) {
   if (n <= 0) return 0;
   const bool real = data.target_kind() == TargetKind::real;
   const auto square = [](double v) { return v * v; };
-  // Rows in memory: every core, in fixed blocks (the same bits on any machine).
+  // Rows in memory (float64, or float32 widened value by value): every core,
+  // in fixed blocks (the same bits on any machine).
   const double* all = data.inputs_in_place(0, n);
+  const float* all32 = all != nullptr ? nullptr : data.inputs_in_place_float32(0, n);
+  const bool in_memory = all != nullptr || all32 != nullptr;
   constexpr std::int64_t kChunkRows = 1024;
-  std::vector<double> x(all != nullptr ? 0 : static_cast<std::size_t>(std::min(n, kChunkRows) * d));
+  std::vector<double> x(in_memory ? 0 : static_cast<std::size_t>(std::min(n, kChunkRows) * d));
   std::vector<double> y(real ? static_cast<std::size_t>(std::min(n, kChunkRows) * k) : 0);
-  double x_sq = all != nullptr ? detail::blocked_sum(all, n * d, square) : 0.0, y_sq = 0;
-  if (all != nullptr && !real) return rounding_grad_norm_sq(x_sq, y_sq, n, real);
+  double x_sq = all != nullptr     ? detail::blocked_sum(all, n * d, square)
+                : all32 != nullptr ? detail::blocked_sum(all32, n * d, square)
+                                   : 0.0;
+  double y_sq = 0;
+  if (in_memory && !real) return rounding_grad_norm_sq(x_sq, y_sq, n, real);
   for (std::int64_t first = 0; first < n; first += kChunkRows) {
     const std::int64_t rows = std::min(kChunkRows, n - first);
-    if (all == nullptr) {
+    if (!in_memory) {
       const double* in_place = data.inputs_in_place(first, rows);
       data.read(first, rows, in_place ? nullptr : x.data(), real ? y.data() : nullptr, nullptr);
       const double* inputs = in_place ? in_place : x.data();

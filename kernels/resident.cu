@@ -2,7 +2,8 @@
 // data"): copied once, at the first pass, then read in place by every pass of
 // the session. The copy converts chunks of rows on the host with every core
 // into one of two pinned buffers while the other's copy runs, so the upload
-// runs at the slower of the conversion and the PCIe link.
+// runs at the slower of the conversion and the PCIe link. float32 inputs
+// (a float32 file or array) are copied as they are, never widened first.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -26,15 +27,16 @@ void ResidentDataDeleter::operator()(ResidentData* data) const {
 namespace {
 
 /// dst[j] = T(src[j]) for j < count, over all cores. Returns the first j whose
-/// finite value overflows T (float32), or −1.
-template <typename T>
-std::int64_t convert(const double* src, std::int64_t count, T* dst) {
+/// finite value overflows T (float32), or −1 (always when S is T: a copy).
+template <typename S, typename T>
+std::int64_t convert(const S* src, std::int64_t count, T* dst) {
   detail::parallel_ranges(
       count,
       [&](std::int64_t, std::int64_t begin, std::int64_t end) {
         std::copy(src + begin, src + end, dst + begin);
       },
       detail::kResidentConvertGrain);
+  if constexpr (std::is_same_v<S, T>) return -1;
   // A non-finite source value is the kernels' to report (as a sample's
   // non-finite output); only finite values float32 cannot hold are this call's.
   std::int64_t j = detail::first_non_finite(dst, count);
@@ -81,17 +83,21 @@ void upload_rows(const DataSource& data, ResidentData& out, T* x, T* y) {
     if constexpr (std::is_same_v<T, double>) {
       data.read(first, m, x_stage[b].data(), out.labels ? nullptr : y_stage[b].data(), labels);
     } else {
-      const double* src = data.inputs_in_place(first, m);
+      // float32 X (a float32 file or array) is copied as it is.
+      const float* same = data.inputs_in_place_float32(first, m);
+      const double* src = same != nullptr ? nullptr : data.inputs_in_place(first, m);
       if (!out.labels) y_host.resize(static_cast<std::size_t>(m * k));
       double* y_read = out.labels ? nullptr : y_host.data();
-      if (src == nullptr) {
+      if (same == nullptr && src == nullptr) {
         x_host.resize(static_cast<std::size_t>(m * d));
         data.read(first, m, x_host.data(), y_read, labels);
         src = x_host.data();
       } else if (labels != nullptr || y_read != nullptr) {
         data.read(first, m, nullptr, y_read, labels);
       }
-      if (const std::int64_t bad = convert(src, m * d, x_stage[b].data()); bad >= 0) {
+      if (same != nullptr) {
+        convert(same, m * d, x_stage[b].data());
+      } else if (const std::int64_t bad = convert(src, m * d, x_stage[b].data()); bad >= 0) {
         throw_overflow("the input", first + bad / d, bad % d);
       }
       if (!out.labels) {

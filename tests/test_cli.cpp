@@ -451,6 +451,61 @@ TEST_F(Cli, ReportMatchesLibraryForLayerFilesWithCrossEntropy) {
   EXPECT_EQ(report["device"], "cpu");
 }
 
+// A float32 X file is kept float32 and widened chunk by chunk; a big-endian
+// Fortran-order float64 one is decoded. Both must give the profile of the
+// same values held as float64 (built here, not by the loader).
+TEST_F(Cli, Float32AndBigEndianFortranFilesGiveTheFloat64Profile) {
+  const std::int64_t n = 300, d = 4;
+  std::vector<float> floats(static_cast<std::size_t>(n * d));
+  for (std::size_t j = 0; j < floats.size(); ++j) floats[j] = static_cast<float>(std::sin(0.37 * j) * 2.5);
+  Dataset data;
+  data.n = n;
+  data.d = d;
+  data.k = 3;
+  data.x.assign(floats.begin(), floats.end());
+  std::vector<double> labels(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    data.labels.push_back(static_cast<std::int32_t>((i * 5 + 1) % 3));
+    labels[static_cast<std::size_t>(i)] = data.labels.back();
+  }
+  write_npy(path("labels.npy"), {n}, labels);
+  auto npy = [](const std::string& descr, bool fortran, const std::string& values) {
+    std::string dict = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                       ", 'shape': (300, 4), }";
+    while ((10 + dict.size() + 1) % 64 != 0) dict += ' ';
+    dict += '\n';
+    std::string bytes = "\x93NUMPY\x01";
+    bytes += '\0';
+    bytes += static_cast<char>(dict.size() & 0xff);
+    bytes += static_cast<char>(dict.size() >> 8);
+    return bytes + dict + values;
+  };
+  std::string little32, big64;
+  for (const float value : floats) little32.append(reinterpret_cast<const char*>(&value), 4);
+  for (std::int64_t c = 0; c < d; ++c) {  // column by column, each value's bytes reversed
+    for (std::int64_t r = 0; r < n; ++r) {
+      const double value = data.x[static_cast<std::size_t>(r * d + c)];
+      const std::string bytes(reinterpret_cast<const char*>(&value), 8);
+      big64.append(bytes.rbegin(), bytes.rend());
+    }
+  }
+  write_bytes(path("X32.npy"), npy("<f4", false, little32));
+  write_bytes(path("XBF.npy"), npy(">f8", true, big64));
+  ProfileOptions options;
+  options.loss = Loss::cross_entropy;
+  options.device = Device::cpu;
+  const std::vector<std::int64_t> widths = {d, 3};
+  const Model model = make_model(widths, true, Init::gaussian, 0);
+  const Profile expected = profile(model, data, options);
+  for (const char* file : {"X32.npy", "XBF.npy"}) {
+    SCOPED_TRACE(file);
+    const RunResult result = run({"profile", "--x", p(file), "--y", p("labels.npy"), "--loss", "ce",
+                                  "--device", "cpu", "--seed", "0", "--out", p("report.json")});
+    ASSERT_EQ(result.status, 0) << result.err;
+    expect_report_matches(nlohmann::json::parse(read_text(path("report.json"))), expected);
+  }
+}
+
 TEST_F(Cli, LeastSquaresInitMatchesLibrary) {
   synth(80, 4, 1);
   const RunResult result = run({"profile", "--x", p("X.npy"), "--y", p("Y.npy"), "--init",

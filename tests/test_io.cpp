@@ -29,6 +29,9 @@
 #include "parallel_scan.hpp"
 #include "gradnoise/error.hpp"
 #include "gradnoise/io.hpp"
+#include "gradnoise/report.hpp"
+#include "io_npy.hpp"
+#include "stored_data.hpp"
 #include "text.hpp"
 
 namespace gradnoise {
@@ -221,21 +224,75 @@ TEST_F(IoNpy, ReadsVersions2And3AndOneTupleShapes) {
   EXPECT_EQ(read_npy(path("order.npy")).values, (std::vector<double>{7, 8}));
 }
 
-TEST_F(IoNpy, RejectsFortranOrder) {
-  const fs::path file = path("fortran.npy");
-  write_bytes(file, npy_file(npy_dict("<f8", "(2, 2)", "True"), npy_data<double>({1, 2, 3, 4})));
-  const std::string message = error_message<InputError>([&] { read_npy(file); });
-  EXPECT_CONTAINS(message, file.string());
-  EXPECT_CONTAINS(message, "Fortran");
+/// The values of a big-endian file: each element's bytes reversed.
+template <typename Value>
+std::string npy_data_big_endian(const std::vector<Value>& values) {
+  std::string bytes;
+  for (const Value value : values) {
+    std::string element;
+    append_little_endian(element, value);
+    bytes.append(element.rbegin(), element.rend());
+  }
+  return bytes;
 }
 
-TEST_F(IoNpy, RejectsBigEndian) {
-  const fs::path file = path("big.npy");
-  write_bytes(file, npy_file(npy_dict(">f8", "(2,)"), std::string(16, '\0')));
+/// rows×cols values in C order, stored column by column.
+template <typename Value>
+std::vector<Value> column_major(const std::vector<Value>& values, std::int64_t rows, std::int64_t cols) {
+  std::vector<Value> out(values.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < cols; ++c) out[c * rows + r] = values[r * cols + c];
+  }
+  return out;
+}
+
+TEST_F(IoNpy, ReadsFortranOrderAndBigEndianFiles) {
+  const std::vector<double> values = {1.5, -2.25, 0.1, 1e-300, 3e300, -7.0};  // 2×3, C order
+  const std::vector<float> floats = {1.5f, -2.25f, 0.1f, 1e-30f, 3e30f, -7.0f};
+  std::vector<double> widened(floats.begin(), floats.end());
+  const std::vector<std::int32_t> ints = {1, -2, 2147483647, -2147483647 - 1, 0, 65536};
+  struct Case {
+    std::string name;
+    std::string file;
+    std::vector<double> expected;
+  };
+  const std::vector<Case> cases = {
+      {"<f8 Fortran", npy_file(npy_dict("<f8", "(2, 3)", "True"), npy_data(column_major(values, 2, 3))), values},
+      {">f8", npy_file(npy_dict(">f8", "(2, 3)"), npy_data_big_endian(values)), values},
+      {">f8 Fortran", npy_file(npy_dict(">f8", "(2, 3)", "True"),
+                               npy_data_big_endian(column_major(values, 2, 3))), values},
+      {">f4", npy_file(npy_dict(">f4", "(2, 3)"), npy_data_big_endian(floats)), widened},
+      {"<f4 Fortran", npy_file(npy_dict("<f4", "(2, 3)", "True"), npy_data(column_major(floats, 2, 3))), widened},
+      {">i4", npy_file(npy_dict(">i4", "(2, 3)"), npy_data_big_endian(ints)),
+       {1, -2, 2147483647.0, -2147483648.0, 0, 65536}},
+  };
+  for (const Case& test_case : cases) {
+    SCOPED_TRACE(test_case.name);
+    write_bytes(path("x.npy"), test_case.file);
+    const Array array = read_npy(path("x.npy"));
+    EXPECT_EQ(array.shape, (std::vector<std::int64_t>{2, 3}));
+    EXPECT_EQ(array.values, test_case.expected);
+    // Each row alone, as two MPI ranks read them.
+    for (int part = 0; part < 2; ++part) {
+      const ArrayPart rows = read_npy_part(path("x.npy"), part, 2);
+      EXPECT_EQ(rows.first_row, part);
+      EXPECT_EQ(rows.array.values, std::vector<double>(test_case.expected.begin() + 3 * part,
+                                                       test_case.expected.begin() + 3 * part + 3));
+    }
+    const detail::NpyRows mapped = detail::map_npy_rows(path("x.npy"));
+    EXPECT_FALSE(mapped.in_place) << "these bytes are not the values: decoded";
+    std::vector<double> got(6);
+    copy_rows(mapped.values, 0, 2, got.data());
+    EXPECT_EQ(got, test_case.expected);
+  }
+}
+
+TEST_F(IoNpy, RejectsNativeByteOrderMarkOnMultiByteTypes) {
+  const fs::path file = path("native.npy");
+  write_bytes(file, npy_file(npy_dict("=f8", "(2,)"), std::string(16, '\0')));
   const std::string message = error_message<InputError>([&] { read_npy(file); });
   EXPECT_CONTAINS(message, file.string());
-  EXPECT_CONTAINS(message, ">f8");
-  EXPECT_CONTAINS(message, "big-endian");
+  EXPECT_CONTAINS(message, "byte order");
 }
 
 TEST_F(IoNpy, RejectsUnsupportedDtypes) {
@@ -296,6 +353,251 @@ TEST_F(IoNpy, LargeFilesReadInParallelGiveEveryValue) {
   const std::string message = error_message<InputError>([&] { read_npy(path("cut.npy")); });
   EXPECT_CONTAINS(message, "truncated");
   EXPECT_CONTAINS(message, std::to_string(count * 8));  // bytes the shape needs
+}
+
+// ---- Memory-mapped rows (detail::map_npy_rows, io_npy.hpp) -------------------
+
+/// The bytes of n values of T, for bit-for-bit comparisons (NaN == NaN, −0 ≠ 0).
+template <typename T>
+std::string bits_of(const void* values, std::int64_t n) {
+  return std::string(static_cast<const char*>(values), static_cast<std::size_t>(n) * sizeof(T));
+}
+
+/// rows×cols values spread over many binades, with −0, a subnormal and the
+/// largest finite value, as a float64 .npy would hold them.
+std::vector<double> awkward_values(std::int64_t rows, std::int64_t cols) {
+  std::vector<double> values(static_cast<std::size_t>(rows * cols));
+  for (std::size_t j = 0; j < values.size(); ++j) {
+    values[j] = std::ldexp(std::sin(static_cast<double>(j) * 0.37), static_cast<int>(j % 41) - 20);
+  }
+  values[1] = -0.0;
+  values[2] = std::numeric_limits<double>::denorm_min();
+  values[values.size() - 1] = std::numeric_limits<double>::max();
+  return values;
+}
+
+// A NumPy-written float64 file (header padded to 64 bytes) is used where it
+// lies: the mapped values are the file's bytes, identical to what was written,
+// and to what read_npy decodes; parts map only their own rows.
+TEST_F(IoNpy, MapsAlignedFloat64InPlaceBitForBit) {
+  const std::int64_t rows = 2 * (detail::kParallelGrain / 5) + 3, cols = 5;
+  const std::vector<double> values = awkward_values(rows, cols);
+  const std::string shape = "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  write_bytes(path("x.npy"), npy_file(npy_dict("<f8", shape), npy_data(values)));
+  const detail::NpyRows mapped = detail::map_npy_rows(path("x.npy"));
+  EXPECT_TRUE(mapped.in_place);
+  EXPECT_EQ(mapped.values.type, ElementType::float64);
+  EXPECT_EQ(mapped.values.rows, rows);
+  EXPECT_EQ(mapped.values.cols, cols);
+  EXPECT_EQ(mapped.first_non_finite, -1);
+  EXPECT_EQ(bits_of<double>(mapped.values.data, rows * cols), bits_of<double>(values.data(), rows * cols));
+  const Array decoded = read_npy(path("x.npy"));
+  EXPECT_EQ(bits_of<double>(decoded.values.data(), rows * cols), bits_of<double>(values.data(), rows * cols));
+
+  for (int part = 0; part < 3; ++part) {
+    SCOPED_TRACE(part);
+    const detail::NpyRows rows_part = detail::map_npy_rows(path("x.npy"), part, 3);
+    const RowSpan span = split_rows(rows, part, 3);
+    EXPECT_TRUE(rows_part.in_place);
+    EXPECT_EQ(rows_part.first_row, span.first);
+    EXPECT_EQ(rows_part.whole_rows, rows);
+    EXPECT_EQ(rows_part.shape, (std::vector<std::int64_t>{span.count, cols}));
+    EXPECT_EQ(bits_of<double>(rows_part.values.data, span.count * cols),
+              bits_of<double>(values.data() + span.first * cols, span.count * cols));
+  }
+}
+
+// float32 stays float32: mapped in place, and a StoredData over it hands the
+// GPU's upload the floats as they are and the CPU engines float64 rows.
+TEST_F(IoNpy, KeepsFloat32FilesFloat32) {
+  const std::int64_t rows = 1000, cols = 3;
+  const std::vector<double> wide = awkward_values(rows, cols);
+  std::vector<float> values(wide.size());
+  for (std::size_t j = 0; j + 1 < wide.size(); ++j) values[j] = static_cast<float>(wide[j]);
+  values.back() = std::numeric_limits<float>::max();
+  write_bytes(path("x.npy"), npy_file(npy_dict("<f4", "(1000, 3)"), npy_data(values)));
+  write_npy(path("y.npy"), {rows}, std::vector<double>(static_cast<std::size_t>(rows), 0.5));
+  const detail::NpyRows mapped = detail::map_npy_rows(path("x.npy"));
+  EXPECT_TRUE(mapped.in_place);
+  EXPECT_EQ(mapped.values.type, ElementType::float32);
+  EXPECT_EQ(bits_of<float>(mapped.values.data, rows * cols), bits_of<float>(values.data(), rows * cols));
+
+  const detail::StoredDataPart loaded =
+      detail::load_xy_stored(path("x.npy"), path("y.npy"), Loss::squared, CsvHeader::automatic);
+  const detail::StoredData& data = loaded.data;
+  EXPECT_EQ(data.inputs().type, ElementType::float32);
+  EXPECT_EQ(data.inputs_in_place(0, rows), nullptr) << "float32 rows are no float64 rows";
+  const float* floats = data.inputs_in_place_float32(10, 5);
+  ASSERT_NE(floats, nullptr);
+  EXPECT_EQ(bits_of<float>(floats, 5 * cols), bits_of<float>(values.data() + 10 * cols, 5 * cols));
+  std::vector<double> x(static_cast<std::size_t>(4 * cols)), y(4);
+  data.read(997, 3, x.data(), y.data(), nullptr);
+  for (std::int64_t j = 0; j < 3 * cols; ++j) {
+    EXPECT_EQ(x[j], static_cast<double>(values[997 * cols + j])) << j;
+  }
+  EXPECT_EQ(y[0], 0.5);
+}
+
+// The rounding floor sums X² over float32 rows in place, on every core, in
+// the fixed blocks of the float64 path: the same bits as from the widened copy.
+TEST_F(IoNpy, RoundingFloorOfFloat32RowsEqualsTheirFloat64Copy) {
+  const std::int64_t rows = detail::kParallelGrain / 2 + 7, cols = 3;  // more than one block
+  std::vector<float> values(static_cast<std::size_t>(rows * cols));
+  for (std::size_t j = 0; j < values.size(); ++j) {
+    values[j] = static_cast<float>(std::sin(0.37 * static_cast<double>(j)) * (1 + j % 97));
+  }
+  write_bytes(path("x.npy"), npy_file(npy_dict("<f4", "(" + std::to_string(rows) + ", 3)"), npy_data(values)));
+  write_npy(path("y.npy"), {rows}, std::vector<double>(static_cast<std::size_t>(rows), 0.5));
+  const detail::StoredDataPart stored =
+      detail::load_xy_stored(path("x.npy"), path("y.npy"), Loss::squared, CsvHeader::automatic);
+  ASSERT_NE(stored.data.inputs_in_place_float32(0, rows), nullptr);
+  const Dataset widened = load_xy(path("x.npy"), path("y.npy"), Loss::squared);
+  EXPECT_EQ(rounding_grad_norm_sq(stored.data), rounding_grad_norm_sq(widened));
+}
+
+// A header of odd length (hand-made files; NumPy pads to 64 bytes) leaves the
+// data unaligned: those values are decoded, never read through a misaligned
+// pointer, and come out the same.
+TEST_F(IoNpy, DecodesUnalignedData) {
+  const std::vector<double> values = awkward_values(4, 3);
+  std::vector<float> floats(values.size());
+  for (std::size_t j = 0; j < values.size(); ++j) floats[j] = static_cast<float>(values[j]);
+  for (const int extra : {1, 2, 3, 4, 5, 6, 7}) {
+    SCOPED_TRACE(extra);
+    for (const bool single : {false, true}) {
+      const std::string dict = npy_dict(single ? "<f4" : "<f8", "(4, 3)");
+      std::string header = dict;
+      while ((10 + header.size() + 1) % 64 != static_cast<std::size_t>(extra)) header += ' ';
+      header += '\n';
+      std::string bytes = "\x93NUMPY\x01";
+      bytes += '\0';
+      append_little_endian(bytes, static_cast<std::uint16_t>(header.size()));
+      bytes += header + (single ? npy_data(floats) : npy_data(values));
+      write_bytes(path("odd.npy"), bytes);
+      const detail::NpyRows mapped = detail::map_npy_rows(path("odd.npy"));
+      const bool aligned = extra % (single ? 4 : 8) == 0;
+      EXPECT_EQ(mapped.in_place, aligned);
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(mapped.values.data) % (single ? 4 : 8), 0u);
+      if (single) {
+        EXPECT_EQ(bits_of<float>(mapped.values.data, 12), bits_of<float>(floats.data(), 12));
+      } else {
+        EXPECT_EQ(bits_of<double>(mapped.values.data, 12), bits_of<double>(values.data(), 12));
+      }
+    }
+  }
+}
+
+// The finiteness scan runs with the decode (or over the mapped pages) on
+// every core: it must name the first bad value of the whole file, whichever
+// thread's range holds it, for mapped, decoded and column-major files.
+TEST_F(IoNpy, FindsTheFirstNonFiniteValueInAParallelScan) {
+  const std::int64_t rows = 3 * (detail::kParallelGrain / 4) + 1, cols = 4;
+  ASSERT_GT(rows * cols, 2 * detail::kParallelGrain);
+  std::vector<double> values(static_cast<std::size_t>(rows * cols), 0.25);
+  const std::int64_t bad_row = rows - 10, bad_col = 2;  // in the last thread's range
+  values[static_cast<std::size_t>(bad_row * cols + bad_col)] = std::numeric_limits<double>::quiet_NaN();
+  values[static_cast<std::size_t>((rows - 2) * cols)] = std::numeric_limits<double>::infinity();
+  const std::string shape = "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  std::vector<float> floats(values.begin(), values.end());
+  struct Case {
+    std::string name;
+    std::string file;
+    bool in_place;
+  };
+  const std::vector<Case> cases = {
+      {"<f8", npy_file(npy_dict("<f8", shape), npy_data(values)), true},
+      {"<f4", npy_file(npy_dict("<f4", shape), npy_data(floats)), true},
+      {">f8", npy_file(npy_dict(">f8", shape), npy_data_big_endian(values)), false},
+      {"<f8 Fortran", npy_file(npy_dict("<f8", shape, "True"), npy_data(column_major(values, rows, cols))), false},
+  };
+  write_npy(path("y.npy"), {rows}, std::vector<double>(static_cast<std::size_t>(rows), 1.0));
+  for (const Case& test_case : cases) {
+    SCOPED_TRACE(test_case.name);
+    write_bytes(path("x.npy"), test_case.file);
+    const detail::NpyRows mapped = detail::map_npy_rows(path("x.npy"));
+    EXPECT_EQ(mapped.in_place, test_case.in_place);
+    EXPECT_EQ(mapped.first_non_finite, bad_row * cols + bad_col);
+    const std::string message = error_message<InputError>(
+        [&] { detail::load_xy_stored(path("x.npy"), path("y.npy"), Loss::squared, CsvHeader::automatic); });
+    EXPECT_CONTAINS(message, path("x.npy").string());
+    EXPECT_CONTAINS(message, "non-finite value (nan) at row " + std::to_string(bad_row) + ", column 2");
+    // A rank's part names the row in the whole file; the rank before it is clean.
+    const std::string part_message = error_message<InputError>(
+        [&] { detail::load_xy_stored(path("x.npy"), path("y.npy"), Loss::squared, CsvHeader::automatic, 1, 2); });
+    EXPECT_CONTAINS(part_message, "at row " + std::to_string(bad_row) + ", column 2");
+    EXPECT_EQ(detail::map_npy_rows(path("x.npy"), 0, 2).first_non_finite, -1);
+  }
+}
+
+// The block test reads exponent bits: every NaN (quiet, signalling, either
+// sign) and infinity is found wherever it sits in a block, and no finite
+// value (the largest, subnormals, −0) is taken for one.
+template <typename T>
+void check_first_non_finite_serial() {
+  using limits = std::numeric_limits<T>;
+  std::vector<T> values(5000);
+  for (std::size_t j = 0; j < values.size(); ++j) values[j] = static_cast<T>(j % 7) - T(3);
+  values[0] = limits::max();
+  values[1] = limits::lowest();
+  values[2] = limits::denorm_min();
+  values[3] = -T(0);
+  EXPECT_EQ(detail::first_non_finite_serial(values.data(), 5000), -1);
+  for (const T bad : {limits::quiet_NaN(), -limits::quiet_NaN(), limits::signaling_NaN(),
+                      limits::infinity(), -limits::infinity()}) {
+    for (const std::int64_t at : {0, 2047, 2048, 4999}) {
+      std::vector<T> with = values;
+      with[static_cast<std::size_t>(at)] = bad;
+      with[4999] = at < 4999 ? limits::infinity() : with[4999];  // a later one must not win
+      EXPECT_EQ(detail::first_non_finite_serial(with.data(), 5000), at) << bad << " at " << at;
+      EXPECT_EQ(detail::first_non_finite(with.data(), 5000), at);
+    }
+  }
+}
+
+TEST(ParallelScan, FirstNonFiniteFindsEveryKindOfNonFiniteValue) {
+  check_first_non_finite_serial<float>();
+  check_first_non_finite_serial<double>();
+}
+
+// A mapped file cut short must be refused from its size before any page is
+// touched (touching a page past the end would be SIGBUS), for the whole file
+// and for the part of a rank whose rows run past the end.
+TEST_F(IoNpy, RefusesTruncatedFilesBeforeMappingThem) {
+  const std::int64_t rows = 20000, cols = 8;
+  const std::string whole = npy_file(npy_dict("<f8", "(20000, 8)"),
+                                     npy_data(std::vector<double>(static_cast<std::size_t>(rows * cols), 1.0)));
+  write_bytes(path("cut.npy"), whole.substr(0, whole.size() - 4096 * 3 - 8));
+  for (int part = 0; part < 2; ++part) {
+    SCOPED_TRACE(part);
+    const std::string message =
+        error_message<InputError>([&] { detail::map_npy_rows(path("cut.npy"), part, 2); });
+    EXPECT_CONTAINS(message, path("cut.npy").string());
+    EXPECT_CONTAINS(message, "truncated");
+    EXPECT_CONTAINS(message, std::to_string(rows * cols * 8));
+  }
+}
+
+// The library's load_xy gives a Dataset whatever the X file's layout: the
+// same values from a mapped float64 file, a float32 one (widened) and a
+// decoded big-endian one.
+TEST_F(IoNpy, LoadXyGivesTheSameDatasetFromEveryLayout) {
+  const std::vector<double> values = awkward_values(6, 2);
+  write_npy(path("y.npy"), {6}, {0, 1, 2, 0, 1, 2});
+  write_bytes(path("le.npy"), npy_file(npy_dict("<f8", "(6, 2)"), npy_data(values)));
+  write_bytes(path("be.npy"), npy_file(npy_dict(">f8", "(6, 2)", "True"),
+                                       npy_data_big_endian(column_major(values, 6, 2))));
+  for (const char* name : {"le.npy", "be.npy"}) {
+    SCOPED_TRACE(name);
+    const Dataset data = load_xy(path(name), path("y.npy"), Loss::cross_entropy);
+    EXPECT_EQ(bits_of<double>(data.x.data(), 12), bits_of<double>(values.data(), 12));
+    EXPECT_EQ(data.labels, (std::vector<std::int32_t>{0, 1, 2, 0, 1, 2}));
+    EXPECT_EQ(data.k, 3);
+  }
+  std::vector<float> floats(values.begin(), values.end() - 1);
+  floats.push_back(std::numeric_limits<float>::max());
+  write_bytes(path("f4.npy"), npy_file(npy_dict("<f4", "(6, 2)"), npy_data(floats)));
+  const Dataset data = load_xy(path("f4.npy"), path("y.npy"), Loss::cross_entropy);
+  for (std::size_t j = 0; j < 12; ++j) EXPECT_EQ(data.x[j], static_cast<double>(floats[j])) << j;
 }
 
 TEST_F(IoNpy, RejectsTruncatedAndOverlongData) {

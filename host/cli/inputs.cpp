@@ -202,19 +202,14 @@ std::vector<std::int64_t> parse_hidden(const std::string& spec) {
 
 namespace {
 
-/// At least two samples, every value finite, labels in range.
+/// At least two samples (the loaders checked every value and label).
 void check_loaded(LoadedData& loaded) {
-  Dataset& data = loaded.data;
+  detail::StoredData& data = loaded.data;
   if (loaded.whole_rows == 0) loaded.whole_rows = data.n;
   if (loaded.whole_rows < 2) {
     throw InputError(loaded.source + " holds " + std::to_string(loaded.whole_rows) +
                      (loaded.whole_rows == 1 ? " sample" : " samples") +
                      "; at least 2 are needed for a gradient covariance.");
-  }
-  if (!loaded.validated) {
-    require_finite(loaded.source, data.x, data.d);
-    require_finite(loaded.target_source, data.y, data.k);
-    mentioning(loaded.source, "", [&] { data.validate(loaded.source.c_str()); });
   }
   loaded.description["n"] = loaded.whole_rows;
   loaded.description["d"] = data.d;
@@ -228,11 +223,11 @@ LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
                          CsvHeader csv_header, int part, int parts) {
   LoadedData loaded;
   try {
-    DatasetPart rows = load_xy_part(x_path, y_path, loss, csv_header, part, parts);
+    // Finite values and labels in range are checked as the rows load.
+    detail::StoredDataPart rows = detail::load_xy_stored(x_path, y_path, loss, csv_header, part, parts);
     loaded.data = std::move(rows.data);
     loaded.first_row = rows.first_row;
     loaded.whole_rows = rows.whole_rows;
-    loaded.validated = true;  // load_xy_part: finite values, labels in range
   } catch (const InputError& error) {
     // load_xy names the file at fault; say which flags gave it if it did not.
     const std::string message = error.what();
@@ -262,12 +257,15 @@ LoadedData load_data(const DataModelArgs& args, Loss loss, int part, int parts) 
   DatasetPart rows = mentioning("--dataset", args.dataset, [&] {
     return load_fashion_mnist_part(dir, args.split, loss, args.limit, part, parts);
   });
-  loaded.data = std::move(rows.data);
-  loaded.first_row = rows.first_row;
-  loaded.whole_rows = rows.whole_rows;
   loaded.source = "--dataset " + args.dataset;
   if (args.limit > 0) loaded.source += " --limit " + std::to_string(args.limit);
   loaded.target_source = loaded.source;
+  require_finite(loaded.source, rows.data.x, rows.data.d);
+  require_finite(loaded.target_source, rows.data.y, rows.data.k);
+  mentioning(loaded.source, "", [&] { rows.data.validate(loaded.source.c_str()); });
+  loaded.data = detail::StoredData::from(std::move(rows.data));
+  loaded.first_row = rows.first_row;
+  loaded.whole_rows = rows.whole_rows;
   std::string description = "fashion-mnist " + args.split;
   if (args.limit > 0) description += " (first " + std::to_string(args.limit) + ")";
   loaded.description = {{"source", "fashion-mnist"}, {"split", args.split},
@@ -280,7 +278,7 @@ LoadedData load_data(const DataModelArgs& args, Loss loss, int part, int parts) 
 /// Checks that `model` and the data fit, naming the files at fault, before the
 /// engine sees them. For cross-entropy the classes are the model's outputs.
 void check_fit(const Model& model, const std::string& model_source, LoadedData& loaded, Loss loss) {
-  Dataset& data = loaded.data;
+  detail::StoredData& data = loaded.data;
   if (model.input_dim() != data.d) {
     throw InputError(model_source + " takes " + std::to_string(model.input_dim()) +
                      " inputs but " + loaded.source + " has " + std::to_string(data.d) +

@@ -16,6 +16,7 @@
 #include "gradnoise/model.hpp"
 #include "gradnoise/profile.hpp"
 #include "gradnoise/sweep.hpp"
+#include "stored_data.hpp"
 
 namespace gradnoise::cli {
 
@@ -80,7 +81,9 @@ std::string loss_choices();
 std::vector<std::int64_t> parse_hidden(const std::string& spec);
 
 struct LoadedData {
-  Dataset data;
+  /// X where the loader left it (a memory-mapped .npy file, float32 or
+  /// float64), targets in memory: what the engines read.
+  detail::StoredData data;
   nlohmann::ordered_json description;
   std::string source;  // names the data in messages: "--x X.npy" or "--dataset fashion-mnist"
   std::string target_source;
@@ -88,9 +91,6 @@ struct LoadedData {
   /// (docs/MPI.md); for labels data.k is then the part's largest label + 1.
   std::int64_t first_row = 0;
   std::int64_t whole_rows = 0;
-  /// The loader already checked every value and label (load_xy does), so
-  /// the checks below need not scan the data again.
-  bool validated = false;
 };
 
 /// --dataset or --x/--y, checked: at least two samples, finite values, labels ≥ 0.

@@ -253,8 +253,15 @@ void add_ranks_json_summed(nlohmann::ordered_json& report, detail::Communicator&
 /// mean‖g_i‖²'s rounding floor from Σ‖x_i‖² and Σ‖y_i‖² over every rank.
 double rounding_floor(detail::Communicator& comm, const LoadedData& loaded) {
   std::vector<double> sums(2, 0.0);
-  for (const double v : loaded.data.x) sums[0] += v * v;
-  for (const double v : loaded.data.y) sums[1] += v * v;
+  const detail::StoredData& data = loaded.data;
+  constexpr std::int64_t kChunkRows = 1024;
+  std::vector<double> rows(static_cast<std::size_t>(std::min(data.n, kChunkRows) * data.d));
+  for (std::int64_t first = 0; first < data.n; first += kChunkRows) {
+    const std::int64_t count = std::min(kChunkRows, data.n - first);
+    data.read(first, count, rows.data(), nullptr, nullptr);
+    for (std::int64_t j = 0; j < count * data.d; ++j) sums[0] += rows[j] * rows[j];
+  }
+  for (const double v : data.y) sums[1] += v * v;
   comm.sum(sums);
   return rounding_grad_norm_sq(sums[0], sums[1], loaded.whole_rows, !loaded.data.y.empty());
 }

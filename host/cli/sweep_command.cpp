@@ -254,20 +254,24 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
   });
 
   current_stage = "setting up the sweep";
+  // A sweep indexes single rows of a float64 Dataset.
+  const Dataset train_rows = train.data.release_dataset();
+  std::optional<Dataset> test_rows;
+  if (test) test_rows = test->data.release_dataset();
   ProfileOptions start_options;
   start_options.loss = loss;
   start_options.device = Device::cpu;
-  const Profile start = profile_cpu(model.model, train.data, start_options);
+  const Profile start = profile_cpu(model.model, train_rows, start_options);
 
   SweepResult result;
   if (comm.size() > 1) {
     current_stage = "running the sweep";
     std::optional<SweepResult> whole =
-        run_sweep_over_ranks(comm, model.model, train.data, test ? &test->data : nullptr, config,
+        run_sweep_over_ranks(comm, model.model, train_rows, test_rows ? &*test_rows : nullptr, config,
                              args.checkpoint_path, args.checkpoint_every);
     if (whole) result = std::move(*whole);
   } else {
-    Sweep sweep(model.model, train.data, test ? &test->data : nullptr, config);
+    Sweep sweep(model.model, train_rows, test_rows ? &*test_rows : nullptr, config);
     if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
       current_stage = "reading the checkpoint";
       mentioning("--checkpoint", args.checkpoint_path,

@@ -39,6 +39,12 @@ class DataSource {
   virtual const double* inputs_in_place(std::int64_t /*first*/, std::int64_t /*count*/) const {
     return nullptr;
   }
+  /// The same for X stored as float32 (a float32 file or array): the GPU's
+  /// float32 copy of the data then takes the values as they are, never
+  /// widened to float64 and narrowed back.
+  virtual const float* inputs_in_place_float32(std::int64_t /*first*/, std::int64_t /*count*/) const {
+    return nullptr;
+  }
 };
 
 /// A data set held in memory in float64. Exactly one of `y` (n×k real targets)
@@ -123,6 +129,7 @@ class BorrowedData final : public DataSource {
   void read(std::int64_t first, std::int64_t count, double* x, double* y,
             std::int32_t* labels) const override;
   const double* inputs_in_place(std::int64_t first, std::int64_t count) const override;
+  const float* inputs_in_place_float32(std::int64_t first, std::int64_t count) const override;
 
   const ArrayView& inputs() const { return x_; }
   const ArrayView& targets() const { return targets_; }

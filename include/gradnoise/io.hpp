@@ -24,8 +24,9 @@ struct Array {
 };
 
 /// .npy (format 1.0, 2.0, 3.0): dtypes <f4, <f8, <i4, <i8, |u1 (also |i1, <i2,
-/// <u2); little-endian, C order, 1-D or 2-D only. Integer dtypes set
-/// integral_dtype. Anything else is an InputError naming the file.
+/// <u2) and their big-endian forms ('>'); C or Fortran order, 1-D or 2-D only.
+/// Integer dtypes set integral_dtype. Anything else is an InputError naming
+/// the file.
 Array read_npy(const std::filesystem::path& path);
 // ---- Parts of a file: the rows one of several processes reads (docs/MPI.md)
 
@@ -45,7 +46,7 @@ struct ArrayPart {
 };
 
 /// Part `part` of `parts` of a .npy file's rows (split_rows): the header,
-/// then a seek to the part's first row, so only its bytes are read.
+/// then only the part's pages are mapped (the whole array for Fortran order).
 ArrayPart read_npy_part(const std::filesystem::path& path, int part, int parts);
 
 /// Writes float64 '<f8' .npy (version 1.0, C order) atomically. A shape whose
