@@ -49,8 +49,9 @@ struct RowSums {
 };
 
 /// One row's centring over entries j = start, start + stride, ... < len:
-/// dst_j = src_j − mean_j (dst may be src), accumulating ‖src‖², ‖dst‖² and
-/// mean·dst. The CPU calls it with (0, 1), a GPU warp with (lane, 32).
+/// dst_j = src_j − mean_j (dst may be src; null: only the sums), accumulating
+/// ‖src‖², ‖src − mean‖² and mean·(src − mean). The CPU calls it with (0, 1),
+/// a GPU warp with (lane, 32).
 struct RowCentring {
   double sq = 0;          // ‖src‖²
   double centred_sq = 0;  // ‖src − mean‖²
@@ -63,7 +64,7 @@ GN_HOST_DEVICE inline void centre_row(const double* src, double* dst, const doub
   for (std::int64_t j = start; j < len; j += stride) {
     const double value = src[j];
     const double centred = value - mean[j];
-    dst[j] = centred;
+    if (dst != nullptr) dst[j] = centred;
     sums.sq += value * value;
     sums.centred_sq += centred * centred;
     sums.mean_dot += mean[j] * centred;

@@ -39,6 +39,7 @@ inline ChunkFootprint chunk_footprint(const Model& model, bool labels, bool para
   // Column-sum partials, one per kColumnRowsPerBlock rows.
   row_doubles += (widest + kColumnRowsPerBlock - 1) / kColumnRowsPerBlock;
   if (param_stats) row_doubles += 2 * widest;  // U∘U and V∘V
+  if (!param_stats) row_doubles += 1;          // the ones of Σ δ (the shifted scheme)
   ChunkFootprint fp;
   fp.per_row = row_doubles * 8 + (labels ? 2 * 4 : 2 * k * 8);  // targets, double-buffered
   const std::int64_t p = model.num_params();
@@ -150,17 +151,31 @@ inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
   // The feeder: resident rows widened to float64 on the device (inputs, and
   // real targets); host rows copied in (no kernel).
   if (s.origin == RowOrigin::resident) per_chunk += s.labels ? 1 : 2;
+  // Without param stats the pipeline runs core/shifted_moments.hpp's scheme
+  // (the shift from the first chunk's means); with them, chunk-centred copies.
+  const bool shifted = !s.param_stats;
+  std::int64_t first_chunk = 0;  // the shift's column means and ℓ₀, once
   for (const Layer& layer : model.layers) {
     per_chunk += 1 + (layer.has_bias() ? 1 : 0);  // forward GEMM and bias
-    // Column means of δ and a (2 launches each), centring, three two-stage
-    // reductions, C's GEMM and its reduction, chunk mean, merge, its
-    // reduction, the layer's scalars.
-    per_chunk += 4 + 1 + 6 + 1 + 2 + 1 + 1 + 2 + 1;
-    if (s.param_stats) per_chunk += 2 + 4 + 3 + 1;
+    if (shifted) {
+      // Σ δ aᵀ (GEMM), Σ δ (GEMV), the row scalars, their two-stage
+      // reduction, its join to the running sums.
+      per_chunk += 1 + (layer.has_bias() ? 1 : 0) + 1 + 2 + 1;
+      first_chunk += 4;
+    } else {
+      // Column means of δ and a (2 launches each), centring, three two-stage
+      // reductions, C's GEMM and its reduction, chunk mean, merge, its
+      // reduction, the layer's scalars; then the param stats' own.
+      per_chunk += 4 + 1 + 6 + 1 + 2 + 1 + 1 + 2 + 1;
+      per_chunk += 2 + 4 + 3 + 1;
+    }
   }
   per_chunk += 1 + (layers - 1);  // the output errors; backward GEMMs
-  per_chunk += 6;                 // the loss: two reductions, a divide, a merge
-  plan.launches = plan.chunks * per_chunk;
+  // The loss: around ℓ₀, a reduction and its join (ℓ₀: a reduction and a
+  // divide, once); chunk-centred, two reductions, a divide, a merge.
+  per_chunk += shifted ? 3 : 6;
+  if (shifted) first_chunk += 3;
+  plan.launches = plan.chunks * per_chunk + first_chunk;
   // DRAM traffic in float64 values per row: the widening (read the stored
   // value, write float64), then per layer the forward GEMM (read a, write z),
   // column means (read δ and a), the in-place centring (read and write both),
@@ -174,11 +189,17 @@ inline PassPlan profile_pass_plan(const Model& model, const PassShape& s) {
   for (const Layer& layer : model.layers) {
     const std::int64_t widths = layer.in + layer.out;
     row_bytes += 8 * (layer.in + layer.out);  // forward: read a, write z
-    row_bytes += 8 * widths;                  // column means
-    row_bytes += 8 * 2 * widths;              // centring, in place
-    row_bytes += 8 * widths;                  // C = UᵀV/m
     row_bytes += 8 * 6 * 2;                   // the row scalars, written and read
-    if (s.param_stats) row_bytes += 8 * 7 * widths;
+    if (shifted) {
+      row_bytes += 8 * widths;  // Σ δ aᵀ
+      row_bytes += 8 * widths;  // the row scalars' kernel reads δ and a
+      row_bytes += 8 * layer.out;  // Σ δ
+    } else {
+      row_bytes += 8 * widths;      // column means
+      row_bytes += 8 * 2 * widths;  // centring, in place
+      row_bytes += 8 * widths;      // C = UᵀV/m
+      row_bytes += 8 * 7 * widths;  // the param stats' squares and products
+    }
   }
   row_bytes += 8 * (3 * k + 2) + (s.labels ? 4 : k * 8);  // output errors and losses
   plan.dram_bytes = n * row_bytes + plan.chunks * layers * 2 * p * moments;

@@ -34,6 +34,7 @@
 #include "losses.hpp"
 #include "moments.hpp"
 #include "plan.hpp"
+#include "shifted_moments.hpp"
 #include "policy.hpp"
 #include "reduce.cuh"
 #include "resident.cuh"
@@ -60,6 +61,21 @@ struct LoadCentredSquare {
     return e * e;
   }
 };
+
+struct LoadShiftedLoss {
+  const double* losses;
+  const double* loss0;
+  __device__ detail::ShiftedLoss operator()(std::int64_t i) const {
+    const double e = losses[i] - *loss0;
+    return {e, e * e};
+  }
+};
+
+/// *total += *part, one thread: a chunk's reduced sums joining the running ones.
+template <typename T>
+__global__ void accumulate_kernel(T* total, const T* part) {
+  *total += *part;
+}
 
 struct LoadRowSums {
   const double* scalars;  // m × kRowScalars
@@ -138,18 +154,21 @@ __global__ void column_finish_kernel(const double* partial, std::int64_t blocks,
   }
 }
 
-/// One warp per row: centres δ_i and a_i in place on the chunk means and
-/// writes the row's six scalars (see moments.hpp RowSums::add_row).
+/// One warp per row: the row's six scalars around (delta_mean, act_mean)
+/// (see moments.hpp RowSums::add_row); with `in_place`, δ_i and a_i are also
+/// overwritten with their centred values (the centring pipeline), without it
+/// only read (the shifted one).
 __global__ void centre_rows_kernel(double* delta, double* act, std::int64_t m, std::int64_t out,
                                    std::int64_t in, const double* delta_mean,
-                                   const double* act_mean, double* scalars) {
+                                   const double* act_mean, double* scalars, bool in_place) {
   const int lane = threadIdx.x % kWarp;
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (std::int64_t i = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kWarp;
        i < m; i += warps) {
     detail::RowCentring errors, inputs;
-    detail::centre_row(delta + i * out, delta + i * out, delta_mean, out, lane, kWarp, errors);
-    detail::centre_row(act + i * in, act + i * in, act_mean, in, lane, kWarp, inputs);
+    detail::centre_row(delta + i * out, in_place ? delta + i * out : nullptr, delta_mean, out, lane, kWarp,
+                       errors);
+    detail::centre_row(act + i * in, in_place ? act + i * in : nullptr, act_mean, in, lane, kWarp, inputs);
     const double delta_sq = warp_sum(errors.sq), u_sq = warp_sum(errors.centred_sq),
                  mean_dot_u = warp_sum(errors.mean_dot), act_sq = warp_sum(inputs.sq),
                  v_sq = warp_sum(inputs.centred_sq), mean_dot_v = warp_sum(inputs.mean_dot);
@@ -267,8 +286,12 @@ void gemm_at_b(cublasHandle_t h, std::int64_t m, std::int64_t out, std::int64_t 
 
 struct LayerState {
   DeviceBuffer<double> weight, bias;       // copies of the model
-  DeviceBuffer<double> mean, m2;           // running per-slot moments
+  DeviceBuffer<double> mean, m2;           // running per-slot moments (centring pipeline)
   DeviceBuffer<LayerScalars> scalars;
+  // The shifted pipeline (core/shifted_moments.hpp): Σ δ aᵀ, Σ δ, the shift,
+  // the row scalars around it.
+  DeviceBuffer<double> g_sum, bias_sum, delta0, act0;
+  DeviceBuffer<RowSums> rows;
   std::int64_t slots = 0;
 };
 
@@ -277,7 +300,7 @@ class Pipeline {
   Pipeline(const Model& model, const ProfileOptions& options, std::int64_t chunk, bool labels,
            cudaStream_t stream)
       : model_(model), options_(options), chunk_(chunk), labels_(labels), stream_(stream),
-        cublas_(stream) {
+        cublas_(stream), shifted_(!options.param_stats) {
     const std::int64_t d = model.input_dim(), k = model.output_dim();
     std::int64_t widest = d, max_slots = 0, max_weights = 0;
     for (const Layer& layer : model.layers) {
@@ -293,10 +316,19 @@ class Pipeline {
       state.weight = upload(layer.weight, stream_);
       state.bias = upload(layer.bias, stream_);
       state.slots = layer.num_params();
-      state.mean = zeros(state.slots);
-      if (options.param_stats) state.m2 = zeros(state.slots);
-      state.scalars = DeviceBuffer<LayerScalars>(1);
-      GN_CUDA_CHECK(cudaMemsetAsync(state.scalars.data(), 0, sizeof(LayerScalars), stream_));
+      if (shifted_) {
+        state.g_sum = zeros(layer.out * layer.in);
+        state.bias_sum = zeros(layer.out);
+        state.delta0 = DeviceBuffer<double>(static_cast<std::size_t>(layer.out));
+        state.act0 = DeviceBuffer<double>(static_cast<std::size_t>(layer.in));
+        state.rows = DeviceBuffer<RowSums>(1);
+        GN_CUDA_CHECK(cudaMemsetAsync(state.rows.data(), 0, sizeof(RowSums), stream_));
+      } else {
+        state.mean = zeros(state.slots);
+        if (options.param_stats) state.m2 = zeros(state.slots);
+        state.scalars = DeviceBuffer<LayerScalars>(1);
+        GN_CUDA_CHECK(cudaMemsetAsync(state.scalars.data(), 0, sizeof(LayerScalars), stream_));
+      }
       layers_.push_back(std::move(state));
     }
     output_ = DeviceBuffer<double>(static_cast<std::size_t>(chunk * k));
@@ -322,6 +354,12 @@ class Pipeline {
     loss_chunk_ = DeviceBuffer<double>(2);
     loss_ = DeviceBuffer<LossScalars>(1);
     GN_CUDA_CHECK(cudaMemsetAsync(loss_.data(), 0, sizeof(LossScalars), stream_));
+    if (shifted_) {
+      ones_ = device_ones(chunk, stream_);
+      chunk_rows_ = DeviceBuffer<RowSums>(1);
+      shifted_loss_ = DeviceBuffer<detail::ShiftedLoss>(2);  // [0] running, [1] the chunk's
+      GN_CUDA_CHECK(cudaMemsetAsync(shifted_loss_.data(), 0, 2 * sizeof(detail::ShiftedLoss), stream_));
+    }
     flags_ = DeviceBuffer<unsigned long long>(2);
     const unsigned long long none[2] = {kNoRow, kNoRow};
     GN_CUDA_CHECK(cudaMemcpyAsync(flags_.data(), none, sizeof(none), cudaMemcpyHostToDevice, stream_));
@@ -338,6 +376,11 @@ class Pipeline {
     rows_seen_ = count_before + m;
     forward_backward(chunk, m, count_before);
     const std::int64_t num_layers = model_.num_layers();
+    if (shifted_) {
+      for (std::int64_t l = 0; l < num_layers; ++l) layer_chunk_shifted(l, chunk, m, count_before == 0);
+      loss_chunk_shifted(m, count_before == 0);
+      return;
+    }
     const detail::MergeWeights w = detail::merge_weights(count_before, m);
     for (std::int64_t l = 0; l < num_layers; ++l) layer_chunk(l, chunk, m, w);
     // Loss: chunk mean, centred M2, merge.
@@ -395,6 +438,10 @@ class Pipeline {
     check_flags();
     result.n = rows_seen_;
     result.num_params = model_.num_params();
+    if (shifted_) {
+      finish_shifted(result);
+      return;
+    }
     const double inv_n = 1.0 / static_cast<double>(result.n);
     LossScalars loss{};
     GN_CUDA_CHECK(cudaMemcpy(&loss, loss_.data(), sizeof(loss), cudaMemcpyDeviceToHost));
@@ -447,6 +494,96 @@ class Pipeline {
     GN_CUDA_CHECK(cudaGetLastError());
   }
 
+  /// Without param stats (core/shifted_moments.hpp): the first chunk's means
+  /// become the shift; every chunk adds Σ δ aᵀ (one GEMM), Σ δ (one GEMV)
+  /// and its row scalars around the shift (one kernel, one reduction), with
+  /// no centred copies and no per-slot merge.
+  void layer_chunk_shifted(std::int64_t l, const Chunk& chunk, std::int64_t m, bool first_chunk) {
+    const Layer& layer = model_.layers[l];
+    LayerState& state = layers_[l];
+    const std::int64_t out = layer.out, in = layer.in;
+    const cublasHandle_t h = cublas_.get();
+    double* delta = errors_[l].data();
+    double* act = input(l, chunk);
+    if (first_chunk) {
+      column_means(delta, m, out, 1.0 / static_cast<double>(m), state.delta0.data());
+      column_means(act, m, in, 1.0 / static_cast<double>(m), state.act0.data());
+    }
+    gemm_at_b(h, m, out, in, 1.0, delta, act, state.g_sum.data(), 1.0);
+    if (layer.has_bias()) {
+      // Σ_i δ_i: δ (m × out, row-major) is column-major out × m.
+      const double one = 1.0;
+      GN_CUBLAS_CHECK(cublasDgemv(h, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(m), &one, delta,
+                                  static_cast<int>(out), ones_.data(), 1, &one, state.bias_sum.data(), 1));
+    }
+    const int warps_per_block = kThreads / kWarp;
+    centre_rows_kernel<<<grid_for(m, warps_per_block), kThreads, 0, stream_>>>(
+        delta, act, m, out, in, state.delta0.data(), state.act0.data(), row_scalars_.data(), false);
+    GN_CUDA_CHECK(cudaGetLastError());
+    reduce(m, LoadRowSums{row_scalars_.data(), layer.has_bias()}, row_partial_.data(), chunk_rows_.data(),
+           stream_);
+    accumulate_kernel<<<1, 1, 0, stream_>>>(state.rows.data(), chunk_rows_.data());
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// The loss around ℓ₀, the first chunk's mean loss.
+  void loss_chunk_shifted(std::int64_t m, bool first_chunk) {
+    double* loss0 = loss_chunk_.data();
+    if (first_chunk) {
+      reduce(m, LoadArray<double>{sample_loss_.data()}, partial_.data(), loss0, stream_);
+      divide_kernel<<<1, 1, 0, stream_>>>(loss0, static_cast<double>(m));
+      GN_CUDA_CHECK(cudaGetLastError());
+    }
+    detail::ShiftedLoss* sums = shifted_loss_.data();
+    reduce(m, LoadShiftedLoss{sample_loss_.data(), loss0}, shifted_loss_partial(), sums + 1, stream_);
+    accumulate_kernel<<<1, 1, 0, stream_>>>(sums, sums + 1);
+    GN_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// The partials of the loss's two-stage reduction (a ShiftedLoss each),
+  /// in row_partial_'s storage (RowSums is larger, and the two never overlap in time).
+  detail::ShiftedLoss* shifted_loss_partial() {
+    static_assert(sizeof(detail::ShiftedLoss) <= sizeof(RowSums));
+    return reinterpret_cast<detail::ShiftedLoss*>(row_partial_.data());
+  }
+
+  void finish_shifted(Profile& result) {
+    const std::int64_t n = rows_seen_;
+    const double inv_n = 1.0 / static_cast<double>(n);
+    detail::ShiftedLoss loss_sums;
+    double loss0 = 0;
+    GN_CUDA_CHECK(cudaMemcpy(&loss_sums, shifted_loss_.data(), sizeof(loss_sums), cudaMemcpyDeviceToHost));
+    GN_CUDA_CHECK(cudaMemcpy(&loss0, loss_chunk_.data(), sizeof(loss0), cudaMemcpyDeviceToHost));
+    const detail::LossMoments loss = detail::shifted_loss_moments(loss_sums, loss0, n);
+    result.loss = loss.mean;
+    result.loss_var = loss.m2 * inv_n;
+    for (std::int64_t l = 0; l < model_.num_layers(); ++l) {
+      const Layer& layer = model_.layers[l];
+      const LayerState& state = layers_[l];
+      std::vector<double> g_sum(static_cast<std::size_t>(layer.out * layer.in)), bias_sum(layer.out),
+          delta0(layer.out), act0(layer.in);
+      download(state.g_sum, g_sum, stream_);
+      download(state.bias_sum, bias_sum, stream_);
+      download(state.delta0, delta0, stream_);
+      download(state.act0, act0, stream_);
+      RowSums rows;
+      GN_CUDA_CHECK(cudaMemcpyAsync(&rows, state.rows.data(), sizeof(rows), cudaMemcpyDeviceToHost, stream_));
+      GN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::vector<double> mean(static_cast<std::size_t>(state.slots));
+      const double m2 = detail::shifted_layer_moments(layer.out, layer.in, layer.has_bias(), n, g_sum.data(),
+                                                      bias_sum.data(), delta0.data(), act0.data(), rows,
+                                                      mean.data());
+      LayerProfile lp;
+      lp.name = Model::layer_name(l);
+      lp.num_params = state.slots;
+      for (double g : mean) lp.grad_norm_sq += g * g;
+      lp.trace_cov = m2 * inv_n;
+      lp.mean_sample_grad_norm_sq = rows.sum_norm_sq * inv_n;
+      result.param_mean.insert(result.param_mean.end(), mean.begin(), mean.end());
+      result.layers.push_back(std::move(lp));
+    }
+  }
+
   void layer_chunk(std::int64_t l, const Chunk& chunk, std::int64_t m, detail::MergeWeights w) {
     const Layer& layer = model_.layers[l];
     LayerState& state = layers_[l];
@@ -462,7 +599,7 @@ class Pipeline {
     column_means(act, m, in, 1.0 / dm, act_mean_.data());
     const int warps_per_block = kThreads / kWarp;
     centre_rows_kernel<<<grid_for(m, warps_per_block), kThreads, 0, stream_>>>(
-        delta, act, m, out, in, delta_mean_.data(), act_mean_.data(), row_scalars_.data());
+        delta, act, m, out, in, delta_mean_.data(), act_mean_.data(), row_scalars_.data(), true);
     GN_CUDA_CHECK(cudaGetLastError());
     reduce(m, LoadRowSums{row_scalars_.data(), bias}, row_partial_.data(), &scalars->rows, stream_);
     reduce(out, LoadSquare{delta_mean_.data()}, partial_.data(), &scalars->delta_mean_sq, stream_);
@@ -507,6 +644,10 @@ class Pipeline {
   bool labels_;
   cudaStream_t stream_;
   CublasHandle cublas_;
+  bool shifted_;  // without param stats: core/shifted_moments.hpp's scheme
+  DeviceBuffer<double> ones_;
+  DeviceBuffer<RowSums> chunk_rows_;
+  DeviceBuffer<detail::ShiftedLoss> shifted_loss_;
   std::vector<DeviceBuffer<double>> activations_, errors_;
   std::vector<LayerState> layers_;
   DeviceBuffer<double> output_, sample_loss_, row_scalars_, delta_mean_, act_mean_, column_partial_;
