@@ -158,6 +158,7 @@ void covariance_apply(const Model& model, const DataSource& data, const Resident
                       const std::vector<double>& mean_grad, std::int64_t chunk_rows, const double* in,
                       double* out, std::int64_t cols) {
   if (cols < 1) return;
+  release_stale_forward(resident, model, loss);  // before the plan reads the free memory
   const std::int64_t per_row =
       detail::covariance_doubles_per_row(detail::covariance_layers(model, -1), cols);
   const std::int64_t wanted =

@@ -41,9 +41,19 @@ struct DeviceChunkView {
 /// for it. Returns once all queued work has finished; throws InputError for a
 /// bad label or a non-finite output (the earliest row), like the profile.
 /// The rows come from `resident` when given (a session's copy of `data` on
-/// the device), else stream from `data` through pinned buffers.
+/// the device), else stream from `data` through pinned buffers. With a
+/// session, the pass's activations are kept in its forward cache when they
+/// fit, and a later pass with the same model and loss reads them instead of
+/// running the pipeline; its results are then bit-identical to every other
+/// cached pass, and equal to an uncached one up to rounding (the kept values
+/// came from the filling pass's GEMMs, whose chunking may differ).
 void for_each_device_chunk(const Model& model, const DataSource& data, const ResidentData* resident,
                            Loss loss, std::int64_t chunk, cudaStream_t stream,
                            const std::function<void(const DeviceChunkView&)>& visit);
+
+/// Frees a session's forward cache (kernels/resident.cuh) unless it holds
+/// `model` with `loss`: a pass over another θ plans its chunks from the free
+/// memory, which a stale cache would take. No-op without a session.
+void release_stale_forward(const ResidentData* resident, const Model& model, Loss loss);
 
 }  // namespace gradnoise::cuda

@@ -141,6 +141,7 @@ void hessian_apply(const Model& model, const DataSource& data, const ResidentDat
                    Loss loss, bool gauss_newton,
                    std::int64_t chunk_rows, const double* in, double* out, std::int64_t cols) {
   if (cols <= 0) return;
+  release_stale_forward(resident, model, loss);  // before the plan reads the free memory
   const std::int64_t n = data.num_samples();
   run_block_product(model, n, cols, "Hessian-vector products",
                     detail::hessian_chunk_rows(model, cols, chunk_rows, n, detail::kBlockBudgetDoubles),

@@ -138,8 +138,8 @@ __device__ void forward_rows(const T* tile, int rows, std::int64_t first, const 
   __syncwarp();
 
   // The loss: lane l takes the warp's l-th row (group warp + (l / RW)·warps).
-  const int i = (warp + (lane / RW) * kFusedWarps) * RW + lane % RW;
-  if (i >= rows) return;
+  const int i = detail::loss_lane_row(warp, lane, rows, kFusedWarps, RW);
+  if (i < 0) return;
   double* f = fields + i * kFusedRowFields;
   double* delta = errors + i * kFusedMaxOutputs;
   double z[KB];
@@ -432,10 +432,12 @@ void with_fused_kernel(Loss loss, std::int64_t k, bool param_stats, Use&& use) {
 }  // namespace
 
 bool use_fused_linear(const Model& model, const ProfileOptions& options) {
-  return detail::use_fused_linear(model, options, max_shared_optin());
+  return detail::use_fused_linear(model, options, max_shared_optin(),
+                                  device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
 }
 
-FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream)
+FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream,
+                         bool upload_now)
     : model_(&model), options_(options), stream_(stream) {
   const Layer& layer = model.layers.at(0);
   d_ = layer.in;
@@ -454,8 +456,17 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   // must be resident at once, or its second wave doubles the time).
   const auto prepare = [&](detail::FusedLayout& layout) {
     return [&](auto kernel) {
-      GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(layout.shared_bytes)));
+      // The attribute belongs to the kernel, for the whole process, and
+      // other FusedLinear objects (other shapes) launch the same kernel: allow
+      // all the device offers, never just this layout, so setting it here
+      // cannot shrink what a kept object launches with.
+      cudaFuncAttributes attributes{};
+      GN_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+      const int allowed = static_cast<int>(per_block) - static_cast<int>(attributes.sharedSizeBytes);
+      if (layout.shared_bytes > allowed) {
+        throw RuntimeError("internal: the fused kernel's layout needs more shared memory than the device has");
+      }
+      GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, allowed));
       int resident = 0;
       GN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads,
                                                                   static_cast<std::size_t>(layout.shared_bytes)));
@@ -488,7 +499,13 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   static_assert(kNoRow == ~0ull, "kNoRow is all bits set: a byte fill of 0xFF");
   GN_CUDA_CHECK(cudaMemsetAsync(flags_.data(), 0xFF, 2 * sizeof(unsigned long long), stream_));
   GN_CUDA_CHECK(cudaMemsetAsync(done_.data(), 0, sizeof(unsigned int), stream_));
-  reset(model);
+  if (upload_now) reset(model);
+}
+
+FusedLinear::~FusedLinear() {
+  // Queued copies may still read or write the pinned buffers when an
+  // exception unwinds: let them finish before the buffers go.
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
 }
 
 bool FusedLinear::fits(const Model& model, const ProfileOptions& options) const {
@@ -537,12 +554,19 @@ void FusedLinear::profile_rows(const Model& model, const T* x, const T* y, const
     // The same rows a second time: capture the call's four stream operations
     // once, then each profile is one graph launch (the weights change in the
     // pinned buffer the graph copies from, never in the graph).
-    if (!graph_ && key == graph_key_) {
-      graph_ = CapturedGraph(stream_, [&] {
-        enqueue_upload();
-        accumulate(x, y, labels, rows, 0);
-        enqueue_merge();
-      });
+    if (!graph_ && key == graph_key_ && !(key == uncapturable_)) {
+      try {
+        graph_ = CapturedGraph(stream_, [&] {
+          enqueue_upload();
+          accumulate(x, y, labels, rows, 0);
+          enqueue_merge();
+        });
+      } catch (const RuntimeError&) {
+        // Capture is an optimisation: where the driver refuses it, these
+        // rows run launch by launch from now on (a real fault shows there).
+        uncapturable_ = key;
+        stage(model);
+      }
     }
     if (graph_ && key == graph_key_) {
       graph_.launch(stream_);

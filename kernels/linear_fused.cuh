@@ -24,7 +24,12 @@ class FusedLinear {
   /// blocks per SM, policy.hpp fused_layout), so the order of every addition
   /// depends only on the data and the GPU. Allocates every buffer a profile
   /// needs, then reset(model).
-  FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream);
+  /// Without `upload_now` the weights go up at the first reset() or
+  /// profile_rows() instead (a session's object, whose first call stages them).
+  FusedLinear(const Model& model, const ProfileOptions& options, cudaStream_t stream, bool upload_now = true);
+  FusedLinear(const FusedLinear&) = delete;
+  FusedLinear& operator=(const FusedLinear&) = delete;
+  ~FusedLinear();
 
   /// Whether this object can profile `model` with `options` after reset():
   /// the same shape, loss and param_stats (a session keeps one between calls).
@@ -94,6 +99,7 @@ class FusedLinear {
   int launched_blocks_ = 0;       // the widest grid launched since reset()
   CapturedGraph graph_;           // profile_rows' call, once captured
   GraphKey graph_key_;            // the rows of the last profile_rows call
+  GraphKey uncapturable_;         // rows whose capture the driver refused
 };
 
 /// A session's fused-kernel state, kept between profile calls of the same

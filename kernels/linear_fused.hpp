@@ -60,6 +60,15 @@ GN_HOST_DEVICE inline void partial_rows(const T* x, int rows, const double* weig
   }
 }
 
+/// Step A's share of a tile of `rows` rows among `warps` warps: warp w takes
+/// the groups of RW consecutive rows g = w, w + warps, … (forward pass), and
+/// then lane l of warp w runs the loss of the warp's l-th row. Returns that
+/// row, or −1 when the warp has fewer than l + 1 rows.
+GN_HOST_DEVICE inline int loss_lane_row(int warp, int lane, int rows, int warps, int rows_at_once) {
+  const int i = (warp + (lane / rows_at_once) * warps) * rows_at_once + lane % rows_at_once;
+  return i < rows ? i : -1;
+}
+
 /// One row's errors around the shift: u = δ − δ₀ written over δ, and the
 /// row's ‖δ‖², ‖u‖², δ₀·u.
 struct ShiftedErrors {

@@ -201,16 +201,19 @@ inline constexpr std::int64_t kSm90SharedPerSm = 228 << 10;
 /// pipeline: when asked to (options.fused_linear, the default), for one layer
 /// with K ≤ kFusedMaxOutputs whose tiles, column means and per-row scratch
 /// fit in a block's shared memory for float32 and float64 rows alike
-/// (`max_shared_bytes`: the device's opt-in limit per block).
+/// (`max_shared_bytes`: the device's opt-in limit per block; `shared_per_sm`:
+/// its shared memory per SM, which FusedLinear's layout uses too).
 inline bool use_fused_linear(const Model& model, const ProfileOptions& options,
-                             std::int64_t max_shared_bytes) {
+                             std::int64_t max_shared_bytes,
+                             std::int64_t shared_per_sm = 0 /* 0: one block of the opt-in size */) {
   if (!options.fused_linear || model.num_layers() != 1 || model.output_dim() > kFusedMaxOutputs) {
     return false;
   }
   for (const std::int64_t value_bytes : {4, 8}) {
-    // An SM holds at least one block of the opt-in size.
+    // Without the SM's figure: an SM holds at least one block of the opt-in size.
+    const std::int64_t per_sm = shared_per_sm > 0 ? shared_per_sm : max_shared_bytes + kSharedReservedPerBlock;
     if (fused_layout(model.input_dim(), model.output_dim(), options.param_stats, value_bytes,
-                     max_shared_bytes, max_shared_bytes + kSharedReservedPerBlock)
+                     max_shared_bytes, per_sm)
             .tile_rows == 0) {
       return false;
     }

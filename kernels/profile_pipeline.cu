@@ -790,18 +790,30 @@ void for_each_device_chunk(const Model& model, const DataSource& data, const Res
       visit(view);
     });
   };
-  if (resident == nullptr) {
-    HostFeeder feeder(data, chunk, model.output_dim(), labels);
-    pass(feeder);
-  } else if (resident->dtype == GpuDtype::float32) {
-    DeviceFeeder<float> feeder(resident->rows<float>(), chunk);
-    pass(feeder);
-  } else {
-    DeviceFeeder<double> feeder(resident->rows<double>(), chunk);
-    pass(feeder);
+  try {
+    if (resident == nullptr) {
+      HostFeeder feeder(data, chunk, model.output_dim(), labels);
+      pass(feeder);
+    } else if (resident->dtype == GpuDtype::float32) {
+      DeviceFeeder<float> feeder(resident->rows<float>(), chunk);
+      pass(feeder);
+    } else {
+      DeviceFeeder<double> feeder(resident->rows<double>(), chunk);
+      pass(feeder);
+    }
+    pipeline.check_flags();  // synchronises the stream: every visit's work has finished
+  } catch (...) {
+    if (keep != nullptr) {  // a pass that failed keeps nothing, not even the memory
+      cudaStreamSynchronize(stream);
+      keep->release();
+    }
+    throw;
   }
-  pipeline.check_flags();  // synchronises the stream: every visit's work has finished
-  if (keep != nullptr) keep->valid = true;  // a pass that threw leaves it invalid
+  if (keep != nullptr) keep->valid = true;
+}
+
+void release_stale_forward(const ResidentData* resident, const Model& model, Loss loss) {
+  if (resident != nullptr && !resident->forward.matches(model, loss)) resident->forward.release();
 }
 
 namespace {
@@ -845,7 +857,7 @@ Profile plan_and_run(const Model& model, const DataSource& shape, const ProfileO
     FusedCache own;
     FusedCache& kept = cache != nullptr ? *cache : own;
     if (!kept.fused || !kept.fused->fits(model, options)) {
-      kept.fused = std::make_unique<FusedLinear>(model, options, stream);
+      kept.fused = std::make_unique<FusedLinear>(model, options, stream, false);
     }
     Profile profile;
     kept.fused->profile_rows(model, direct->x, direct->y, direct->labels, n, cache != nullptr, profile);

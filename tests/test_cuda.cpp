@@ -102,6 +102,10 @@ TEST_P(GpuProfileVsCpu, EveryFieldMatchesTheFloat64Reference) {
   // summation differs, so the agreement is far tighter than float32 would give.
   expect_profiles_match(got, want, 1e-9);
   EXPECT_NE(got.device, "cpu");
+  // Without param stats: the fused kernel's own output bucket, and the GEMM
+  // pipeline's shifted scheme (core/shifted_moments.hpp).
+  options.param_stats = false;
+  expect_profiles_match(profile_cuda(model, data, options), profile_cpu(model, data, options), 1e-9);
 }
 
 std::vector<GpuCase> gpu_cases() {

@@ -141,6 +141,31 @@ TEST(GpuSession, ResidentProductsMatchTheCpuSession) {
   EXPECT_TRUE(all_near(got, want, 1e-9, 1e-12 * testing::max_abs(want)));
 }
 
+// Wide layers take the fused kernel's other layouts (policy.hpp
+// fused_layout): K = 16 at D = 1024 keeps its sums in the block's slab of
+// device memory, D = 4099 has rows that are not a multiple of 16 bytes (the
+// tiles are staged value by value), D = 9001 has one- or two-row tiles. Each
+// is profiled twice (the second call replays the captured graph).
+TEST(GpuSession, WideLayersTakeEveryLayoutOfTheFusedKernel) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Shape {
+    std::int64_t d, k;
+    Loss loss;
+  };
+  for (const Shape& shape : {Shape{1024, 16, Loss::cross_entropy}, Shape{1000, 5, Loss::squared},
+                             Shape{4099, 3, Loss::binary_cross_entropy}, Shape{9001, 1, Loss::squared}}) {
+    SCOPED_TRACE("D=" + std::to_string(shape.d) + " K=" + std::to_string(shape.k));
+    const auto data = std::make_shared<const Dataset>(
+        rounded_to_float32(random_dataset(700, shape.d, shape.k, shape.loss, 8, 0.3)));
+    Profiler cpu(data, session_options(shape.loss, Device::cpu, GpuDtype::float32));
+    Profiler gpu(data, session_options(shape.loss, Device::cuda, GpuDtype::float32));
+    const Model model = random_model({shape.d, shape.k}, true, 5);
+    const Profile want = cpu.profile(model, false);
+    expect_close(gpu.profile(model, false), want, 1e-9);
+    expect_close(gpu.profile(model, false), want, 1e-9);
+  }
+}
+
 // ‖G‖²/tr Σ ≥ 1e6 on a float32 resident copy: tr Σ stays within docs/MATH.md's
 // 1e-6 of the float64 CPU engine on the same (float32-exact) values.
 TEST(GpuSession, IllConditionedResidentFloat32StaysWithinTheContract) {

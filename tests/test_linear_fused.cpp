@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -61,9 +62,17 @@ Emulated emulate_bucket(const Model& model, const Dataset& data, Loss loss, int 
   const std::int64_t slots = layer.num_params();
   const std::int64_t sums_rows = fused_sums_rows(k, PS);
 
-  std::vector<std::vector<double>> block_mean(num_blocks, std::vector<double>(slots, 0.0));
-  std::vector<std::vector<double>> block_m2(num_blocks, std::vector<double>(PS ? slots : 0, 0.0));
-  std::vector<BlockScalars> block_scalars(num_blocks);
+  // The kernel never zeroes the blocks' moments: they hold the previous
+  // profile's (here: poison), and a block's first rows of a profile start
+  // from zero (count_before = 0 in the first launch, or after an idle one).
+  const double poison = std::numeric_limits<double>::quiet_NaN();
+  std::vector<std::vector<double>> block_mean(num_blocks, std::vector<double>(slots, poison));
+  std::vector<std::vector<double>> block_m2(num_blocks, std::vector<double>(PS ? slots : 0, poison));
+  BlockScalars stale;
+  stale.count = 12345;
+  stale.m2_total = stale.sum_norm_sq = stale.loss_mean = stale.loss_m2 = poison;
+  std::vector<BlockScalars> block_scalars(num_blocks, stale);
+  bool fresh = true;
 
   for (std::int64_t launch_first = 0; launch_first < n; launch_first += launch_rows) {
     const std::int64_t rows_all = std::min(launch_rows, n - launch_first);
@@ -72,7 +81,10 @@ Emulated emulate_bucket(const Model& model, const Dataset& data, Loss loss, int 
     for (int b = 0; b < num_blocks; ++b) {
       const std::int64_t tile_begin = b * tiles_per_block;
       const std::int64_t tile_end = std::min(tiles, tile_begin + tiles_per_block);
-      if (tile_begin >= tile_end) continue;
+      if (tile_begin >= tile_end) {  // an idle block
+        if (fresh) block_scalars[b] = BlockScalars{};
+        continue;
+      }
       std::vector<double> shift(d, 0.0), sums(sums_rows * d, 0.0);
       double delta0[kFusedMaxOutputs] = {}, u_sum[kFusedMaxOutputs] = {}, u_sq[kFusedMaxOutputs] = {};
       double loss0 = 0;
@@ -139,11 +151,18 @@ Emulated emulate_bucket(const Model& model, const Dataset& data, Loss loss, int 
       // Close the launch into block b's running moments.
       const std::int64_t launch_n = std::min(tile_end * tile_rows, rows_all) - tile_begin * tile_rows;
       const double m = static_cast<double>(launch_n);
-      const MergeWeights w = merge_weights(block_scalars[b].count, launch_n);
+      const std::int64_t count_before = fresh ? 0 : block_scalars[b].count;
+      const MergeWeights w = merge_weights(count_before, launch_n);
+      const auto start_slot = [&](std::int64_t slot) {
+        if (count_before > 0) return;
+        block_mean[b][slot] = 0;
+        if (PS) block_m2[b][slot] = 0;
+      };
       for (std::int64_t j = 0; j < d; ++j) {
         launch.shift_sq += shift[j] * shift[j];
         for (int c = 0; c < k; ++c) {
           const std::int64_t slot = c * d + j;
+          start_slot(slot);
           finish_slot(sums[c * d + j], PS ? sums[(k + c) * d + j] : 0.0, sums[(sums_rows - 1) * d + j], u_sum[c],
                       shift[j], delta0[c], m, w, block_mean[b][slot], PS ? &block_m2[b][slot] : nullptr, launch);
         }
@@ -151,14 +170,17 @@ Emulated emulate_bucket(const Model& model, const Dataset& data, Loss loss, int 
       if (bias) {
         for (int c = 0; c < k; ++c) {
           const std::int64_t slot = k * d + c;
+          start_slot(slot);
           finish_bias_slot(u_sum[c], u_sq[c], delta0[c], m, w, block_mean[b][slot],
                            PS ? &block_m2[b][slot] : nullptr, launch);
         }
       }
       double delta0_sq = 0;
       for (int c = 0; c < k; ++c) delta0_sq += delta0[c] * delta0[c];
+      if (count_before == 0) block_scalars[b] = BlockScalars{};
       finish_launch(block_scalars[b], launch, delta0_sq, bias, launch_n, loss0);
     }
+    fresh = false;
   }
   // Final merge of the blocks, in order, skipping idle ones.
   Emulated out;
@@ -224,6 +246,26 @@ TEST(LinearFusedBuckets, ABucketGivesTheSameBitsAsTheWidest) {
     EXPECT_EQ(own.total.m2_total, widest.total.m2_total);
     EXPECT_EQ(own.total.sum_norm_sq, widest.total.sum_norm_sq);
     EXPECT_EQ(own.total.loss_m2, widest.total.loss_m2);
+  }
+}
+
+// Every row of a tile gets exactly one loss lane, in the warp whose forward
+// pass wrote the row's fields, for every tile size the layouts use.
+TEST(LinearFusedLanes, EveryRowHasOneLossLaneInTheWarpThatRanItsForwardPass) {
+  constexpr int kWarps = kThreads / 32, kRw = kFusedRowsAtOnce;
+  for (int rows = 1; rows <= kFusedMaxTileRows; ++rows) {
+    SCOPED_TRACE("rows " + std::to_string(rows));
+    std::vector<int> lanes_of_row(rows, 0);
+    for (int warp = 0; warp < kWarps; ++warp) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int i = loss_lane_row(warp, lane, rows, kWarps, kRw);
+        if (i < 0) continue;
+        ASSERT_LT(i, rows);
+        ++lanes_of_row[i];
+        EXPECT_EQ((i / kRw) % kWarps, warp);  // the forward loop's group g = i / RW runs on warp g mod warps
+      }
+    }
+    for (int i = 0; i < rows; ++i) EXPECT_EQ(lanes_of_row[i], 1) << "row " << i;
   }
 }
 
