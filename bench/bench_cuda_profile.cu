@@ -145,7 +145,7 @@ void session_timings(int reps) {
     std::int64_t n, d, k;
     Loss loss;
   };
-  std::printf("\n| session (resident float32) | N | D | K | first call ms (upload) | per call us |\n");
+  std::printf("\n| session (resident float32), loss | N | D | K | first call ms (upload) | per call us |\n");
   std::printf("|---|---|---|---|---|---|\n");
   for (const Case& c :
        {Case{4096, 256, 1, Loss::squared}, Case{std::int64_t{1} << 20, 784, 10, Loss::cross_entropy}}) {
@@ -167,7 +167,7 @@ void session_timings(int reps) {
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(times.begin(), times.end());
-    std::printf("| %s | %lld | %lld | %lld | %.2f | %.1f |\n", loss_name(c.loss),
+    std::printf("| %s | %lld | %lld | %lld | %.2f | %.1f |\n", loss_name(c.loss).c_str(),
                 static_cast<long long>(c.n), static_cast<long long>(c.d), static_cast<long long>(c.k),
                 first * 1e3, times[times.size() / 2] * 1e6);
   }

@@ -21,6 +21,7 @@
 // fixed by the data, the layout and the grid, so runs are bit-identical on
 // the same GPU.
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cuda_pipeline_primitives.h>
 
 #include <algorithm>
@@ -343,52 +344,86 @@ __global__ void __launch_bounds__(kThreads, PS || KB > 8 ? 1 : detail::kFusedBlo
   }
 }
 
-/// The blocks merged in index order, in one launch. Per slot (a thread
+/// Most blocks a fused grid may have (the merge stages the blocks' counts,
+/// weights and scalars in shared memory): two per SM on up to 256 SMs.
+constexpr int kMaxFusedGrid = 512;
+constexpr int kMergeItems = kMaxFusedGrid / kThreads;
+
+/// The blocks merged in index order, in one launch. First every launch block
+/// stages the blocks' counts and, from their prefix (one block scan), the
+/// weights of each block's step in the fold — the same for every slot, so no
+/// slot waits on a division or a dependent load per block. Per slot (a thread
 /// each): mean and M2 over the blocks, and Σ_b d²·cross for the total M2,
 /// summed over the launch block's slots into partial[block]. The last block to
 /// finish (a counter, after a fence) adds the partials in block order, merges
-/// the blocks' scalars, copies the flags beside them and re-arms the flags
-/// and the counter for the next profile. Every order is fixed by the slot
-/// count, so the result is bit-identical run to run.
+/// the blocks' scalars (staged in shared memory first), copies the flags
+/// beside them and re-arms the flags and the counter for the next profile.
+/// Every order is fixed by the slot and block counts, so the result is
+/// bit-identical run to run.
 __global__ void __launch_bounds__(kThreads)
     merge_blocks_kernel(int num_blocks, std::int64_t slots, const double* block_mean,
                         const double* block_m2, const BlockScalars* block_scalars, FusedTotals* totals,
                         double* mean, double* m2, double* partial, unsigned int* done,
                         unsigned long long* flags) {
   using Reduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename Reduce::TempStorage temp;
+  using Scan = cub::BlockScan<std::int64_t, kThreads>;
+  __shared__ union {
+    typename Reduce::TempStorage reduce;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ MergeWeights weights[kMaxFusedGrid];
+  __shared__ bool present[kMaxFusedGrid];
+  __shared__ BlockScalars staged[kMaxFusedGrid];
   __shared__ bool last;
+
+  // The fold's weights: block b joins the blocks before it (their count, a
+  // prefix over the blocks in index order); a block without rows is skipped.
+  std::int64_t counts[kMergeItems], before[kMergeItems];
+  for (int i = 0; i < kMergeItems; ++i) {
+    const int b = threadIdx.x * kMergeItems + i;
+    counts[i] = b < num_blocks ? block_scalars[b].count : 0;
+  }
+  Scan(temp.scan).ExclusiveSum(counts, before);
+  for (int i = 0; i < kMergeItems; ++i) {
+    const int b = threadIdx.x * kMergeItems + i;
+    if (b >= num_blocks) continue;
+    present[b] = counts[i] > 0;
+    weights[b] = counts[i] > 0 ? detail::merge_weights(before[i], counts[i]) : MergeWeights{0, 0};
+  }
+  __syncthreads();
+
   double shift = 0;
   for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(kThreads) + threadIdx.x; j < slots;
        j += static_cast<std::int64_t>(gridDim.x) * kThreads) {
-    std::int64_t count = 0;
     double mean_j = 0, m2_j = 0;
+#pragma unroll 4
     for (int b = 0; b < num_blocks; ++b) {
-      const std::int64_t block_count = block_scalars[b].count;
-      if (block_count == 0) continue;
-      const MergeWeights w = detail::merge_weights(count, block_count);
+      if (!present[b]) continue;
       shift += detail::merge_block_slot(mean_j, block_m2 != nullptr ? &m2_j : nullptr,
                                         block_mean[b * slots + j],
-                                        block_m2 != nullptr ? block_m2[b * slots + j] : 0.0, w);
-      count += block_count;
+                                        block_m2 != nullptr ? block_m2[b * slots + j] : 0.0, weights[b]);
     }
     mean[j] = mean_j;
     if (m2 != nullptr) m2[j] = m2_j;
   }
-  const double block_shift = Reduce(temp).Sum(shift);
+  __syncthreads();  // temp is reused by the reduction
+  const double block_shift = Reduce(temp.reduce).Sum(shift);
   if (threadIdx.x == 0) {
     partial[blockIdx.x] = block_shift;
     __threadfence();
     last = atomicAdd(done, 1u) == gridDim.x - 1;
   }
   __syncthreads();
-  if (!last || threadIdx.x != 0) return;
+  if (!last) return;
   __threadfence();
+  for (int b = threadIdx.x; b < num_blocks; b += kThreads) staged[b] = block_scalars[b];
+  __syncthreads();
+  if (threadIdx.x != 0) return;
   double shift_total = 0;
   for (unsigned int b = 0; b < gridDim.x; ++b) shift_total += __ldcg(partial + b);
   BlockScalars acc;
   for (int b = 0; b < num_blocks; ++b) {
-    if (block_scalars[b].count > 0) detail::merge_block_scalars(acc, block_scalars[b], 0.0);
+    if (present[b]) detail::merge_block_scalars(acc, staged[b], 0.0);
   }
   acc.m2_total += shift_total;
   totals->scalars = acc;
@@ -477,6 +512,10 @@ FusedLinear::FusedLinear(const Model& model, const ProfileOptions& options, cuda
   with_fused_kernel<float>(options.loss, layer.out, options.param_stats, prepare(layout_float_));
   with_fused_kernel<double>(options.loss, layer.out, options.param_stats, prepare(layout_double_));
   num_blocks_ = std::max(layout_float_.blocks_per_sm, layout_double_.blocks_per_sm) * sms_;
+  if (num_blocks_ > kMaxFusedGrid) {
+    throw RuntimeError("internal: the fused grid has " + std::to_string(num_blocks_) +
+                       " blocks; the merge stages at most " + std::to_string(kMaxFusedGrid));
+  }
   slots_ = layer.num_params();
   // W then b, uploaded from one pinned buffer in one copy.
   weight_ = DeviceBuffer<double>(static_cast<std::size_t>(k_ * d_ + k_));
@@ -592,7 +631,10 @@ void FusedLinear::accumulate(const T* x, const T* y, const std::int32_t* labels,
   if (rows <= 0) return;
   const Layer& layer = model_->layers[0];
   const detail::FusedLayout& layout = std::is_same_v<T, float> ? layout_float_ : layout_double_;
-  const int grid = layout.blocks_per_sm * sms_;
+  // No more blocks than tiles: a small profile's merge then folds only the
+  // blocks that have rows.
+  const int grid = static_cast<int>(std::min<std::int64_t>(layout.blocks_per_sm * sms_,
+                                                           detail::ceil_div(rows, layout.tile_rows)));
   FusedArgs args{};
   args.d = layer.in;
   args.k = static_cast<int>(layer.out);
