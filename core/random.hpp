@@ -105,28 +105,6 @@ GN_HOST_DEVICE inline std::int64_t replacement_row(std::uint64_t seed, std::uint
       below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(n)));
 }
 
-/// The uniform permutation of epoch `epoch` for `replica` in perm[0, n):
-/// Fisher–Yates, draw p (p = 0..n−2) swapping position n−1−p with a uniform
-/// one at or below it (two draws per block). Perm indexes like an array.
-template <class Perm>
-GN_HOST_DEVICE inline void epoch_permutation(std::uint64_t seed, std::uint32_t replica,
-                                             std::uint32_t epoch, Perm&& perm, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) perm[i] = static_cast<std::int32_t>(i);
-  PhiloxBlock bits{};
-  for (std::int64_t p = 0; p + 1 < n; ++p) {
-    if (p % 2 == 0) {
-      bits = sweep_block(seed, replica, SweepStream::permutation, epoch,
-                         static_cast<std::uint32_t>(p / 2));
-    }
-    const std::int64_t i = n - 1 - p;
-    const auto j = static_cast<std::int64_t>(
-        below(word(bits, static_cast<int>(p % 2)), static_cast<std::uint64_t>(i + 1)));
-    const std::int32_t held = perm[i];
-    perm[i] = perm[j];
-    perm[j] = held;
-  }
-}
-
 /// ⌈log₂ n⌉ bits hold every value below n (0 for n ≤ 1).
 GN_HOST_DEVICE inline int bits_below(std::uint64_t n) {
   if (n <= 1) return 0;
