@@ -10,7 +10,9 @@
 //   fill_normals      {row low, row high, stream, block}: weights, synthetic data,
 //                     Lanczos starts;
 //   sweep streams     {replica, kSweepTag | stream, step or epoch, block}: a
-//                     sweep's minibatch indices, epoch permutations, label noise.
+//                     sweep's minibatch indices, label noise and (with the
+//                     Feistel round in bits 8–15 of the stream word, the
+//                     value in the block word) its epoch permutations.
 // The tag keeps the two families apart.
 #pragma once
 
@@ -103,26 +105,108 @@ GN_HOST_DEVICE inline std::int64_t replacement_row(std::uint64_t seed, std::uint
       below(word(bits, static_cast<int>(slot % 2)), static_cast<std::uint64_t>(n)));
 }
 
-/// The uniform permutation of epoch `epoch` for `replica` in perm[0, n):
-/// Fisher–Yates, draw p (p = 0..n−2) swapping position n−1−p with a uniform
-/// one at or below it (two draws per block). Perm indexes like an array.
-template <class Perm>
-GN_HOST_DEVICE inline void epoch_permutation(std::uint64_t seed, std::uint32_t replica,
-                                             std::uint32_t epoch, Perm&& perm, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) perm[i] = static_cast<std::int32_t>(i);
-  PhiloxBlock bits{};
-  for (std::int64_t p = 0; p + 1 < n; ++p) {
-    if (p % 2 == 0) {
-      bits = sweep_block(seed, replica, SweepStream::permutation, epoch,
-                         static_cast<std::uint32_t>(p / 2));
-    }
-    const std::int64_t i = n - 1 - p;
-    const auto j = static_cast<std::int64_t>(
-        below(word(bits, static_cast<int>(p % 2)), static_cast<std::uint64_t>(i + 1)));
-    const std::int32_t held = perm[i];
-    perm[i] = perm[j];
-    perm[j] = held;
+/// ⌈log₂ n⌉ bits hold every value below n (0 for n ≤ 1).
+GN_HOST_DEVICE inline int bits_below(std::uint64_t n) {
+  if (n <= 1) return 0;
+#if defined(__CUDA_ARCH__)
+  return 64 - __clzll(static_cast<long long>(n - 1));
+#else
+  return 64 - __builtin_clzll(n - 1);  // GCC and Clang
+#endif
+}
+
+/// The epoch permutation's Feistel network: its rounds, and the fewest bits
+/// it works on. Luby and Rackoff's four rounds of a pseudo-random function
+/// make a strong pseudo-random permutation when the halves are wide; halves
+/// of one to three bits need far more rounds (six rounds on 3 bits fail a
+/// pair test that a Fisher–Yates shuffle passes), so small n walk in 2^8
+/// values, halves of at least 4 bits, where six rounds pass every test in
+/// tests/test_permutation.cpp.
+constexpr int kPermutationRounds = 6;
+constexpr int kPermutationMinBits = 8;
+
+/// The permutation of epoch `epoch` for `replica` under `seed`: a keyed
+/// bijection of [0, n) evaluated one position at a time in O(1) memory, so
+/// no run stores a table (docs/SWEEP.md "Randomness and reproducibility").
+///
+/// A Feistel network over the 2^m ≥ n values of m = max(⌈log₂ n⌉, 8) bits,
+/// split into a high part of ⌊m/2⌋ bits and a low part of ⌈m/2⌉ (balanced
+/// for even m; for odd m the parts trade sizes each round, as in NIST FF1).
+/// Round r maps (high, low) to (low, high ⊕ F_r(low)), F_r(v) the first word
+/// of the Philox block {replica, kSweepTag | r << 8 | permutation, epoch, v}
+/// cut to the width of `high`. A value at or above n goes through the network
+/// again (cycle walking) until it lands below n, which keeps the map a
+/// bijection of [0, n) (Black and Rogaway 2002): on average 2^m/n < 2 passes
+/// for n > 128, about 256/n below. `rounds` other than the default are for
+/// tests that show a weaker network fails them.
+class EpochPermutation {
+ public:
+  GN_HOST_DEVICE EpochPermutation(std::uint64_t seed, std::uint32_t replica, std::uint32_t epoch,
+                                  std::int64_t n, int rounds = kPermutationRounds)
+      : seed_(seed),
+        replica_(replica),
+        epoch_(epoch),
+        n_(static_cast<std::uint64_t>(n)),
+        high_bits_(network_bits(n) / 2),
+        low_bits_(network_bits(n) - high_bits_),
+        rounds_(rounds) {}
+
+  /// The row at position `position` (in [0, n)) of the epoch's order.
+  GN_HOST_DEVICE std::int64_t operator()(std::int64_t position) const {
+    if (n_ <= 1) return 0;  // one row: walking would take a whole cycle of 2^8
+    std::uint64_t value = network(static_cast<std::uint64_t>(position));
+    while (value >= n_) value = network(value);
+    return static_cast<std::int64_t>(value);
   }
+
+ private:
+  GN_HOST_DEVICE static int network_bits(std::int64_t n) {
+    const int bits = bits_below(static_cast<std::uint64_t>(n));
+    return bits > kPermutationMinBits ? bits : kPermutationMinBits;
+  }
+
+  /// One pass of the Feistel network: a bijection of [0, 2^m).
+  GN_HOST_DEVICE std::uint64_t network(std::uint64_t value) const {
+    int high_bits = high_bits_, low_bits = low_bits_;
+    std::uint64_t high = value >> low_bits;
+    std::uint64_t low = value & ((std::uint64_t{1} << low_bits) - 1);
+    for (int round = 0; round < rounds_; ++round) {
+      const std::uint32_t stream = kSweepTag | static_cast<std::uint32_t>(round) << 8 |
+                                   static_cast<std::uint32_t>(SweepStream::permutation);
+      const std::uint64_t f = philox(seed_, replica_, stream, epoch_, static_cast<std::uint32_t>(low))[0];
+      const std::uint64_t mixed = (high ^ f) & ((std::uint64_t{1} << high_bits) - 1);
+      high = low;
+      low = mixed;
+      const int held = high_bits;
+      high_bits = low_bits;
+      low_bits = held;
+    }
+    return high << low_bits | low;
+  }
+
+  std::uint64_t seed_;
+  std::uint32_t replica_, epoch_;
+  std::uint64_t n_;
+  int high_bits_, low_bits_;  // the parts' widths at the first round
+  int rounds_;
+};
+
+/// Without replacement (random reshuffling): batch `step` of b rows is
+/// positions [first, first + b) of its epoch's permutation, ⌊n/b⌋ batches an
+/// epoch (the last n mod b positions are skipped).
+struct ReshuffledBatch {
+  EpochPermutation permutation;
+  std::int64_t first;
+
+  GN_HOST_DEVICE std::int64_t row(std::int64_t slot) const { return permutation(first + slot); }
+};
+
+GN_HOST_DEVICE inline ReshuffledBatch reshuffled_batch(std::uint64_t seed, std::uint32_t replica,
+                                                       std::int64_t step, std::int64_t b,
+                                                       std::int64_t n) {
+  const std::int64_t per_epoch = n / b;
+  return {EpochPermutation(seed, replica, static_cast<std::uint32_t>(step / per_epoch), n),
+          (step % per_epoch) * b};
 }
 
 /// Label noise of one step: normal m (= slot·K + output) is the even (m even)

@@ -127,11 +127,10 @@ struct RunSpec {
   std::uint32_t replica = 0;
 };
 
-/// One run's buffers: act_size, widest, widest and P entries, and n for the
-/// permutation (without replacement only).
+/// One run's buffers: act_size, widest, widest and P entries. Sampling
+/// without replacement needs none: its permutation is evaluated per row.
 struct RunScratch {
   Strided<double> acts, delta, delta_prev, grad;
-  Strided<std::int32_t> perm;
 };
 
 enum class Stop : int { none = 0, minibatch_loss = 1, weights = 2 };
@@ -148,27 +147,15 @@ GN_HOST_DEVICE inline bool is_finite(double value) { return std::isfinite(value)
 
 // ---- Randomness: core/random.hpp's sweep streams, as the CPU engine draws them ----
 
-/// Makes `perm` hold the permutation of the epoch of `step` (without
-/// replacement); `perm_epoch` is the epoch it holds now (−1: none).
-GN_HOST_DEVICE inline void ensure_permutation(const Problem& p, const RunSpec& run,
-                                              std::int64_t step, Strided<std::int32_t> perm,
-                                              std::int64_t& perm_epoch) {
-  const std::int64_t epoch = step / (p.n / run.batch_size);
-  if (perm_epoch == epoch) return;
-  detail::epoch_permutation(p.seed, run.replica, static_cast<std::uint32_t>(epoch), perm, p.n);
-  perm_epoch = epoch;
-}
-
-/// The row of slot `slot` of batch `step` (after ensure_permutation without
-/// replacement).
+/// The row of slot `slot` of batch `step`.
 GN_HOST_DEVICE inline std::int64_t batch_row(const Problem& p, const RunSpec& run, std::int64_t step,
-                                             std::int64_t slot, Strided<std::int32_t> perm) {
+                                             std::int64_t slot) {
   const std::int64_t b = run.batch_size;
   switch (p.sampling) {
     case Sampling::with_replacement:
       return detail::replacement_row(p.seed, run.replica, step, slot, p.n);
     case Sampling::without_replacement:
-      return perm[(step % (p.n / b)) * b + slot];
+      return detail::reshuffled_batch(p.seed, run.replica, step, b, p.n).row(slot);
     case Sampling::fixed:
       break;
   }
@@ -261,14 +248,13 @@ GN_HOST_DEVICE inline double sample_gradient(const Problem& p, const RunSpec& ru
 /// batch, without weight decay); returns the minibatch loss.
 GN_HOST_DEVICE inline double minibatch_gradient(const Problem& p, const RunSpec& run,
                                                 Strided<double> theta, std::int64_t step,
-                                                RunScratch& s, std::int64_t& perm_epoch) {
+                                                RunScratch& s) {
   const std::int64_t b = run.batch_size;
   for (std::int64_t q = 0; q < p.model.num_params; ++q) s.grad[q] = 0.0;
-  if (p.sampling == Sampling::without_replacement) ensure_permutation(p, run, step, s.perm, perm_epoch);
   detail::LabelNoise noise;
   double loss = 0;
   for (std::int64_t slot = 0; slot < b; ++slot) {
-    const std::int64_t row = batch_row(p, run, step, slot, s.perm);
+    const std::int64_t row = batch_row(p, run, step, slot);
     loss += sample_gradient(p, run, theta, step, slot, row, noise, s);
   }
   const auto count = static_cast<double>(b);
@@ -301,11 +287,10 @@ GN_HOST_DEVICE inline double sgd_update(const Problem& p, double lr, Strided<dou
 /// update stops it after.
 GN_HOST_DEVICE inline Outcome advance_run(const Problem& p, const RunSpec& run,
                                           Strided<double> theta, Strided<double> velocity,
-                                          std::int64_t from, std::int64_t to, RunScratch& s,
-                                          std::int64_t& perm_epoch) {
+                                          std::int64_t from, std::int64_t to, RunScratch& s) {
   Outcome outcome;
   for (std::int64_t step = from; step < to; ++step) {
-    const double loss = minibatch_gradient(p, run, theta, step, s, perm_epoch);
+    const double loss = minibatch_gradient(p, run, theta, step, s);
     if (!is_finite(loss) || loss > p.divergence_limit) {
       outcome.steps = step - from;
       outcome.step = step;
@@ -334,18 +319,14 @@ GN_HOST_DEVICE inline std::int64_t scratch_per_run(const ModelDims& dims) {
 }
 
 /// Every run's state, interleaved: entry i of run r at [i·runs + r] in θ, the
-/// velocities (null without momentum), the scratch (scratch_per_run entries
-/// per run) and the permutations (n per run; null unless without
-/// replacement). perm_epochs[r] is the epoch run r's permutation holds (−1:
-/// none yet); it persists across segments.
+/// velocities (null without momentum) and the scratch (scratch_per_run
+/// entries per run): O(runs · P), whatever the sampling.
 struct InterleavedRuns {
   const RunSpec* specs = nullptr;
   std::int64_t runs = 0;
   double* theta = nullptr;
   double* velocity = nullptr;
   double* scratch = nullptr;
-  std::int32_t* perms = nullptr;
-  std::int64_t* perm_epochs = nullptr;
   const std::uint8_t* diverged = nullptr;  // runs with 1 are left alone
   Outcome* outcomes = nullptr;
 };
@@ -369,12 +350,9 @@ GN_HOST_DEVICE inline void advance_interleaved(const Problem& p, const Interleav
   s.delta_prev = {all.scratch + at * runs + run, runs};
   at += dims.widest;
   s.grad = {all.scratch + at * runs + run, runs};
-  s.perm = {all.perms == nullptr ? nullptr : all.perms + run, runs};
   const Strided<double> theta{all.theta + run, runs};
   const Strided<double> velocity{all.velocity == nullptr ? nullptr : all.velocity + run, runs};
-  std::int64_t perm_epoch = all.perm_epochs[run];
-  all.outcomes[run] = advance_run(p, all.specs[run], theta, velocity, from, to, s, perm_epoch);
-  all.perm_epochs[run] = perm_epoch;
+  all.outcomes[run] = advance_run(p, all.specs[run], theta, velocity, from, to, s);
 }
 
 /// Run major (run · P + q) to interleaved (q · runs + run), and back.

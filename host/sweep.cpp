@@ -63,8 +63,8 @@ using nlohmann::json;
 
 // The sweep's random streams (minibatch rows, epoch permutations, label
 // noise) are core/random.hpp's, the same functions the GPU engine runs.
-using detail::epoch_permutation;
 using detail::replacement_row;
+using detail::reshuffled_batch;
 
 /// Standard normals for `count` = b·K label-noise draws of one step.
 void label_noise_normals(std::uint64_t seed, std::uint32_t replica, std::uint32_t step,
@@ -339,8 +339,6 @@ struct Sweep::State {
   std::vector<double> grads;     // runs × P: minibatch gradient at the last logged step
   std::vector<std::uint8_t> diverged;
   std::vector<Divergence> divergences;  // in the order found; sorted by run on output
-  std::vector<std::vector<std::int32_t>> perms;  // per run, without replacement
-  std::vector<std::int64_t> perm_epoch;
   std::vector<std::unique_ptr<Scratch>> scratch;  // per thread
   SweepCudaStatePtr cuda;  // the GPU sweep engine when the steps run there
   std::string device = "cpu";
@@ -383,15 +381,10 @@ struct Sweep::State {
         }
         break;
       case Sampling::without_replacement: {
-        const std::int64_t per_epoch = n / b;
-        const std::int64_t epoch = step / per_epoch;
-        std::vector<std::int32_t>& perm = perms[static_cast<std::size_t>(run)];
-        if (perm_epoch[static_cast<std::size_t>(run)] != epoch) {
-          epoch_permutation(config.seed, replica, static_cast<std::uint32_t>(epoch), perm.data(), n);
-          perm_epoch[static_cast<std::size_t>(run)] = epoch;
+        const detail::ReshuffledBatch batch = reshuffled_batch(config.seed, replica, step, b, n);
+        for (std::int64_t slot = 0; slot < b; ++slot) {
+          s.indices[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(batch.row(slot));
         }
-        const std::int64_t first = (step % per_epoch) * b;
-        std::copy_n(perm.begin() + first, b, s.indices.begin());
         break;
       }
       case Sampling::fixed:
@@ -600,13 +593,6 @@ Sweep::Sweep(const Model& initial, const Dataset& train, const Dataset* test, Sw
   if (c.momentum > 0) s.velocity.assign(s.theta.size(), 0.0);
   s.grads.assign(s.theta.size(), 0.0);
   s.diverged.assign(static_cast<std::size_t>(s.num_runs), 0);
-  if (c.sampling == Sampling::without_replacement) {
-    s.perms.assign(static_cast<std::size_t>(s.num_runs),
-                   std::vector<std::int32_t>(static_cast<std::size_t>(train.n)));
-  } else {
-    s.perms.resize(static_cast<std::size_t>(s.num_runs));
-  }
-  s.perm_epoch.assign(static_cast<std::size_t>(s.num_runs), -1);
   s.trajectories.resize(static_cast<std::size_t>(s.grid_points()));
   for (int t = 0; t < s.threads; ++t) {
     s.scratch.push_back(std::make_unique<Scratch>(s.shapes, s.max_batch, s.num_params));
@@ -957,6 +943,11 @@ json stats_json(const ReplicaStats& stats) {
                       optional_json(stats.test_loss_mean), optional_json(stats.test_accuracy_mean)});
 }
 
+/// Version 2 (sampling without replacement by a Feistel permutation, no
+/// stored state) reads version 1 where the draws did not change: with
+/// replacement and in fixed order.
+constexpr int kCheckpointVersion = 2;
+
 }  // namespace
 
 std::string Sweep::checkpoint() const {
@@ -972,7 +963,7 @@ std::string Sweep::checkpoint() const {
   json divergences = json::array();
   for (const Divergence& d : s.divergences) divergences.push_back({d.run, d.step, d.reason});
   const json state = {{"format", "gradnoise-sweep-checkpoint"},
-                      {"version", 1},
+                      {"version", kCheckpointVersion},
                       {"fingerprint", hex(s.fingerprint)},
                       {"logs_done", s.logs_done},
                       {"run_steps", s.run_steps},
@@ -997,8 +988,15 @@ void Sweep::restore(const std::string& bytes) {
     throw InputError("the checkpoint is not a gradnoise sweep checkpoint (it does not parse).");
   }
   try {
-    if (state.value("format", "") != "gradnoise-sweep-checkpoint" || state.value("version", 0) != 1) {
-      throw InputError("the checkpoint is not a version-1 gradnoise sweep checkpoint.");
+    const int version = state.value("version", 0);
+    if (state.value("format", "") != "gradnoise-sweep-checkpoint" || version < 1 ||
+        version > kCheckpointVersion) {
+      throw InputError("the checkpoint is not a version-1 or version-2 gradnoise sweep checkpoint.");
+    }
+    if (version == 1 && s.config.sampling == Sampling::without_replacement) {
+      throw InputError("the checkpoint is version 1, whose sampling without replacement followed a "
+                       "Fisher–Yates shuffle that version 2 no longer draws; start this sweep again "
+                       "without the checkpoint.");
     }
     if (state.at("fingerprint").get<std::string>() != hex(s.fingerprint)) {
       throw InputError("the checkpoint was written by a sweep with other options, data or starting "
@@ -1067,7 +1065,6 @@ void Sweep::restore(const std::string& bytes) {
   } catch (const json::exception& error) {
     throw InputError(std::string("the checkpoint is damaged (") + error.what() + ").");
   }
-  std::fill(s.perm_epoch.begin(), s.perm_epoch.end(), -1);
 }
 
 // ---- CSV ------------------------------------------------------------------------------

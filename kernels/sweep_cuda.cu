@@ -10,9 +10,11 @@
 // glibc in the last ulp, so those runs agree with the CPU to rounding.
 //
 // Layout: the runs are interleaved (entry i of run r at [i·runs + r]) in θ,
-// the velocities, the scratch and the permutations, so the threads of a warp,
-// which walk the same model shapes in step, touch neighbouring addresses.
-// The data rows each thread reads are its own (random) ones. Offsets are
+// the velocities and the scratch, so the threads of a warp, which walk the
+// same model shapes in step, touch neighbouring addresses. The data rows each
+// thread reads are its own (random) ones; without replacement each thread
+// evaluates its epoch permutation row by row (core/random.hpp), so beside
+// the data the device holds O(runs · P), no runs × N table. Offsets are
 // 64-bit throughout.
 //
 // Not yet run on a GPU: written and compiled for sm_90 on a machine without
@@ -107,13 +109,6 @@ class SweepCudaState {
     if (config.momentum > 0) velocity_ = cuda::DeviceBuffer<double>(state_size);
     scratch_ = cuda::DeviceBuffer<double>(
         static_cast<std::size_t>(runs_ * sweep_step::scratch_per_run(dims)));
-    if (config.sampling == Sampling::without_replacement) {
-      perms_ = cuda::DeviceBuffer<std::int32_t>(static_cast<std::size_t>(runs_ * train.n));
-    }
-    perm_epochs_ = cuda::DeviceBuffer<std::int64_t>(static_cast<std::size_t>(runs_));
-    const std::vector<std::int64_t> none(static_cast<std::size_t>(runs_), -1);
-    GN_CUDA_CHECK(cudaMemcpy(perm_epochs_.data(), none.data(), none.size() * sizeof(std::int64_t),
-                             cudaMemcpyHostToDevice));
     diverged_ = cuda::DeviceBuffer<std::uint8_t>(static_cast<std::size_t>(runs_));
     outcomes_ = cuda::DeviceBuffer<Outcome>(static_cast<std::size_t>(runs_));
   }
@@ -154,8 +149,6 @@ class SweepCudaState {
     all.theta = theta_.data();
     all.velocity = velocity_.data();
     all.scratch = scratch_.data();
-    all.perms = perms_.data();
-    all.perm_epochs = perm_epochs_.data();
     all.diverged = diverged_.data();
     all.outcomes = outcomes_.data();
     sweep_advance_kernel<<<blocks, threads, 0, stream>>>(problem_, all, from, to);
@@ -192,8 +185,6 @@ class SweepCudaState {
   cuda::DeviceBuffer<std::int32_t> labels_;
   cuda::DeviceBuffer<RunSpec> specs_;
   cuda::DeviceBuffer<double> theta_, velocity_, scratch_;
-  cuda::DeviceBuffer<std::int32_t> perms_;
-  cuda::DeviceBuffer<std::int64_t> perm_epochs_;
   cuda::DeviceBuffer<std::uint8_t> diverged_;
   cuda::DeviceBuffer<Outcome> outcomes_;
   std::vector<double> staging_;

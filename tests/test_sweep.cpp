@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <Random123/philox.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <numbers>
@@ -47,6 +48,31 @@ std::int64_t uniform_below(std::uint64_t bits, std::int64_t n) {
   return static_cast<std::int64_t>((static_cast<uint128>(bits) * static_cast<std::uint64_t>(n)) >> 64);
 }
 
+/// Position `i` of the order of epoch `epoch` (docs/SWEEP.md): six Feistel
+/// rounds on m = max(⌈log₂ n⌉, 8) bits, (high ⌊m/2⌋ bits, low ⌈m/2⌉) →
+/// (low, high xor F_r(low)) with F_r(v) the high 32 bits of the first word
+/// of stream r·256 + 2 at block v; repeated until the value is below n.
+std::int64_t reference_order(std::uint64_t seed, std::uint32_t replica, std::int64_t epoch,
+                             std::int64_t i, std::int64_t n) {
+  if (n == 1) return 0;
+  int m = 8;
+  while ((std::int64_t{1} << m) < n) ++m;
+  auto x = static_cast<std::uint64_t>(i);
+  do {
+    int high_bits = m / 2, low_bits = m - m / 2;
+    std::uint64_t high = x >> low_bits, low = x % (std::uint64_t{1} << low_bits);
+    for (std::uint32_t r = 0; r < 6; ++r) {
+      const std::uint64_t f = philox_word(seed, replica, r * 256 + 2, static_cast<std::uint32_t>(epoch), 2 * low) >> 32;
+      const std::uint64_t next = (high ^ f) % (std::uint64_t{1} << high_bits);
+      high = low;
+      low = next;
+      std::swap(high_bits, low_bits);
+    }
+    x = high * (std::uint64_t{1} << low_bits) + low;
+  } while (x >= static_cast<std::uint64_t>(n));
+  return static_cast<std::int64_t>(x);
+}
+
 /// The rows of batch `step` for one replica.
 std::vector<std::int64_t> reference_batch(Sampling sampling, std::uint64_t seed, std::uint32_t replica,
                                           std::int64_t step, std::int64_t b, std::int64_t n) {
@@ -60,16 +86,8 @@ std::vector<std::int64_t> reference_batch(Sampling sampling, std::uint64_t seed,
     for (std::int64_t s = 0; s < b; ++s) rows[static_cast<std::size_t>(s)] = (step * b + s) % n;
   } else {
     const std::int64_t per_epoch = n / b, epoch = step / per_epoch;
-    std::vector<std::int64_t> perm(static_cast<std::size_t>(n));
-    std::iota(perm.begin(), perm.end(), 0);
-    for (std::int64_t p = 0; p + 1 < n; ++p) {
-      const std::int64_t i = n - 1 - p;
-      const std::int64_t j =
-          uniform_below(philox_word(seed, replica, 2, static_cast<std::uint32_t>(epoch), static_cast<std::uint64_t>(p)), i + 1);
-      std::swap(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
-    }
     for (std::int64_t s = 0; s < b; ++s) {
-      rows[static_cast<std::size_t>(s)] = perm[static_cast<std::size_t>((step % per_epoch) * b + s)];
+      rows[static_cast<std::size_t>(s)] = reference_order(seed, replica, epoch, (step % per_epoch) * b + s, n);
     }
   }
   return rows;
@@ -296,6 +314,48 @@ TEST(Sweep, ResumingFromACheckpointGivesTheSameBits) {
   Sweep mismatched(model, data, nullptr, other);
   EXPECT_THROW(mismatched.restore(bytes), InputError);
   EXPECT_THROW(mismatched.restore("not a checkpoint"), InputError);
+}
+
+/// `bytes` (a checkpoint) with its version field replaced.
+std::string with_version(const std::string& bytes, int version) {
+  nlohmann::json state = nlohmann::json::from_cbor(bytes);
+  state["version"] = version;
+  const std::vector<std::uint8_t> cbor = nlohmann::json::to_cbor(state);
+  return {cbor.begin(), cbor.end()};
+}
+
+TEST(Sweep, VersionOneCheckpointsResumeWhereTheirDrawsAreStillDrawn) {
+  // Version 1 stored no permutation either, but drew it by a Fisher–Yates
+  // shuffle: refused without replacement, read with replacement and in order.
+  const Dataset data = random_dataset(30, 3, 2, Loss::squared, 8);
+  const Model model = random_model({3, 2}, true, 9);
+  for (const Sampling sampling : {Sampling::with_replacement, Sampling::fixed, Sampling::without_replacement}) {
+    SweepConfig config = small_config();
+    config.sampling = sampling;
+    Sweep whole(model, data, nullptr, config);
+    whole.run();
+    Sweep first(model, data, nullptr, config);
+    first.advance();
+    first.advance();
+    const std::string old = with_version(first.checkpoint(), 1);
+    Sweep resumed(model, data, nullptr, config);
+    if (sampling == Sampling::without_replacement) {
+      try {
+        resumed.restore(old);
+        ADD_FAILURE() << "a version-1 checkpoint without replacement was read";
+      } catch (const InputError& error) {
+        EXPECT_NE(std::string(error.what()).find("version 1"), std::string::npos) << error.what();
+      }
+      continue;
+    }
+    resumed.restore(old);
+    resumed.run();
+    EXPECT_EQ(resumed.result().final_weights, whole.result().final_weights);
+  }
+  Sweep later(model, data, nullptr, small_config());
+  later.advance();
+  EXPECT_THROW(Sweep(model, data, nullptr, small_config()).restore(with_version(later.checkpoint(), 3)),
+               InputError);
 }
 
 // ---- Against the exact profile and closed forms -----------------------------------

@@ -46,7 +46,7 @@ const auto& config_for = testing::sweep_case_config;
 std::uint64_t bits_of(double value) { return std::bit_cast<std::uint64_t>(value); }
 
 /// One run through core/sweep_step.hpp on the CPU, in segments of
-/// log_every steps (the permutation kept between them, as on the GPU).
+/// log_every steps, as on the GPU.
 struct StepRun {
   std::vector<double> theta;
   sweep_step::Outcome outcome;  // of the segment that stopped it, or the last
@@ -67,20 +67,17 @@ StepRun run_step_functions(const Model& model, const Dataset& data, const SweepC
   std::vector<double> delta(static_cast<std::size_t>(dims.widest));
   std::vector<double> previous(static_cast<std::size_t>(dims.widest));
   std::vector<double> grad(static_cast<std::size_t>(dims.num_params));
-  std::vector<std::int32_t> perm(c.sampling == Sampling::without_replacement ? static_cast<std::size_t>(data.n) : 0);
   sweep_step::RunScratch s;
   s.acts = {acts.data(), 1};
   s.delta = {delta.data(), 1};
   s.delta_prev = {previous.data(), 1};
   s.grad = {grad.data(), 1};
-  s.perm = {perm.data(), 1};
   const sweep_step::RunSpec spec{b, lr, replica};
-  std::int64_t perm_epoch = -1;
   for (std::int64_t from = 0; from < c.steps; from += c.log_every) {
     const std::int64_t to = std::min(from + c.log_every, c.steps);
     run.outcome = sweep_step::advance_run(p, spec, {run.theta.data(), 1},
                                           {velocity.empty() ? nullptr : velocity.data(), 1}, from,
-                                          to, s, perm_epoch);
+                                          to, s);
     run.steps += run.outcome.steps;
     if (run.outcome.why != sweep_step::Stop::none) break;
   }
@@ -175,34 +172,35 @@ TEST(SweepStepOnCpu, StopsWhereTheCpuEngineDoes) {
 }
 
 TEST(SweepStepOnCpu, PermutationsAndDrawsFollowTheDocumentedStreams) {
-  // Without replacement every epoch's permutation is a permutation, and the
-  // batches of one epoch are disjoint.
+  // Without replacement the ⌊n/b⌋ batches of an epoch are disjoint, so they
+  // visit ⌊n/b⌋·b distinct rows; the epoch's permutation (all n positions)
+  // visits every row once, and the next epoch draws another order.
   const std::int64_t n = 11, b = 3;
-  std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
-  for (std::uint32_t epoch = 0; epoch < 4; ++epoch) {
-    detail::epoch_permutation(42, 7, epoch, Strided<std::int32_t>{perm.data(), 1}, n);
-    std::vector<std::int32_t> sorted = perm;
-    std::sort(sorted.begin(), sorted.end());
-    for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(sorted[static_cast<std::size_t>(i)], i);
-  }
-  // A strided view reads and writes every stride-th entry only.
-  std::vector<std::int32_t> interleaved(static_cast<std::size_t>(3 * n), -5);
-  detail::epoch_permutation(42, 7, 2, Strided<std::int32_t>{interleaved.data() + 1, 3}, n);
-  detail::epoch_permutation(42, 7, 2, Strided<std::int32_t>{perm.data(), 1}, n);
-  for (std::int64_t i = 0; i < n; ++i) {
-    EXPECT_EQ(interleaved[static_cast<std::size_t>(3 * i + 1)], perm[static_cast<std::size_t>(i)]);
-    EXPECT_EQ(interleaved[static_cast<std::size_t>(3 * i)], -5);
-    EXPECT_EQ(interleaved[static_cast<std::size_t>(3 * i + 2)], -5);
-  }
   sweep_step::Problem p;
   p.n = n;
   p.seed = 42;
-  p.sampling = Sampling::fixed;
+  p.sampling = Sampling::without_replacement;
   const sweep_step::RunSpec spec{b, 0.1, 7};
-  EXPECT_EQ(sweep_step::batch_row(p, spec, 5, 2, {perm.data(), 1}), (5 * b + 2) % n);
+  std::vector<std::vector<std::int64_t>> orders;
+  for (std::uint32_t epoch = 0; epoch < 4; ++epoch) {
+    std::vector<std::int64_t> rows;
+    for (std::int64_t step = epoch * (n / b); step < (epoch + 1) * (n / b); ++step) {
+      for (std::int64_t slot = 0; slot < b; ++slot) rows.push_back(sweep_step::batch_row(p, spec, step, slot));
+    }
+    const detail::EpochPermutation permutation(p.seed, spec.replica, epoch, n);
+    std::vector<std::int64_t> order;
+    for (std::int64_t i = 0; i < n; ++i) order.push_back(permutation(i));
+    EXPECT_TRUE(std::equal(rows.begin(), rows.end(), order.begin()));
+    std::sort(order.begin(), order.end());
+    for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(order[static_cast<std::size_t>(i)], i);
+    orders.push_back(rows);
+  }
+  EXPECT_NE(orders[0], orders[1]);
+  p.sampling = Sampling::fixed;
+  EXPECT_EQ(sweep_step::batch_row(p, spec, 5, 2), (5 * b + 2) % n);
   p.sampling = Sampling::with_replacement;
   for (std::int64_t slot = 0; slot < 6; ++slot) {
-    const std::int64_t row = sweep_step::batch_row(p, spec, 3, slot, {perm.data(), 1});
+    const std::int64_t row = sweep_step::batch_row(p, spec, 3, slot);
     EXPECT_GE(row, 0);
     EXPECT_LT(row, n);
   }
@@ -237,8 +235,6 @@ EmulatedSweep emulate_gpu_engine(const Model& model, const Dataset& data, const 
   std::vector<double> velocity(c.momentum > 0 ? out.theta.size() : 0, 0.0);
   std::vector<double> theta_device(out.theta.size()), velocity_device(velocity.size());
   std::vector<double> scratch(static_cast<std::size_t>(runs * sweep_step::scratch_per_run(p.model)), -1.0);
-  std::vector<std::int32_t> perms(c.sampling == Sampling::without_replacement ? static_cast<std::size_t>(runs * data.n) : 0);
-  std::vector<std::int64_t> perm_epochs(static_cast<std::size_t>(runs), -1);
   std::vector<std::uint8_t> diverged(static_cast<std::size_t>(runs), 0);
   std::vector<sweep_step::Outcome> outcomes(static_cast<std::size_t>(runs));
   out.stops.resize(static_cast<std::size_t>(runs));
@@ -248,8 +244,6 @@ EmulatedSweep emulate_gpu_engine(const Model& model, const Dataset& data, const 
   all.theta = theta_device.data();
   all.velocity = velocity.empty() ? nullptr : velocity_device.data();
   all.scratch = scratch.data();
-  all.perms = perms.empty() ? nullptr : perms.data();
-  all.perm_epochs = perm_epochs.data();
   all.diverged = diverged.data();
   all.outcomes = outcomes.data();
   for (std::int64_t from = 0; from < c.steps; from += c.log_every) {

@@ -31,9 +31,10 @@ namespace gradnoise {
 enum class Sampling {
   /// b i.i.d. uniform rows per step.
   with_replacement,
-  /// Random reshuffling: a fresh uniform permutation each epoch, cut into
-  /// floor(N/b) batches of b rows; the last N mod b rows of an epoch are
-  /// skipped (each batch is then a uniform b-subset).
+  /// Random reshuffling: a fresh permutation each epoch (a keyed Feistel
+  /// network evaluated per row, docs/SWEEP.md), cut into floor(N/b) batches
+  /// of b rows; the last N mod b rows of an epoch are skipped (each batch is
+  /// then a uniform b-subset).
   without_replacement,
   /// Rows (t·b + s) mod N, s = 0..b−1, at step t: the data in order, no
   /// randomness.
