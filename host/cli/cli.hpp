@@ -19,7 +19,11 @@
 namespace gradnoise::cli {
 
 /// What the tool is doing now, for "out of memory while <stage>".
-extern thread_local const char* current_stage;  // per thread: --devices runs ranks as threads
+/// What the current thread was doing, for the one sentence of an unexpected
+/// failure (per thread: --devices runs ranks as threads). Functions, not an
+/// extern thread_local variable, which UBSan's null check trips over in GCC.
+void set_current_stage(const char* stage);
+const char* current_stage();
 
 /// `message` unchanged when it names `flag` or `value`, else prefixed with
 /// "flag value: ", so every message points at the option or file at fault.

@@ -65,7 +65,7 @@ std::pair<std::string, std::string> layer_files(const std::string& spec) {
 
 /// --layer W.npy[:b.npy], input to output.
 Model load_layers(const std::vector<std::string>& specs, nlohmann::ordered_json& files) {
-  current_stage = "loading the model";
+  set_current_stage("loading the model");
   Model model;
   std::string previous_weight;
   for (const std::string& spec : specs) {
@@ -247,7 +247,7 @@ LoadedData load_xy_files(const std::string& x_flag, const std::string& x_path,
 }
 
 LoadedData load_data(const DataModelArgs& args, Loss loss, int part, int parts) {
-  current_stage = "loading the data";
+  set_current_stage("loading the data");
   if (args.dataset.empty()) {
     return load_xy_files("--x", args.x_path, "--y", args.y_path, loss,
                          parse_csv_header(args.csv_header), part, parts);
@@ -346,7 +346,7 @@ void check_class_count(const LoadedData& loaded) {
 }  // namespace
 
 BuiltModel load_model(const DataModelArgs& args, LoadedData& loaded, Loss loss) {
-  current_stage = "building the model";
+  set_current_stage("building the model");
   BuiltModel built;
   if (!args.layers.empty()) {
     nlohmann::ordered_json files = nlohmann::ordered_json::array();

@@ -106,12 +106,12 @@ int main(int argc, char** argv) {
   } catch (const gradnoise::RuntimeError& error) {
     return fail(exit_runtime, error.what());
   } catch (const std::bad_alloc&) {
-    return fail(exit_runtime, std::string("out of memory while ") + current_stage +
+    return fail(exit_runtime, std::string("out of memory while ") + current_stage() +
                                   "; try fewer samples (--limit) or smaller --chunk-rows.");
   } catch (const std::filesystem::filesystem_error& error) {
     return fail(exit_runtime, error.what());
   } catch (const std::exception& error) {
-    return fail(exit_runtime, std::string("unexpected failure while ") + current_stage + ": " +
+    return fail(exit_runtime, std::string("unexpected failure while ") + current_stage() + ": " +
                                   error.what());
   }
   return exit_ok;

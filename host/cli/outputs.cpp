@@ -15,7 +15,12 @@
 
 namespace gradnoise::cli {
 
-thread_local const char* current_stage = "starting";
+namespace {
+thread_local const char* stage_now = "starting";
+}  // namespace
+
+void set_current_stage(const char* stage) { stage_now = stage; }
+const char* current_stage() { return stage_now; }
 
 std::string mention(const std::string& flag, const std::string& value,
                     const std::string& message) {
@@ -198,7 +203,7 @@ void OutputSet::set_npy(const std::filesystem::path& path, std::vector<std::int6
 }
 
 void OutputSet::commit() {
-  current_stage = "writing the outputs";
+  set_current_stage("writing the outputs");
   struct Staged {
     const Output* output;
     std::filesystem::path temp;

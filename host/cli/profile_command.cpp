@@ -280,7 +280,7 @@ int run_profile_rank(const ProfileArgs& args, detail::Communicator& comm) {
   bool param_stats = false;
   LoadedData loaded;
   comm.together([&] {
-    current_stage = "checking the options";
+    set_current_stage("checking the options");
     check_combinations(args);
     if (ranks) check_ranks(args);
     loss = parse_loss(args.inputs.loss);
@@ -338,7 +338,7 @@ int run_profile_rank(const ProfileArgs& args, detail::Communicator& comm) {
       batch_sizes = mentioning("--batch-sizes", args.batch_sizes,
                                [&] { return parse_batch_sizes(args.batch_sizes, loaded.whole_rows); });
     }
-    current_stage = "profiling";
+    set_current_stage("profiling");
     // The session borrows the loaded rows, which outlive it; it picks the
     // device once, and every data pass below runs on it (over every rank).
     part = std::make_shared<const detail::DataPart>(
@@ -375,10 +375,10 @@ int run_profile_rank(const ProfileArgs& args, detail::Communicator& comm) {
     };
     shape_options.sum_over_parts = [&](double value) { return comm.sum(value); };
   }
-  if (args.spectrum > 0 || args.theta > 0) current_stage = "analysing the noise's shape";
+  if (args.spectrum > 0 || args.theta > 0) set_current_stage("analysing the noise's shape");
   ShapeResults shape = noise_shape(*session, model, result, shape_options);
   if (!estimator_spec.empty()) {
-    current_stage = "sampling minibatch pairs for the estimators";
+    set_current_stage("sampling minibatch pairs for the estimators");
     shape.estimators = mentioning("--estimators", args.estimators, [&] {
       return two_batch_estimators(model, loaded.data, loss, result, estimator_spec[0],
                                   estimator_spec[1], estimator_spec[2], args.inputs.seed, cpu_chunk_rows);
@@ -386,7 +386,7 @@ int run_profile_rank(const ProfileArgs& args, detail::Communicator& comm) {
   }
 
   progress.finish();
-  current_stage = "preparing the outputs";
+  set_current_stage("preparing the outputs");
   ReportContext context;
   context.loss = loss;
   context.model = model_description;

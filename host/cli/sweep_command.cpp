@@ -167,7 +167,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
   BuiltModel model;
   std::optional<LoadedData> test;
   comm.together([&] {
-    current_stage = "checking the options";
+    set_current_stage("checking the options");
     check_data_model_combinations(args.inputs, /*seed_also_samples=*/true);
     loss = parse_loss(args.inputs.loss);
     if (!args.test_x_path.empty() != !args.test_y_path.empty()) {
@@ -225,14 +225,14 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
                                     [&] { return parse_batch_sizes(args.batch_sizes, train.data.n); });
 
     if (args.test) {
-      current_stage = "loading the test data";
+      set_current_stage("loading the test data");
       DataModelArgs test_args = args.inputs;
       test_args.split = "test";
       test_args.limit = args.test_limit;
       test = load_data(test_args, loss);
       test->source = "--eval-test (the fashion-mnist test split)";
     } else if (!args.test_x_path.empty()) {
-      current_stage = "loading the test data";
+      set_current_stage("loading the test data");
       test = load_xy_files("--test-x", args.test_x_path, "--test-y", args.test_y_path, loss,
                            parse_csv_header(args.inputs.csv_header));
     }
@@ -253,7 +253,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
                      " runs of " + std::to_string(model.model.num_params()) + " parameters");
   });
 
-  current_stage = "setting up the sweep";
+  set_current_stage("setting up the sweep");
   // A sweep indexes single rows of a float64 Dataset.
   const Dataset train_rows = train.data.release_dataset();
   std::optional<Dataset> test_rows;
@@ -265,7 +265,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
 
   SweepResult result;
   if (comm.size() > 1) {
-    current_stage = "running the sweep";
+    set_current_stage("running the sweep");
     std::optional<SweepResult> whole =
         run_sweep_over_ranks(comm, model.model, train_rows, test_rows ? &*test_rows : nullptr, config,
                              args.checkpoint_path, args.checkpoint_every);
@@ -273,7 +273,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
   } else {
     Sweep sweep(model.model, train_rows, test_rows ? &*test_rows : nullptr, config);
     if (!args.checkpoint_path.empty() && std::filesystem::exists(args.checkpoint_path)) {
-      current_stage = "reading the checkpoint";
+      set_current_stage("reading the checkpoint");
       mentioning("--checkpoint", args.checkpoint_path,
                  [&] { sweep.restore(read_checkpoint(args.checkpoint_path)); });
       std::cerr << "gradnoise: resuming " << args.checkpoint_path << " at step "
@@ -281,7 +281,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
                 << " of " << config.steps << "\n";
     }
 
-    current_stage = "running the sweep";
+    set_current_stage("running the sweep");
     ProgressBar bar(!args.quiet && isatty(STDERR_FILENO));
     auto last_checkpoint = std::chrono::steady_clock::now();
     const auto total = static_cast<std::int64_t>(sweep.log_steps().size());
@@ -303,7 +303,7 @@ int run_sweep_rank(const SweepArgs& args, detail::Communicator& comm) {
   // Rank 0 alone writes the outputs.
   comm.together([&] {
     if (!writer) return;
-    current_stage = "preparing the outputs";
+    set_current_stage("preparing the outputs");
     if (!args.out_path.empty()) outputs.set_text(args.out_path, sweep_rows_csv(result));
     if (!args.summary_path.empty()) {
       const SweepReportContext context{train.description, model.description,

@@ -40,7 +40,7 @@ CLI::App* add_synth_command(CLI::App& app, SynthArgs& args) {
 }
 
 int run_synth(const SynthArgs& args) {
-  current_stage = "checking the options";
+  set_current_stage("checking the options");
   if (args.n < 1) throw InputError("--n must be at least 1 sample.");
   if (args.d < 1) throw InputError("--d must be at least 1 feature.");
   if (args.k < 1) throw InputError("--k must be at least 1 target column.");
@@ -60,7 +60,7 @@ int run_synth(const SynthArgs& args) {
   options.mean = args.mean;
   options.label_noise = args.label_noise;
   options.seed = args.seed;
-  current_stage = "generating the data";
+  set_current_stage("generating the data");
   SynthData synth = mentioning("--spectrum", args.spectrum, [&] { return make_synthetic(options); });
 
   outputs.set_npy(args.x_out, {args.n, args.d}, std::move(synth.data.x));
