@@ -584,39 +584,33 @@ template <typename T>
 void FusedLinear::profile_rows(const Model& model, const T* x, const T* y, const std::int32_t* labels,
                                std::int64_t rows, bool replay, Profile& result) {
   stage(model);
-  const GraphKey key{x, y, labels, rows, sizeof(T)};
-  if (!replay) {
+  const auto enqueue = [&] {
     enqueue_upload();
     accumulate(x, y, labels, rows, 0);
     enqueue_merge();
-  } else {
-    // The same rows a second time: capture the call's four stream operations
-    // once, then each profile is one graph launch (the weights change in the
-    // pinned buffer the graph copies from, never in the graph).
-    if (!graph_ && key == graph_key_ && !(key == uncapturable_)) {
-      try {
-        graph_ = CapturedGraph(stream_, [&] {
-          enqueue_upload();
-          accumulate(x, y, labels, rows, 0);
-          enqueue_merge();
-        });
-      } catch (const RuntimeError&) {
-        // Capture is an optimisation: where the driver refuses it, these
-        // rows run launch by launch from now on (a real fault shows there).
-        uncapturable_ = key;
-        stage(model);
-      }
+  };
+  // A session's second call on the same rows captures the call's four stream
+  // operations once; every later one is one graph launch (the weights change
+  // in the pinned buffer the graph copies from, never in the graph).
+  const GraphKey key{x, y, labels, rows, sizeof(T)};
+  const bool same_rows = replay && key == graph_key_;
+  if (!same_rows) graph_ = CapturedGraph();
+  if (same_rows && !graph_ && !(key == uncapturable_)) {
+    try {
+      graph_ = CapturedGraph(stream_, enqueue);
+    } catch (const RuntimeError&) {
+      // Capture is an optimisation: where the driver refuses it, these rows
+      // run launch by launch from now on (a real fault shows there).
+      uncapturable_ = key;
+      stage(model);
     }
-    if (graph_ && key == graph_key_) {
-      graph_.launch(stream_);
-    } else {
-      graph_ = CapturedGraph();
-      enqueue_upload();
-      accumulate(x, y, labels, rows, 0);
-      enqueue_merge();
-    }
-    graph_key_ = key;
   }
+  if (graph_) {
+    graph_.launch(stream_);
+  } else {
+    enqueue();
+  }
+  if (replay) graph_key_ = key;
   collect(result);
 }
 

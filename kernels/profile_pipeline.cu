@@ -358,6 +358,7 @@ class Pipeline {
       ones_ = device_ones(chunk, stream_);
       chunk_rows_ = DeviceBuffer<RowSums>(1);
       shifted_loss_ = DeviceBuffer<detail::ShiftedLoss>(2);  // [0] running, [1] the chunk's
+      shifted_loss_partial_ = DeviceBuffer<detail::ShiftedLoss>(kMaxReduceBlocks);
       GN_CUDA_CHECK(cudaMemsetAsync(shifted_loss_.data(), 0, 2 * sizeof(detail::ShiftedLoss), stream_));
     }
     flags_ = DeviceBuffer<unsigned long long>(2);
@@ -535,16 +536,9 @@ class Pipeline {
       GN_CUDA_CHECK(cudaGetLastError());
     }
     detail::ShiftedLoss* sums = shifted_loss_.data();
-    reduce(m, LoadShiftedLoss{sample_loss_.data(), loss0}, shifted_loss_partial(), sums + 1, stream_);
+    reduce(m, LoadShiftedLoss{sample_loss_.data(), loss0}, shifted_loss_partial_.data(), sums + 1, stream_);
     accumulate_kernel<<<1, 1, 0, stream_>>>(sums, sums + 1);
     GN_CUDA_CHECK(cudaGetLastError());
-  }
-
-  /// The partials of the loss's two-stage reduction (a ShiftedLoss each),
-  /// in row_partial_'s storage (RowSums is larger, and the two never overlap in time).
-  detail::ShiftedLoss* shifted_loss_partial() {
-    static_assert(sizeof(detail::ShiftedLoss) <= sizeof(RowSums));
-    return reinterpret_cast<detail::ShiftedLoss*>(row_partial_.data());
   }
 
   void finish_shifted(Profile& result) {
@@ -647,7 +641,7 @@ class Pipeline {
   bool shifted_;  // without param stats: core/shifted_moments.hpp's scheme
   DeviceBuffer<double> ones_;
   DeviceBuffer<RowSums> chunk_rows_;
-  DeviceBuffer<detail::ShiftedLoss> shifted_loss_;
+  DeviceBuffer<detail::ShiftedLoss> shifted_loss_, shifted_loss_partial_;
   std::vector<DeviceBuffer<double>> activations_, errors_;
   std::vector<LayerState> layers_;
   DeviceBuffer<double> output_, sample_loss_, row_scalars_, delta_mean_, act_mean_, column_partial_;
